@@ -1,0 +1,4 @@
+//! The read models, one module each.
+
+pub mod tasks;
+pub mod users;

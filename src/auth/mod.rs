@@ -1,0 +1,9 @@
+//! Authentication: signing keys, access tokens and password storage.
+
+pub mod keys;
+pub mod passwords;
+pub mod tokens;
+
+pub use keys::SigningKeys;
+pub use passwords::PasswordService;
+pub use tokens::{AccessClaims, TokenIssuer};

@@ -1,0 +1,109 @@
+//! The command line: one binary, one subcommand per process role.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::config::Settings;
+use crate::startup::{cancel_on_signal, connect_database, migrate, Application, Components};
+use crate::telemetry::init_tracing;
+
+/// Chronicle: an event-sourced CQRS backend.
+#[derive(Debug, Parser)]
+#[command(name = "chronicle", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP API (and, with --all, the relay and projections too).
+    Serve {
+        /// Also run the relay and the projection workers in this process.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Run the relay: publish committed events to JetStream in commit order.
+    Relay,
+    /// Run the projection workers that build the read models.
+    Project,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Rebuild read models from the event store, then hand over to the live consumers.
+    Replay {
+        /// A projection name (`users`, `tasks`) or `all`.
+        #[arg(long)]
+        projection: String,
+    },
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = Settings::from_env()?;
+    init_tracing(&settings.log);
+    match cli.command {
+        Command::Serve { all } => {
+            let components = if all {
+                Components::ALL
+            } else {
+                Components { api: true, relay: false, projections: false }
+            };
+            serve(settings, components).await
+        }
+        Command::Relay => serve(settings, Components { api: false, relay: true, projections: false }).await,
+        Command::Project => serve(settings, Components { api: false, relay: false, projections: true }).await,
+        Command::Migrate => {
+            let pool = connect_database(&settings).await?;
+            migrate(&pool).await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Replay { projection } => replay(&settings, &projection).await,
+    }
+}
+
+async fn serve(settings: Settings, components: Components) -> anyhow::Result<()> {
+    let app = Application::build(settings, components).await?;
+    cancel_on_signal(app.shutdown_token());
+    app.run().await
+}
+
+async fn replay(settings: &Settings, name: &str) -> anyhow::Result<()> {
+    let projections = if name == "all" {
+        chronicle_projections::all_projections()
+    } else {
+        let known: Vec<&str> = chronicle_projections::all_projections().iter().map(|p| p.name()).collect();
+        vec![chronicle_projections::projection_named(name)
+            .with_context(|| format!("no projection `{name}`; known: {}, all", known.join(", ")))?]
+    };
+    let pool = connect_database(settings).await?;
+    for projection in projections {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template("{prefix:>8} [{bar:40}] {pos}/{len} events {per_sec} {elapsed}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(projection.name());
+        bar.enable_steady_tick(Duration::from_millis(200));
+        let progress = |done: u64, total: u64| {
+            bar.set_length(total);
+            bar.set_position(done);
+        };
+        let started = std::time::Instant::now();
+        let count = chronicle_projections::replay::rebuild(&pool, projection.as_ref(), &progress)
+            .await
+            .with_context(|| format!("rebuilding {}", projection.name()))?;
+        bar.finish();
+        let seconds = started.elapsed().as_secs_f64();
+        println!(
+            "{}: {count} events in {seconds:.2}s ({:.0} events/s)",
+            projection.name(),
+            count as f64 / seconds.max(1e-9)
+        );
+    }
+    Ok(())
+}

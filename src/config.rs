@@ -1,0 +1,234 @@
+//! Typed settings, read once from the environment and validated at start-up.
+//! Tests build a [`Settings`] directly instead of touching the process environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chronicle_nats::StreamSettings;
+use secrecy::SecretString;
+
+/// Everything Chronicle can be configured with (see `.env.example`).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub http: HttpSettings,
+    pub database: DatabaseSettings,
+    pub nats: NatsSettings,
+    pub auth: AuthSettings,
+    pub log: LogSettings,
+    /// Where generated keys and local state live.
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub addr: SocketAddr,
+    pub body_limit_bytes: usize,
+    /// How long a query waits for the read model to reflect the caller's last command.
+    pub consistency_wait: Duration,
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    pub url: SecretString,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct NatsSettings {
+    pub url: String,
+    pub stream: StreamSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    pub private_key_file: Option<PathBuf>,
+    /// A PEM given directly (tests); takes precedence over files and the data dir.
+    pub private_key_pem: Option<SecretString>,
+    pub issuer: String,
+    pub audience: String,
+    pub access_token_ttl: Duration,
+    pub argon2: Argon2Settings,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Argon2Settings {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub filter: String,
+    pub json: bool,
+}
+
+/// A setting that is missing or malformed, named so the operator can fix it.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {name}: {problem}")]
+pub struct ConfigError {
+    pub name: &'static str,
+    pub problem: String,
+}
+
+impl Settings {
+    /// Reads the `CHRONICLE_*`, `DATABASE_URL` and `NATS_URL` variables.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup`, so parsing can be tested without the environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &'static str| lookup(name).filter(|value| !value.trim().is_empty());
+        let parse = |name: &'static str, default: &str| -> Result<String, ConfigError> {
+            Ok(get(name).unwrap_or_else(|| default.to_string()))
+        };
+        fn number<T: std::str::FromStr>(name: &'static str, raw: String) -> Result<T, ConfigError> {
+            raw.trim().parse().map_err(|_| ConfigError {
+                name,
+                problem: format!("`{raw}` is not a valid number"),
+            })
+        }
+
+        let database_url = get("DATABASE_URL").ok_or(ConfigError {
+            name: "DATABASE_URL",
+            problem: "is required (e.g. postgres://postgres@127.0.0.1:55432/chronicle)".into(),
+        })?;
+        let addr_raw = parse("CHRONICLE_ADDR", "127.0.0.1:8080")?;
+        let addr = addr_raw.parse().map_err(|_| ConfigError {
+            name: "CHRONICLE_ADDR",
+            problem: format!("`{addr_raw}` is not a socket address like 127.0.0.1:8080"),
+        })?;
+        let log_format = parse("CHRONICLE_LOG_FORMAT", "pretty")?;
+        let json = match log_format.as_str() {
+            "json" => true,
+            "pretty" => false,
+            other => {
+                return Err(ConfigError {
+                    name: "CHRONICLE_LOG_FORMAT",
+                    problem: format!("`{other}` is neither `pretty` nor `json`"),
+                })
+            }
+        };
+        let settings = Self {
+            http: HttpSettings {
+                addr,
+                body_limit_bytes: number("CHRONICLE_BODY_LIMIT_BYTES", parse("CHRONICLE_BODY_LIMIT_BYTES", "1048576")?)?,
+                consistency_wait: Duration::from_millis(number(
+                    "CHRONICLE_CONSISTENCY_WAIT_MS",
+                    parse("CHRONICLE_CONSISTENCY_WAIT_MS", "5000")?,
+                )?),
+                request_timeout: Duration::from_secs(30),
+            },
+            database: DatabaseSettings {
+                url: SecretString::from(database_url),
+                max_connections: number("CHRONICLE_DB_MAX_CONNECTIONS", parse("CHRONICLE_DB_MAX_CONNECTIONS", "20")?)?,
+            },
+            nats: NatsSettings {
+                url: parse("NATS_URL", "nats://127.0.0.1:54222")?,
+                stream: StreamSettings {
+                    name: parse("CHRONICLE_STREAM", "CHRONICLE_EVENTS")?,
+                    subject_prefix: parse("CHRONICLE_SUBJECT_PREFIX", "chronicle.events")?,
+                    ..StreamSettings::default()
+                },
+            },
+            auth: AuthSettings {
+                private_key_file: get("CHRONICLE_JWT_PRIVATE_KEY_FILE").map(PathBuf::from),
+                private_key_pem: None,
+                issuer: parse("CHRONICLE_JWT_ISSUER", "chronicle")?,
+                audience: parse("CHRONICLE_JWT_AUDIENCE", "chronicle-api")?,
+                access_token_ttl: Duration::from_secs(number(
+                    "CHRONICLE_ACCESS_TOKEN_TTL_SECS",
+                    parse("CHRONICLE_ACCESS_TOKEN_TTL_SECS", "900")?,
+                )?),
+                argon2: Argon2Settings {
+                    memory_kib: number("CHRONICLE_ARGON2_MEMORY_KIB", parse("CHRONICLE_ARGON2_MEMORY_KIB", "19456")?)?,
+                    iterations: number("CHRONICLE_ARGON2_ITERATIONS", parse("CHRONICLE_ARGON2_ITERATIONS", "2")?)?,
+                    parallelism: number("CHRONICLE_ARGON2_PARALLELISM", parse("CHRONICLE_ARGON2_PARALLELISM", "1")?)?,
+                },
+            },
+            log: LogSettings {
+                filter: parse("CHRONICLE_LOG", "info")?,
+                json,
+            },
+            data_dir: PathBuf::from(parse("CHRONICLE_DATA_DIR", ".data")?),
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks the relations between settings that parsing alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |name, problem: &str| {
+            Err(ConfigError {
+                name,
+                problem: problem.to_string(),
+            })
+        };
+        if self.http.body_limit_bytes < 1024 {
+            return fail("CHRONICLE_BODY_LIMIT_BYTES", "must be at least 1024");
+        }
+        if self.database.max_connections == 0 {
+            return fail("CHRONICLE_DB_MAX_CONNECTIONS", "must be at least 1");
+        }
+        if self.auth.access_token_ttl < Duration::from_secs(30) {
+            return fail("CHRONICLE_ACCESS_TOKEN_TTL_SECS", "must be at least 30");
+        }
+        let argon2 = self.auth.argon2;
+        if argon2::Params::new(argon2.memory_kib, argon2.iterations, argon2.parallelism, None).is_err() {
+            return fail(
+                "CHRONICLE_ARGON2_MEMORY_KIB",
+                "argon2 parameters are out of range (memory ≥ 8 × parallelism KiB, iterations ≥ 1)",
+            );
+        }
+        let stream = &self.nats.stream;
+        if stream.name.is_empty() || stream.name.contains(['.', ' ', '*', '>']) {
+            return fail("CHRONICLE_STREAM", "must be a stream name without '.', ' ', '*' or '>'");
+        }
+        if stream.subject_prefix.is_empty() || stream.subject_prefix.contains(['*', '>', ' ']) {
+            return fail("CHRONICLE_SUBJECT_PREFIX", "must be a subject without wildcards or spaces");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn settings(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let vars: HashMap<String, String> =
+            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Settings::from_lookup(|name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_apply_when_only_the_database_is_given() {
+        let settings = settings(&[("DATABASE_URL", "postgres://x@127.0.0.1/db")]).unwrap();
+        assert_eq!(settings.http.addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(settings.nats.stream.name, "CHRONICLE_EVENTS");
+        assert_eq!(settings.auth.access_token_ttl, Duration::from_secs(900));
+    }
+
+    #[test]
+    fn a_missing_database_url_is_named_in_the_error() {
+        let err = settings(&[]).unwrap_err();
+        assert_eq!(err.name, "DATABASE_URL");
+    }
+
+    #[test]
+    fn a_malformed_number_is_refused_with_its_variable_name() {
+        let err = settings(&[("DATABASE_URL", "postgres://x"), ("CHRONICLE_BODY_LIMIT_BYTES", "lots")])
+            .unwrap_err();
+        assert_eq!(err.name, "CHRONICLE_BODY_LIMIT_BYTES");
+    }
+
+    #[test]
+    fn an_unknown_log_format_is_refused() {
+        let err = settings(&[("DATABASE_URL", "postgres://x"), ("CHRONICLE_LOG_FORMAT", "xml")]).unwrap_err();
+        assert_eq!(err.name, "CHRONICLE_LOG_FORMAT");
+    }
+}

@@ -1,0 +1,182 @@
+//! The one error type of the API and its JSON shape:
+//! `{"error": {"code", "message", "details", "request_id"}}`.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chronicle_aggregates::validation::FieldError;
+use cqrs_es::AggregateError;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::http::request_id::current_request_id;
+
+pub type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+/// Every way a request can fail, each with its status and code.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("authentication required")]
+    AuthRequired,
+    #[error("invalid or expired token")]
+    InvalidToken,
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    #[error("not found")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("request body is too large")]
+    PayloadTooLarge,
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{message}")]
+    Validation { message: String, details: Vec<Value> },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{message}")]
+    UnavailableWithDetails { message: String, details: Vec<Value> },
+    #[error("internal error")]
+    Internal(#[from] anyhow::Error),
+}
+
+/// A field-level problem in `details`.
+#[derive(Debug, Serialize)]
+pub struct Detail {
+    pub field: String,
+    pub message: String,
+}
+
+impl ApiError {
+    /// A 422 about one field.
+    pub fn invalid_field(field: &str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        Self::Validation {
+            message: format!("{field}: {message}"),
+            details: vec![json!({"field": field, "message": message})],
+        }
+    }
+
+    /// A 422 listing every invalid field.
+    pub fn invalid_fields(errors: &[FieldError]) -> Self {
+        let message = errors
+            .iter()
+            .map(|e| format!("{}: {}", e.field, e.message))
+            .collect::<Vec<_>>()
+            .join("; ");
+        Self::Validation {
+            message,
+            details: errors
+                .iter()
+                .map(|e| json!({"field": e.field, "message": e.message}))
+                .collect(),
+        }
+    }
+
+    /// Attaches `details` to a validation or unavailability error.
+    pub fn with_details(self, more: Vec<Value>) -> Self {
+        match self {
+            Self::Validation { message, mut details } => {
+                details.extend(more);
+                Self::Validation { message, details }
+            }
+            Self::Unavailable(message) => Self::UnavailableWithDetails { message, details: more },
+            other => other,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::AuthRequired | Self::InvalidToken | Self::InvalidCredentials => StatusCode::UNAUTHORIZED,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unavailable(_) | Self::UnavailableWithDetails { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::AuthRequired => "AUTH_REQUIRED",
+            Self::InvalidToken => "INVALID_TOKEN",
+            Self::InvalidCredentials => "INVALID_CREDENTIALS",
+            Self::NotFound => "NOT_FOUND",
+            Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            Self::Conflict(_) => "CONFLICT",
+            Self::BadRequest(_) => "BAD_REQUEST",
+            Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            Self::UnsupportedMediaType(_) => "UNSUPPORTED_MEDIA_TYPE",
+            Self::Validation { .. } => "VALIDATION_ERROR",
+            Self::Unavailable(_) | Self::UnavailableWithDetails { .. } => "UNAVAILABLE",
+            Self::Internal(_) => "INTERNAL_ERROR",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let Self::Internal(err) = &self {
+            // Logged once, here, with the whole chain; the client gets none of it.
+            tracing::error!(error = ?err, "request failed");
+        }
+        let details = match &self {
+            Self::Validation { details, .. } | Self::UnavailableWithDetails { details, .. } => {
+                details.clone()
+            }
+            _ => Vec::new(),
+        };
+        let body = json!({
+            "error": {
+                "code": self.code(),
+                "message": self.to_string(),
+                "details": details,
+                "request_id": current_request_id(),
+            }
+        });
+        let mut response = (self.status(), axum::Json(body)).into_response();
+        if matches!(self, Self::AuthRequired | Self::InvalidToken) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if matches!(self, Self::Unavailable(_) | Self::UnavailableWithDetails { .. }) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(err: sqlx::Error) -> Self {
+        Self::Internal(anyhow::Error::new(err).context("database"))
+    }
+}
+
+/// Maps the infrastructure half of a command failure; the domain half
+/// (`UserError`) is mapped by each resource, which knows what it means.
+pub fn infrastructure_error<E: std::error::Error>(err: AggregateError<E>) -> ApiError {
+    match err {
+        AggregateError::UserError(err) => {
+            ApiError::Internal(anyhow::anyhow!("unmapped domain error: {err}"))
+        }
+        AggregateError::AggregateConflict => {
+            ApiError::Conflict("the resource was changed concurrently; retry".into())
+        }
+        AggregateError::DatabaseConnectionError(err) => {
+            ApiError::Unavailable(format!("event store unavailable: {err}"))
+        }
+        AggregateError::DeserializationError(err) | AggregateError::UnexpectedError(err) => {
+            ApiError::Internal(anyhow::anyhow!("event store: {err}"))
+        }
+    }
+}

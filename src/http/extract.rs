@@ -1,0 +1,196 @@
+//! Extractors whose rejections come out in the API's error format, plus the
+//! caller's identity and the metadata every command records.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+use crate::consistency::ConsistencyToken;
+use crate::http::error::ApiError;
+use crate::http::request_id::RequestId;
+use crate::state::AppState;
+
+/// `axum::Json` with our error format: 415 without a JSON content type, 400
+/// for malformed JSON, 422 for wrong types, missing or unknown fields, 413
+/// over the body limit.
+pub struct Json<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        match axum::Json::<T>::from_request(request, state).await {
+            Ok(axum::Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+pub fn json_rejection(rejection: JsonRejection) -> ApiError {
+    match rejection {
+        JsonRejection::MissingJsonContentType(_) => {
+            ApiError::UnsupportedMediaType("expected Content-Type: application/json".into())
+        }
+        JsonRejection::JsonSyntaxError(err) => {
+            ApiError::BadRequest(format!("malformed JSON: {}", err.body_text()))
+        }
+        JsonRejection::JsonDataError(err) => ApiError::Validation {
+            message: err.body_text(),
+            details: Vec::new(),
+        },
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+        other => ApiError::BadRequest(other.body_text()),
+    }
+}
+
+/// `axum::extract::Query` whose rejection is a 422.
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(value)| Self(value))
+            .map_err(|rejection: QueryRejection| ApiError::Validation {
+                message: rejection.body_text(),
+                details: Vec::new(),
+            })
+    }
+}
+
+/// A resource id in the path; anything but a UUID is a 422.
+pub struct IdPath(pub Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<Uuid>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(id)| Self(id))
+            .map_err(|_: PathRejection| ApiError::invalid_field("id", "must be a UUID"))
+    }
+}
+
+/// The authenticated caller, from `Authorization: Bearer <access token>`.
+#[derive(Debug, Clone)]
+pub struct AuthUser {
+    pub id: Uuid,
+    pub roles: Vec<String>,
+}
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or(ApiError::AuthRequired)?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|value| {
+                let (scheme, token) = value.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+            })
+            .filter(|token| !token.is_empty())
+            .ok_or(ApiError::InvalidToken)?;
+        let claims = state.tokens.verify(token).map_err(|err| {
+            tracing::debug!(reason = %err, "refused an access token");
+            ApiError::InvalidToken
+        })?;
+        Ok(Self {
+            id: claims.sub,
+            roles: claims.roles,
+        })
+    }
+}
+
+/// Who asked, from where, as part of which request: the metadata of every event.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    pub request_id: String,
+    pub correlation_id: String,
+    pub causation_id: String,
+    pub client_ip: String,
+    pub user_agent: String,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let header_text = |name: &str, max: usize| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.chars().take(max).collect::<String>())
+                .filter(|v| !v.is_empty())
+        };
+        let request_id = parts
+            .extensions
+            .get::<RequestId>()
+            .map(|id| id.0.clone())
+            .unwrap_or_else(|| Uuid::new_v4().to_string());
+        let client_ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip().to_string())
+            .unwrap_or_default();
+        Ok(Self {
+            correlation_id: header_text("x-correlation-id", 128).unwrap_or_else(|| request_id.clone()),
+            causation_id: header_text("x-causation-id", 128).unwrap_or_else(|| request_id.clone()),
+            user_agent: header_text("user-agent", 512).unwrap_or_default(),
+            client_ip,
+            request_id,
+        })
+    }
+}
+
+impl RequestContext {
+    /// The event metadata for a command by `actor` (or by an anonymous caller,
+    /// who becomes the actor once identified, e.g. at registration).
+    pub fn metadata(&self, actor_id: Uuid, actor_roles: &[String]) -> HashMap<String, String> {
+        HashMap::from([
+            ("actor_id".to_string(), actor_id.to_string()),
+            ("actor_roles".to_string(), actor_roles.join(",")),
+            ("request_id".to_string(), self.request_id.clone()),
+            ("correlation_id".to_string(), self.correlation_id.clone()),
+            ("causation_id".to_string(), self.causation_id.clone()),
+            ("client_ip".to_string(), self.client_ip.clone()),
+            ("user_agent".to_string(), self.user_agent.clone()),
+            ("occurred_at".to_string(), chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+        ])
+    }
+}
+
+/// `X-Consistency-Token` sent back by a client; malformed is a 422.
+pub struct ConsistencyHeader(pub Option<ConsistencyToken>);
+
+pub const CONSISTENCY_HEADER: &str = "x-consistency-token";
+
+impl<S: Send + Sync> FromRequestParts<S> for ConsistencyHeader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let Some(value) = parts.headers.get(CONSISTENCY_HEADER) else {
+            return Ok(Self(None));
+        };
+        value
+            .to_str()
+            .ok()
+            .and_then(|raw| raw.parse().ok())
+            .map(|token| Self(Some(token)))
+            .ok_or_else(|| ApiError::invalid_field(CONSISTENCY_HEADER, "is not a token this server issued"))
+    }
+}

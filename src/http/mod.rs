@@ -1,0 +1,103 @@
+//! The HTTP API: one module per resource, assembled here with the layers every
+//! route shares (request id, panics, tracing, metrics, timeout, body limit).
+
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod openapi;
+pub mod request_id;
+pub mod service;
+pub mod tasks;
+
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::state::AppState;
+use error::ApiError;
+
+/// The whole API with its middleware.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.settings.http.body_limit_bytes;
+    let timeout = state.settings.http.request_timeout;
+    Router::new()
+        .merge(service::router())
+        .merge(auth::router())
+        .merge(tasks::router())
+        .merge(openapi::router())
+        .fallback(|| async { ApiError::NotFound })
+        .with_state(state)
+        .layer(middleware::map_response(error_format_for_bare_errors))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout))
+        .layer(middleware::from_fn(record_metrics))
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
+            let route = request
+                .extensions()
+                .get::<MatchedPath>()
+                .map(MatchedPath::as_str)
+                .unwrap_or("unmatched");
+            tracing::info_span!("http", method = %request.method(), route, request_id = %request_id::current_request_id())
+        }))
+        .layer(CatchPanicLayer::custom(|_panic: Box<dyn std::any::Any + Send>| {
+            ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
+        }))
+        .layer(middleware::from_fn(request_id::assign_request_id))
+}
+
+/// Responses produced by axum or tower themselves (405 with `Allow`, a
+/// timeout) carry no body; give them the error format like every other error.
+async fn error_format_for_bare_errors(response: Response) -> Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error())
+        || response.headers().contains_key(header::CONTENT_TYPE)
+    {
+        return response;
+    }
+    let error = match status {
+        StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed,
+        StatusCode::NOT_FOUND => ApiError::NotFound,
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::REQUEST_TIMEOUT => {
+            ApiError::Unavailable("the request took too long".into())
+        }
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType("unsupported content type".into()),
+        other if other.is_client_error() => ApiError::BadRequest(
+            other.canonical_reason().unwrap_or("bad request").to_string(),
+        ),
+        _ => ApiError::Internal(anyhow::anyhow!("bare {status} response")),
+    };
+    let (mut parts, _) = response.into_parts();
+    let formatted = error.into_response();
+    parts.status = formatted.status();
+    let (formatted_parts, body) = formatted.into_parts();
+    for (name, value) in formatted_parts.headers.iter() {
+        parts.headers.insert(name, value.clone());
+    }
+    Response::from_parts(parts, Body::new(body))
+}
+
+async fn record_metrics(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    let labels = [("method", method), ("route", route), ("status", status)];
+    metrics::counter!("chronicle_http_requests_total", &labels).increment(1);
+    metrics::histogram!("chronicle_http_request_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
+    response
+}

@@ -1,0 +1,451 @@
+//! `/v1/tasks`: commands go to the Task aggregate, queries read `read.tasks`.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::routing::{get, patch, post};
+use axum::Router;
+use chrono::{DateTime, Utc};
+use chronicle_aggregates::task::{Task, TaskCommand, TaskError};
+use cqrs_es::AggregateError;
+use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::commands::Executed;
+use crate::http::error::{infrastructure_error, ApiError, Result};
+use crate::http::extract::{AuthUser, ConsistencyHeader, IdPath, Json, Query, RequestContext, CONSISTENCY_HEADER};
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/tasks", get(list_tasks).post(create_task))
+        .route(
+            "/v1/tasks/{id}",
+            get(get_task).put(replace_task).patch(patch_task).delete(delete_task),
+        )
+        .route("/v1/tasks/{id}/complete", patch(complete_task))
+        .route("/v1/tasks/{id}/restore", post(restore_task))
+}
+
+/// A task as clients see it.
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow, PartialEq)]
+pub struct TaskResponse {
+    pub id: Uuid,
+    pub title: String,
+    pub description: Option<String>,
+    pub completed: bool,
+    pub is_deleted: bool,
+    pub deleted_at: Option<DateTime<Utc>>,
+    pub project_id: Option<Uuid>,
+    pub due_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Number of events in the task's history.
+    pub version: i64,
+}
+
+impl TaskResponse {
+    fn from_aggregate(id: Uuid, task: &Task) -> Self {
+        let created_at = task.created_at.unwrap_or_else(Utc::now);
+        Self {
+            id,
+            title: task.title.clone(),
+            description: task.description.clone(),
+            completed: task.completed,
+            is_deleted: task.is_deleted,
+            deleted_at: task.deleted_at,
+            project_id: task.project_id,
+            due_at: task.due_at,
+            created_at,
+            updated_at: task.updated_at.unwrap_or(created_at),
+            version: task.version as i64,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTaskRequest {
+    /// 1–200 characters.
+    pub title: String,
+    /// At most 1000 characters.
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub project_id: Option<Uuid>,
+    #[serde(default)]
+    pub due_at: Option<DateTime<Utc>>,
+}
+
+/// PUT: every field must be present (`null` where allowed).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplaceTaskRequest {
+    pub title: String,
+    #[serde(deserialize_with = "present_or_null")]
+    pub description: Option<String>,
+    #[serde(deserialize_with = "present_or_null")]
+    pub project_id: Option<Uuid>,
+    #[serde(deserialize_with = "present_or_null")]
+    pub due_at: Option<DateTime<Utc>>,
+    pub completed: bool,
+}
+
+/// PATCH: only the fields to change; `null` clears an optional field.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchTaskRequest {
+    #[serde(default, deserialize_with = "some_or_null")]
+    #[schema(value_type = Option<String>)]
+    pub title: Option<Option<String>>,
+    #[serde(default, deserialize_with = "some_or_null")]
+    #[schema(value_type = Option<String>)]
+    pub description: Option<Option<String>>,
+    #[serde(default, deserialize_with = "some_or_null")]
+    #[schema(value_type = Option<Uuid>)]
+    pub project_id: Option<Option<Uuid>>,
+    #[serde(default, deserialize_with = "some_or_null")]
+    #[schema(value_type = Option<DateTime<Utc>>)]
+    pub due_at: Option<Option<DateTime<Utc>>>,
+    #[serde(default)]
+    pub completed: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteTaskRequest {
+    pub completed: bool,
+}
+
+/// Makes an `Option` field required while still accepting `null`.
+fn present_or_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    Option::<T>::deserialize(d)
+}
+
+/// Tells "absent" (outer `None`, via `default`) from "null" (`Some(None)`).
+fn some_or_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StatusFilter {
+    All,
+    Pending,
+    Completed,
+    Deleted,
+    /// Not a client value: what applies when `status` is absent.
+    #[default]
+    #[serde(skip)]
+    NotDeleted,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListTasksQuery {
+    /// `all`, `pending`, `completed` or `deleted`; default: every task not deleted.
+    #[serde(default)]
+    #[param(value_type = Option<String>)]
+    pub status: StatusFilter,
+    /// Created at or after.
+    pub date_from: Option<DateTime<Utc>>,
+    /// Created at or before.
+    pub date_to: Option<DateTime<Utc>>,
+    /// Also list soft-deleted tasks.
+    #[serde(default)]
+    pub include_deleted: bool,
+    pub project_id: Option<Uuid>,
+    /// 1–100, default 50.
+    pub limit: Option<i64>,
+    /// ≥ 0, default 0.
+    pub offset: Option<i64>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteTaskQuery {
+    /// Remove the task from every read model (its history stays).
+    #[serde(default)]
+    pub permanent: bool,
+}
+
+fn task_error(err: AggregateError<TaskError>) -> ApiError {
+    match err {
+        AggregateError::UserError(TaskError::NotFound) => ApiError::NotFound,
+        AggregateError::UserError(TaskError::AlreadyExists) => ApiError::Conflict("task already exists".into()),
+        AggregateError::UserError(TaskError::Deleted) => {
+            ApiError::Conflict("task is deleted; restore it first".into())
+        }
+        AggregateError::UserError(TaskError::NotDeleted) => ApiError::BadRequest("task is not deleted".into()),
+        AggregateError::UserError(TaskError::Invalid(errors)) => ApiError::invalid_fields(&errors),
+        other => infrastructure_error(other),
+    }
+}
+
+/// Runs a task command and remembers the write for the caller's next query.
+async fn run(
+    state: &AppState,
+    user: &AuthUser,
+    context: &RequestContext,
+    id: Uuid,
+    command: TaskCommand,
+) -> Result<(HeaderMap, Executed<Task>)> {
+    let metadata = context.metadata(user.id, &user.roles);
+    let executed = state
+        .tasks
+        .execute(&id.to_string(), command, metadata)
+        .await
+        .map_err(task_error)?;
+    let mut headers = HeaderMap::new();
+    if let Some(token) = &executed.token {
+        state.consistency.record_write(user.id, token);
+        if let Ok(value) = HeaderValue::from_str(&token.to_string()) {
+            headers.insert(CONSISTENCY_HEADER, value);
+        }
+    }
+    Ok((headers, executed))
+}
+
+async fn wait_for_read_model(state: &AppState, user: &AuthUser, token: ConsistencyHeader) -> Result<()> {
+    state
+        .consistency
+        .wait("tasks", Some(user.id), token.0)
+        .await
+        .map_err(|err| ApiError::Unavailable(err.to_string()))
+}
+
+/// Creates a task.
+#[utoipa::path(post, path = "/v1/tasks", tag = "tasks", security(("bearer" = [])), request_body = CreateTaskRequest, responses(
+    (status = 201, body = TaskResponse, headers(("X-Consistency-Token" = String, description = "Send back to read this write"))),
+    (status = 422, description = "Invalid field"),
+))]
+pub async fn create_task(
+    State(state): State<AppState>,
+    user: AuthUser,
+    context: RequestContext,
+    Json(request): Json<CreateTaskRequest>,
+) -> Result<(StatusCode, HeaderMap, axum::Json<TaskResponse>)> {
+    let id = Uuid::new_v4();
+    let command = TaskCommand::Create {
+        actor_id: user.id,
+        title: request.title,
+        description: request.description,
+        project_id: request.project_id,
+        due_at: request.due_at,
+        at: Utc::now(),
+    };
+    let (headers, executed) = run(&state, &user, &context, id, command).await?;
+    Ok((
+        StatusCode::CREATED,
+        headers,
+        axum::Json(TaskResponse::from_aggregate(id, &executed.aggregate)),
+    ))
+}
+
+/// Lists the caller's tasks, newest first.
+#[utoipa::path(get, path = "/v1/tasks", tag = "tasks", security(("bearer" = [])), params(ListTasksQuery), responses(
+    (status = 200, body = Vec<TaskResponse>, headers(("X-Total-Count" = i64))),
+    (status = 422, description = "Invalid filter or page"),
+))]
+pub async fn list_tasks(
+    State(state): State<AppState>,
+    user: AuthUser,
+    token: ConsistencyHeader,
+    Query(query): Query<ListTasksQuery>,
+) -> Result<(HeaderMap, axum::Json<Vec<TaskResponse>>)> {
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::invalid_field("limit", "must be between 1 and 100"));
+    }
+    let offset = query.offset.unwrap_or(0);
+    if offset < 0 {
+        return Err(ApiError::invalid_field("offset", "must be 0 or more"));
+    }
+    if let (Some(from), Some(to)) = (query.date_from, query.date_to) {
+        if from > to {
+            return Err(ApiError::invalid_field("date_from", "must not be after date_to"));
+        }
+    }
+    wait_for_read_model(&state, &user, token).await?;
+
+    // One filter for both the page and the count.
+    let (completed, deleted): (Option<bool>, Option<bool>) = match (query.status, query.include_deleted) {
+        (StatusFilter::All, _) => (None, None),
+        (StatusFilter::Deleted, _) => (None, Some(true)),
+        (StatusFilter::Pending, include) => (Some(false), (!include).then_some(false)),
+        (StatusFilter::Completed, include) => (Some(true), (!include).then_some(false)),
+        (StatusFilter::NotDeleted, include) => (None, (!include).then_some(false)),
+    };
+    let filter = "owner_id = $1 \
+         and ($2::boolean is null or completed = $2) \
+         and ($3::boolean is null or is_deleted = $3) \
+         and ($4::timestamptz is null or created_at >= $4) \
+         and ($5::timestamptz is null or created_at <= $5) \
+         and ($6::uuid is null or project_id = $6)";
+    let page_sql = format!(
+        "select id, title, description, completed, is_deleted, deleted_at, project_id, due_at, \
+           created_at, updated_at, version \
+         from read.tasks where {filter} order by created_at desc, id desc limit $7 offset $8"
+    );
+    let tasks: Vec<TaskResponse> = sqlx::query_as(&page_sql)
+        .bind(user.id)
+        .bind(completed)
+        .bind(deleted)
+        .bind(query.date_from)
+        .bind(query.date_to)
+        .bind(query.project_id)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&state.pool)
+        .await?;
+    let total: i64 = sqlx::query_scalar(&format!("select count(*) from read.tasks where {filter}"))
+        .bind(user.id)
+        .bind(completed)
+        .bind(deleted)
+        .bind(query.date_from)
+        .bind(query.date_to)
+        .bind(query.project_id)
+        .fetch_one(&state.pool)
+        .await?;
+    let mut headers = HeaderMap::new();
+    headers.insert("x-total-count", HeaderValue::from(total));
+    Ok((headers, axum::Json(tasks)))
+}
+
+/// One task of the caller's, soft-deleted ones included.
+#[utoipa::path(get, path = "/v1/tasks/{id}", tag = "tasks", security(("bearer" = [])), params(("id" = Uuid, Path)), responses(
+    (status = 200, body = TaskResponse),
+    (status = 404, description = "No such task of yours"),
+))]
+pub async fn get_task(
+    State(state): State<AppState>,
+    user: AuthUser,
+    token: ConsistencyHeader,
+    IdPath(id): IdPath,
+) -> Result<axum::Json<TaskResponse>> {
+    wait_for_read_model(&state, &user, token).await?;
+    let task: Option<TaskResponse> = sqlx::query_as(
+        "select id, title, description, completed, is_deleted, deleted_at, project_id, due_at, \
+           created_at, updated_at, version \
+         from read.tasks where id = $1 and owner_id = $2",
+    )
+    .bind(id)
+    .bind(user.id)
+    .fetch_optional(&state.pool)
+    .await?;
+    task.map(axum::Json).ok_or(ApiError::NotFound)
+}
+
+/// Replaces every editable field.
+#[utoipa::path(put, path = "/v1/tasks/{id}", tag = "tasks", security(("bearer" = [])), params(("id" = Uuid, Path)), request_body = ReplaceTaskRequest, responses(
+    (status = 200, body = TaskResponse),
+    (status = 404), (status = 409, description = "Deleted, or changed concurrently"), (status = 422),
+))]
+pub async fn replace_task(
+    State(state): State<AppState>,
+    user: AuthUser,
+    context: RequestContext,
+    IdPath(id): IdPath,
+    Json(request): Json<ReplaceTaskRequest>,
+) -> Result<(HeaderMap, axum::Json<TaskResponse>)> {
+    let command = TaskCommand::Replace {
+        actor_id: user.id,
+        title: request.title,
+        description: request.description,
+        project_id: request.project_id,
+        due_at: request.due_at,
+        completed: request.completed,
+        at: Utc::now(),
+    };
+    let (headers, executed) = run(&state, &user, &context, id, command).await?;
+    Ok((headers, axum::Json(TaskResponse::from_aggregate(id, &executed.aggregate))))
+}
+
+/// Changes only the given fields.
+#[utoipa::path(patch, path = "/v1/tasks/{id}", tag = "tasks", security(("bearer" = [])), params(("id" = Uuid, Path)), request_body = PatchTaskRequest, responses(
+    (status = 200, body = TaskResponse),
+    (status = 404), (status = 409, description = "Deleted, or changed concurrently"), (status = 422),
+))]
+pub async fn patch_task(
+    State(state): State<AppState>,
+    user: AuthUser,
+    context: RequestContext,
+    IdPath(id): IdPath,
+    Json(request): Json<PatchTaskRequest>,
+) -> Result<(HeaderMap, axum::Json<TaskResponse>)> {
+    let title = match request.title {
+        Some(None) => return Err(ApiError::invalid_field("title", "cannot be null")),
+        Some(Some(title)) => Some(title),
+        None => None,
+    };
+    let command = TaskCommand::Patch {
+        actor_id: user.id,
+        title,
+        description: request.description,
+        project_id: request.project_id,
+        due_at: request.due_at,
+        completed: request.completed,
+        at: Utc::now(),
+    };
+    let (headers, executed) = run(&state, &user, &context, id, command).await?;
+    Ok((headers, axum::Json(TaskResponse::from_aggregate(id, &executed.aggregate))))
+}
+
+/// Marks a task completed or pending.
+#[utoipa::path(patch, path = "/v1/tasks/{id}/complete", tag = "tasks", security(("bearer" = [])), params(("id" = Uuid, Path)), request_body = CompleteTaskRequest, responses(
+    (status = 200, body = TaskResponse), (status = 404), (status = 409), (status = 422),
+))]
+pub async fn complete_task(
+    State(state): State<AppState>,
+    user: AuthUser,
+    context: RequestContext,
+    IdPath(id): IdPath,
+    Json(request): Json<CompleteTaskRequest>,
+) -> Result<(HeaderMap, axum::Json<TaskResponse>)> {
+    let command = TaskCommand::SetCompleted {
+        actor_id: user.id,
+        completed: request.completed,
+        at: Utc::now(),
+    };
+    let (headers, executed) = run(&state, &user, &context, id, command).await?;
+    Ok((headers, axum::Json(TaskResponse::from_aggregate(id, &executed.aggregate))))
+}
+
+/// Soft-deletes a task, or with `permanent=true` purges it from every read model.
+#[utoipa::path(delete, path = "/v1/tasks/{id}", tag = "tasks", security(("bearer" = [])), params(("id" = Uuid, Path), DeleteTaskQuery), responses(
+    (status = 204, description = "Deleted"), (status = 404),
+))]
+pub async fn delete_task(
+    State(state): State<AppState>,
+    user: AuthUser,
+    context: RequestContext,
+    IdPath(id): IdPath,
+    Query(query): Query<DeleteTaskQuery>,
+) -> Result<(StatusCode, HeaderMap)> {
+    let at = Utc::now();
+    let command = if query.permanent {
+        TaskCommand::Purge { actor_id: user.id, at }
+    } else {
+        TaskCommand::Delete { actor_id: user.id, at }
+    };
+    let (headers, _) = run(&state, &user, &context, id, command).await?;
+    Ok((StatusCode::NO_CONTENT, headers))
+}
+
+/// Brings back a soft-deleted task.
+#[utoipa::path(post, path = "/v1/tasks/{id}/restore", tag = "tasks", security(("bearer" = [])), params(("id" = Uuid, Path)), responses(
+    (status = 200, body = TaskResponse), (status = 400, description = "Task is not deleted"), (status = 404),
+))]
+pub async fn restore_task(
+    State(state): State<AppState>,
+    user: AuthUser,
+    context: RequestContext,
+    IdPath(id): IdPath,
+) -> Result<(HeaderMap, axum::Json<TaskResponse>)> {
+    let command = TaskCommand::Restore {
+        actor_id: user.id,
+        at: Utc::now(),
+    };
+    let (headers, executed) = run(&state, &user, &context, id, command).await?;
+    Ok((headers, axum::Json(TaskResponse::from_aggregate(id, &executed.aggregate))))
+}

@@ -1,0 +1,16 @@
+//! Chronicle's API process: configuration, telemetry, the HTTP API, command
+//! execution and the wiring of relay and projections into one binary.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod consistency;
+pub mod http;
+pub mod startup;
+pub mod state;
+pub mod telemetry;
+
+pub use config::Settings;
+pub use startup::{Application, Components};

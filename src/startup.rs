@@ -1,0 +1,227 @@
+//! Builds the application from [`Settings`] and runs the chosen components:
+//! the API, the relay, the projection workers, or all of them in one process.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use chronicle_nats::{Relay, RelayConfig};
+use chronicle_projections::{all_projections, ProjectionRunner};
+use secrecy::ExposeSecret;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use chronicle_aggregates::user::UserServices;
+
+use crate::auth::{PasswordService, SigningKeys, TokenIssuer};
+use crate::commands::CommandExecutor;
+use crate::config::Settings;
+use crate::consistency::Consistency;
+use crate::state::AppState;
+use crate::telemetry::metrics_handle;
+
+/// Which parts run in this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Components {
+    pub api: bool,
+    pub relay: bool,
+    pub projections: bool,
+}
+
+impl Components {
+    pub const ALL: Self = Self {
+        api: true,
+        relay: true,
+        projections: true,
+    };
+}
+
+/// A built, not yet running, Chronicle process.
+pub struct Application {
+    listener: Option<TcpListener>,
+    state: AppState,
+    tasks: JoinSet<()>,
+    shutdown: CancellationToken,
+    runners: Vec<ProjectionRunner>,
+    relay: Option<Relay>,
+}
+
+/// Connects to Postgres with the configured pool size.
+pub async fn connect_database(settings: &Settings) -> anyhow::Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(settings.database.max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(settings.database.url.expose_secret())
+        .await
+        .context("connecting to Postgres (DATABASE_URL)")
+}
+
+/// Applies the embedded migrations.
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    sqlx::migrate!("./migrations")
+        .run(pool)
+        .await
+        .context("applying migrations")
+}
+
+/// Connects to NATS; the client reconnects on its own after an outage.
+pub async fn connect_nats(settings: &Settings) -> anyhow::Result<async_nats::Client> {
+    async_nats::ConnectOptions::new()
+        .name("chronicle")
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(&settings.nats.url)
+        .await
+        .context("connecting to NATS (NATS_URL)")
+}
+
+impl Application {
+    /// Connects everything and binds the listener; nothing runs until [`Application::run`].
+    pub async fn build(settings: Settings, components: Components) -> anyhow::Result<Self> {
+        let settings = Arc::new(settings);
+        let shutdown = CancellationToken::new();
+        let pool = connect_database(&settings).await?;
+        let nats = connect_nats(&settings).await?;
+        let jetstream = async_nats::jetstream::new(nats.clone());
+
+        let keys = Arc::new(
+            SigningKeys::load_or_generate(&settings.auth, &settings.data_dir)
+                .context("loading the signing key")?,
+        );
+        let tokens = TokenIssuer::new(keys, &settings.auth);
+        let passwords = PasswordService::new(pool.clone(), settings.auth.argon2)?;
+        let consistency =
+            Consistency::start(pool.clone(), settings.http.consistency_wait, shutdown.clone()).await?;
+
+        let runners: Vec<ProjectionRunner> = if components.projections {
+            all_projections()
+                .into_iter()
+                .map(|projection| {
+                    ProjectionRunner::new(pool.clone(), jetstream.clone(), settings.nats.stream.clone(), projection)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let projections = runners
+            .iter()
+            .map(|runner| (runner.name(), runner.status()))
+            .collect();
+        let relay = components.relay.then(|| {
+            Relay::new(
+                pool.clone(),
+                settings.database.url.expose_secret().to_string(),
+                jetstream.clone(),
+                settings.nats.stream.clone(),
+                RelayConfig::default(),
+            )
+        });
+
+        let listener = if components.api {
+            Some(
+                TcpListener::bind(settings.http.addr)
+                    .await
+                    .with_context(|| format!("binding {}", settings.http.addr))?,
+            )
+        } else {
+            None
+        };
+        let state = AppState {
+            users: Arc::new(CommandExecutor::new(pool.clone(), passwords.clone() as Arc<dyn UserServices>)),
+            tasks: Arc::new(CommandExecutor::new(pool.clone(), ())),
+            settings,
+            pool,
+            nats,
+            tokens,
+            passwords,
+            consistency,
+            metrics: metrics_handle(),
+            projections: Arc::new(projections),
+        };
+        Ok(Self {
+            listener,
+            state,
+            tasks: JoinSet::new(),
+            shutdown,
+            runners,
+            relay,
+        })
+    }
+
+    /// The address the API listens on (port 0 resolved), if it runs here.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Cancelling this token stops the application gracefully.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Runs every component until the shutdown token is cancelled, then waits
+    /// for in-flight requests and batches to finish.
+    pub async fn run(mut self) -> anyhow::Result<()> {
+        if let Some(relay) = self.relay.take() {
+            self.tasks.spawn(relay.run(self.shutdown.clone()));
+        }
+        for runner in std::mem::take(&mut self.runners) {
+            self.tasks.spawn(runner.run(self.shutdown.clone()));
+        }
+        let server = match self.listener.take() {
+            Some(listener) => {
+                let router = crate::http::router(self.state.clone());
+                let shutdown = self.shutdown.clone();
+                tracing::info!(addr = %listener.local_addr()?, "api listening");
+                Some(tokio::spawn(async move {
+                    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+                        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                        .await
+                }))
+            }
+            None => None,
+        };
+        self.shutdown.cancelled().await;
+        if let Some(server) = server {
+            server.await.context("api task")?.context("api server")?;
+        }
+        while self.tasks.join_next().await.is_some() {}
+        self.state.pool.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Cancels `token` on SIGTERM or Ctrl-C.
+pub fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    token.cancel();
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutting down");
+        token.cancel();
+    });
+}

@@ -1,0 +1,29 @@
+//! The state every handler shares; cheap to clone.
+
+use std::sync::Arc;
+
+use chronicle_aggregates::task::Task;
+use chronicle_aggregates::user::User;
+use chronicle_projections::ProjectionStatus;
+use metrics_exporter_prometheus::PrometheusHandle;
+use sqlx::PgPool;
+
+use crate::auth::{PasswordService, TokenIssuer};
+use crate::commands::CommandExecutor;
+use crate::config::Settings;
+use crate::consistency::Consistency;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub pool: PgPool,
+    pub nats: async_nats::Client,
+    pub tokens: TokenIssuer,
+    pub passwords: Arc<PasswordService>,
+    pub users: Arc<CommandExecutor<User>>,
+    pub tasks: Arc<CommandExecutor<Task>>,
+    pub consistency: Arc<Consistency>,
+    pub metrics: PrometheusHandle,
+    /// Projections running in this process, for `/ready`.
+    pub projections: Arc<Vec<(&'static str, Arc<ProjectionStatus>)>>,
+}
