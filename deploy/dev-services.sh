@@ -58,18 +58,17 @@ die() {
 
 is_root() { [[ "$(id -u)" -eq 0 ]]; }
 
-# Run "$@" with every file descriptor above 2 closed, so long-lived servers do not keep
-# the caller's pipes (CI log streams, $(...) captures, our lock on fd 9) open.
-with_fds_closed() {
-    (
-        fd=""
-        for fd in /proc/self/fd/*; do
-            fd="${fd##*/}"
-            [[ "$fd" =~ ^[0-9]+$ ]] && ((fd > 2)) || continue
+# Close every file descriptor above 2 in the current (sub)shell, so long-lived servers
+# started from it do not keep the caller's pipes (CI log streams, $(...) captures, our
+# lock on fd 9) open. Use inside ( ... ) only.
+close_extra_fds() {
+    local fd
+    for fd in /proc/self/fd/*; do
+        fd="${fd##*/}"
+        if [[ "$fd" =~ ^[0-9]+$ ]] && ((fd > 2)); then
             { exec {fd}>&-; } 2>/dev/null || true
-        done
-        "$@"
-    )
+        fi
+    done
 }
 
 # ---------------------------------------------------------------- packages --
@@ -197,9 +196,11 @@ pg_up() {
         fi
 
         log "starting postgres on 127.0.0.1:$PG_PORT (log $PG_LOG)"
-        with_fds_closed as_pg "$bin/pg_ctl" start -w -t 60 -D "$PGDATA" -l "$PG_LOG" \
-            -o "-p $PG_PORT -k '$sock_dir' -c listen_addresses=127.0.0.1 -c max_connections=400 -c shared_buffers=256MB -c fsync=$PG_FSYNC" \
-            >/dev/null 2>"$PG_ROOT/pg_ctl.err" 9>&- || {
+        (
+            close_extra_fds
+            as_pg "$bin/pg_ctl" start -w -t 60 -D "$PGDATA" -l "$PG_LOG" \
+                -o "-p $PG_PORT -k '$sock_dir' -c listen_addresses=127.0.0.1 -c max_connections=400 -c shared_buffers=256MB -c fsync=$PG_FSYNC"
+        ) >/dev/null 2>"$PG_ROOT/pg_ctl.err" || {
             cat "$PG_ROOT/pg_ctl.err" >&2 || true
             die "postgres failed to start (is port $PG_PORT taken?)" "$PG_LOG"
         }
@@ -258,17 +259,24 @@ nats_healthy() {
         # for the JetStream check, send the healthz request by hand.
         local line resp
         (
+            exec 2>/dev/null
             exec 3<>"/dev/tcp/127.0.0.1/$NATS_PORT" || exit 1
             IFS= read -r -t 2 line <&3 || exit 1
             [[ "$line" == INFO* ]] || exit 1
-        ) 2>/dev/null || return 1
+        ) || return 1
         resp="$(
+            exec 2>/dev/null
             exec 3<>"/dev/tcp/127.0.0.1/$NATS_MONITOR_PORT" || exit 1
             printf 'GET /healthz?js-enabled-only=true HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3
-            timeout 2 cat <&3 2>/dev/null || true
-        )" 2>/dev/null || return 1
+            timeout 2 cat <&3 || true
+        )" || return 1
         [[ "$resp" == *'"ok"'* ]]
     fi
+}
+
+# True when something accepts TCP connections on 127.0.0.1:$1.
+port_in_use() {
+    (exec 2>/dev/null; exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
 nats_wait_ready() {
@@ -294,16 +302,27 @@ nats_up() {
         return 0
     fi
 
+    local port
+    for port in "$NATS_PORT" "$NATS_MONITOR_PORT"; do
+        if port_in_use "$port"; then
+            die "port $port is already in use by another process (not the nats-server of $DATA); \
+stop it or set CHRONICLE_NATS_PORT / CHRONICLE_NATS_MONITOR_PORT"
+        fi
+    done
     mkdir -p "$NATS_STORE"
     rm -f "$NATS_PID_FILE"
     log "starting nats-server with JetStream on 127.0.0.1:$NATS_PORT (monitor $NATS_MONITOR_PORT, log $NATS_LOG)"
     # shellcheck disable=SC2094  # -l and the redirect both append to the same log
-    with_fds_closed setsid nohup "$bin" -js -sd "$NATS_STORE" -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MONITOR_PORT" \
-        -P "$NATS_PID_FILE" -l "$NATS_LOG" </dev/null >>"$NATS_LOG" 2>&1 9>&- &
+    (
+        close_extra_fds
+        exec setsid nohup "$bin" -js -sd "$NATS_STORE" -a 127.0.0.1 -p "$NATS_PORT" \
+            -m "$NATS_MONITOR_PORT" -P "$NATS_PID_FILE" -l "$NATS_LOG"
+    ) </dev/null >>"$NATS_LOG" 2>&1 &
     pid=$!
     disown "$pid" 2>/dev/null || true
     nats_wait_ready "$pid"
-    log "nats ready (pid $(nats_pid || echo "$pid"))"
+    kill -0 "$pid" 2>/dev/null || die "nats-server exited during startup" "$NATS_LOG"
+    log "nats ready (pid $pid)"
 }
 
 nats_down() {

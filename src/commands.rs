@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 
+use chrono::{DateTime, SubsecRound, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventStore};
@@ -17,6 +18,17 @@ use crate::consistency::ConsistencyToken;
 
 /// How often a conflicting command is retried before it is answered 409.
 const CONFLICT_RETRIES: usize = 4;
+
+/// The current time at the precision Postgres stores (microseconds), so that
+/// a command's answer and the read model agree to the digit.
+pub fn now() -> DateTime<Utc> {
+    micros(Utc::now())
+}
+
+/// `time` truncated to microseconds.
+pub fn micros(time: DateTime<Utc>) -> DateTime<Utc> {
+    time.trunc_subsecs(6)
+}
 
 /// The outcome of a command that was accepted.
 #[derive(Debug)]

@@ -1,7 +1,20 @@
-//! Chronicle's aggregates: commands, events and errors, and the pure domain
-//! logic that turns one into the other. No I/O here beyond `Services` traits.
+//! Chronicle's aggregates: the commands, events, errors and business rules
+//! of the write side, as pure domain logic.
+//!
+//! Nothing here talks to a database, a message broker or HTTP; the only
+//! outside capability, password storage, is injected through
+//! [`user::UserServices`]. That keeps every rule testable with
+//! `cqrs_es::test::TestFramework` and replayable from the event log.
+
 #![forbid(unsafe_code)]
 
 pub mod task;
 pub mod user;
 pub mod validation;
+
+pub use task::{Task, TaskCommand, TaskError, TaskEvent};
+pub use user::{
+    user_id_for_email, ServiceFailure, User, UserCommand, UserError, UserEvent, UserServices,
+    USER_NAMESPACE,
+};
+pub use validation::FieldError;

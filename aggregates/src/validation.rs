@@ -165,8 +165,7 @@ pub fn validate_username(username: &str) -> Result<String, FieldError> {
     let username = username.trim();
     let len = username.chars().count();
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
-    if !(USERNAME_MIN_CHARS..=USERNAME_MAX_CHARS).contains(&len) || !username.chars().all(allowed)
-    {
+    if !(USERNAME_MIN_CHARS..=USERNAME_MAX_CHARS).contains(&len) || !username.chars().all(allowed) {
         return Err(FieldError::new(
             "username",
             format!(

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::commands::Executed;
+use crate::commands::{now, Executed};
 use crate::consistency::ConsistencyToken;
 use crate::http::error::{infrastructure_error, ApiError, Result};
 use crate::http::extract::{
@@ -155,7 +155,7 @@ pub async fn register(
         username: request.username,
         name: request.name,
         password: request.password,
-        at: Utc::now(),
+        at: now(),
     };
     let metadata = context.metadata(user_id, &[]);
     let executed = match state.users.execute(&user_id.to_string(), command, metadata).await {
@@ -237,7 +237,7 @@ pub async fn login(
     let metadata = context.metadata(user_id, &user.roles);
     let command = UserCommand::LogIn {
         password,
-        at: Utc::now(),
+        at: now(),
     };
     let executed = state.users.execute(&key, command, metadata).await.map_err(user_error)?;
     let response = auth_response(&state, user_id, &executed)?;

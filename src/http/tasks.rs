@@ -11,7 +11,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::commands::Executed;
+use crate::commands::{micros, now, Executed};
 use crate::http::error::{infrastructure_error, ApiError, Result};
 use crate::http::extract::{AuthUser, ConsistencyHeader, IdPath, Json, Query, RequestContext, CONSISTENCY_HEADER};
 use crate::state::AppState;
@@ -231,8 +231,8 @@ pub async fn create_task(
         title: request.title,
         description: request.description,
         project_id: request.project_id,
-        due_at: request.due_at,
-        at: Utc::now(),
+        due_at: request.due_at.map(micros),
+        at: now(),
     };
     let (headers, executed) = run(&state, &user, &context, id, command).await?;
     Ok((
@@ -353,9 +353,9 @@ pub async fn replace_task(
         title: request.title,
         description: request.description,
         project_id: request.project_id,
-        due_at: request.due_at,
+        due_at: request.due_at.map(micros),
         completed: request.completed,
-        at: Utc::now(),
+        at: now(),
     };
     let (headers, executed) = run(&state, &user, &context, id, command).await?;
     Ok((headers, axum::Json(TaskResponse::from_aggregate(id, &executed.aggregate))))
@@ -383,9 +383,9 @@ pub async fn patch_task(
         title,
         description: request.description,
         project_id: request.project_id,
-        due_at: request.due_at,
+        due_at: request.due_at.map(|due| due.map(micros)),
         completed: request.completed,
-        at: Utc::now(),
+        at: now(),
     };
     let (headers, executed) = run(&state, &user, &context, id, command).await?;
     Ok((headers, axum::Json(TaskResponse::from_aggregate(id, &executed.aggregate))))
@@ -405,7 +405,7 @@ pub async fn complete_task(
     let command = TaskCommand::SetCompleted {
         actor_id: user.id,
         completed: request.completed,
-        at: Utc::now(),
+        at: now(),
     };
     let (headers, executed) = run(&state, &user, &context, id, command).await?;
     Ok((headers, axum::Json(TaskResponse::from_aggregate(id, &executed.aggregate))))
@@ -422,7 +422,7 @@ pub async fn delete_task(
     IdPath(id): IdPath,
     Query(query): Query<DeleteTaskQuery>,
 ) -> Result<(StatusCode, HeaderMap)> {
-    let at = Utc::now();
+    let at = now();
     let command = if query.permanent {
         TaskCommand::Purge { actor_id: user.id, at }
     } else {
@@ -444,7 +444,7 @@ pub async fn restore_task(
 ) -> Result<(HeaderMap, axum::Json<TaskResponse>)> {
     let command = TaskCommand::Restore {
         actor_id: user.id,
-        at: Utc::now(),
+        at: now(),
     };
     let (headers, executed) = run(&state, &user, &context, id, command).await?;
     Ok((headers, axum::Json(TaskResponse::from_aggregate(id, &executed.aggregate))))

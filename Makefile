@@ -1,0 +1,71 @@
+# Chronicle developer tasks. Local Postgres + NATS JetStream come from deploy/dev-services.sh.
+#
+#   make test            start services, run the workspace tests (nextest if installed)
+#   make run             start services, migrate, serve
+#   make bench [QUICK=1] start services, run the benchmark (release build)
+#   make lint            rustfmt check + clippy -D warnings
+#   make services | stop | clean-data
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+export CHRONICLE_DATA_DIR ?= $(CURDIR)/.data
+
+DEV_SERVICES := $(CURDIR)/deploy/dev-services.sh
+
+# Put cargo on PATH when it was installed by rustup but the shell profile was not loaded.
+CARGO_ON_PATH := if ! command -v cargo >/dev/null 2>&1 && [ -f "$$HOME/.cargo/env" ]; then . "$$HOME/.cargo/env"; fi; \
+	command -v cargo >/dev/null 2>&1 || { echo "make: cargo not found (install Rust via rustup)" >&2; exit 1; }
+
+# Export DATABASE_URL / NATS_URL (kept when already set). The assignment makes a failing
+# script abort the recipe, which a bare eval "$$(...)" would not.
+SERVICES_ENV := services_env="$$($(DEV_SERVICES) env)"; eval "$$services_env"
+
+# nats-server for tests that spawn their own server (it lives in /usr/sbin on Debian).
+NATS_BIN_ENV := export CHRONICLE_NATS_SERVER_BIN="$${CHRONICLE_NATS_SERVER_BIN:-$$(PATH="$$PATH:/usr/local/sbin:/usr/sbin:/sbin"; command -v nats-server || true)}"
+
+.PHONY: help services run test bench lint stop clean-data
+
+help:
+	@echo "targets: services run test bench [QUICK=1] lint stop clean-data"
+	@echo "data dir: $(CHRONICLE_DATA_DIR)"
+
+services:
+	@$(DEV_SERVICES) up
+
+run: services
+	@$(CARGO_ON_PATH); \
+	$(SERVICES_ENV); \
+	cargo run -- migrate; \
+	exec cargo run -- serve --all
+
+test: services
+	@$(CARGO_ON_PATH); \
+	$(SERVICES_ENV); \
+	$(NATS_BIN_ENV); \
+	if cargo nextest --version >/dev/null 2>&1; then \
+		cargo nextest run --workspace --no-fail-fast; \
+	else \
+		echo "make: cargo-nextest not installed, using cargo test"; \
+		cargo test --workspace; \
+	fi
+
+bench: services
+	@$(CARGO_ON_PATH); \
+	$(SERVICES_ENV); \
+	cargo run --release -- bench $(if $(QUICK),--quick,)
+
+lint:
+	@$(CARGO_ON_PATH); \
+	cargo fmt --all --check; \
+	cargo clippy --workspace --all-targets -- -D warnings
+
+stop:
+	@$(DEV_SERVICES) down
+
+clean-data: stop
+	@dir="$(CHRONICLE_DATA_DIR)"; \
+	case "$$dir" in ""|/|"$$HOME"|"$(CURDIR)") echo "make: refusing to remove '$$dir'" >&2; exit 1 ;; esac; \
+	echo "make: removing $$dir"; \
+	rm -rf -- "$$dir"

@@ -1,0 +1,256 @@
+//! Test harness: every test gets its own database, its own JetStream stream and
+//! subject prefix, and the real application on a random port.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use chronicle::config::{Argon2Settings, AuthSettings, DatabaseSettings, HttpSettings, LogSettings, NatsSettings};
+use chronicle::{Application, Components, Settings};
+use chronicle_nats::StreamSettings;
+use reqwest::StatusCode;
+use secrecy::SecretString;
+use serde_json::{json, Value};
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub fn admin_database_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:55432/chronicle".into())
+}
+
+pub fn nats_url() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:54222".into())
+}
+
+fn signing_key_pem() -> String {
+    static PEM: OnceLock<String> = OnceLock::new();
+    PEM.get_or_init(|| chronicle::auth::keys::generate_private_key_pem().expect("rsa key"))
+        .clone()
+}
+
+fn init_test_logging() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        chronicle::telemetry::init_tracing(&LogSettings {
+            filter: std::env::var("TEST_LOG").unwrap_or_else(|_| "info".into()),
+            json: false,
+        });
+    }
+}
+
+/// A fresh database with migrations applied; returns its URL.
+pub async fn create_test_database() -> String {
+    let admin_url = admin_database_url();
+    let name = format!("test_{}", Uuid::new_v4().simple());
+    let mut admin = PgConnection::connect(&admin_url).await.expect("connect to the admin database");
+    sqlx::query(&format!("create database {name}"))
+        .execute(&mut admin)
+        .await
+        .expect("create test database");
+    let url = match admin_url.rsplit_once('/') {
+        Some((base, _)) => format!("{base}/{name}"),
+        None => panic!("DATABASE_URL has no database name"),
+    };
+    let pool = PgPool::connect(&url).await.expect("connect to test database");
+    chronicle::startup::migrate(&pool).await.expect("migrate");
+    pool.close().await;
+    url
+}
+
+/// Settings for a test: own database, own stream, own data dir, fast hashing.
+pub async fn test_settings() -> Settings {
+    let id = Uuid::new_v4().simple().to_string();
+    let data_dir: PathBuf = std::env::temp_dir().join(format!("chronicle-test-{id}"));
+    Settings {
+        http: HttpSettings {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            body_limit_bytes: 1024 * 1024,
+            consistency_wait: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+        },
+        database: DatabaseSettings {
+            url: SecretString::from(create_test_database().await),
+            max_connections: 20,
+        },
+        nats: NatsSettings {
+            url: nats_url(),
+            stream: StreamSettings {
+                name: format!("TEST_{}", id.to_uppercase()),
+                subject_prefix: format!("test_{id}.chronicle.events"),
+                ..StreamSettings::default()
+            },
+        },
+        auth: AuthSettings {
+            private_key_file: None,
+            private_key_pem: Some(SecretString::from(signing_key_pem())),
+            issuer: "chronicle".into(),
+            audience: "chronicle-api".into(),
+            access_token_ttl: Duration::from_secs(900),
+            argon2: Argon2Settings { memory_kib: 1024, iterations: 1, parallelism: 1 },
+        },
+        log: LogSettings { filter: "info".into(), json: false },
+        data_dir,
+    }
+}
+
+/// The running application and a client for it.
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub pool: PgPool,
+    pub nats: async_nats::Client,
+    pub settings: Settings,
+    shutdown: CancellationToken,
+    handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// A signed-up user.
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    pub id: Uuid,
+    pub email: String,
+    pub token: String,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(test_settings().await).await
+    }
+
+    pub async fn spawn_with(settings: Settings) -> Self {
+        init_test_logging();
+        let app = Application::build(settings.clone(), Components::ALL).await.expect("build app");
+        let addr = app.local_addr().expect("api address");
+        let shutdown = app.shutdown_token();
+        let pool = app.state().pool.clone();
+        let handle = tokio::spawn(app.run());
+        let nats = async_nats::connect(&settings.nats.url).await.expect("nats");
+        Self {
+            base: format!("http://{addr}"),
+            client: reqwest::Client::new(),
+            pool,
+            nats,
+            settings,
+            shutdown,
+            handle: Some(handle),
+        }
+    }
+
+    /// Stops the application gracefully and waits for it.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(handle) = self.handle.take() {
+            handle.await.expect("app task").expect("app run");
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn register(&self, email: &str) -> TestUser {
+        let response = self
+            .client
+            .post(self.url("/v1/auth/register"))
+            .json(&json!({"email": email, "password": "correct horse battery"}))
+            .send()
+            .await
+            .expect("register");
+        assert_eq!(response.status(), StatusCode::CREATED, "register {email}");
+        let body: Value = response.json().await.unwrap();
+        TestUser {
+            id: body["user"]["id"].as_str().unwrap().parse().unwrap(),
+            email: email.to_string(),
+            token: body["access_token"].as_str().unwrap().to_string(),
+        }
+    }
+
+    pub async fn send(&self, method: reqwest::Method, path: &str, user: &TestUser, body: Option<Value>) -> reqwest::Response {
+        let mut request = self.client.request(method, self.url(path)).bearer_auth(&user.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await.expect("request")
+    }
+
+    pub async fn create_task(&self, user: &TestUser, title: &str) -> Value {
+        let response = self
+            .send(reqwest::Method::POST, "/v1/tasks", user, Some(json!({"title": title})))
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        response.json().await.unwrap()
+    }
+
+    /// Waits until every stored event is applied by the projections that consume its type.
+    pub async fn wait_for_projections(&self) {
+        wait_for_projections(&self.pool).await
+    }
+}
+
+/// Polls until the read models have applied every event in the store.
+pub async fn wait_for_projections(pool: &PgPool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let behind: i64 = sqlx::query_scalar(
+            "select count(*) from ( \
+               select e.aggregate_type, e.aggregate_id, max(e.sequence) as last \
+               from events e where e.aggregate_type in ('Task', 'User') \
+               group by 1, 2) latest \
+             left join read.aggregate_versions v \
+               on v.aggregate_type = latest.aggregate_type and v.aggregate_id = latest.aggregate_id \
+              and v.projection = case latest.aggregate_type when 'Task' then 'tasks' else 'users' end \
+             where coalesce(v.version, 0) < latest.last",
+        )
+        .fetch_one(pool)
+        .await
+        .expect("projection progress");
+        if behind == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "projections still {behind} aggregates behind");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every row of every read model, as JSON, in a stable order.
+pub async fn read_model_rows(pool: &PgPool) -> Vec<Value> {
+    let mut rows: Vec<Value> = sqlx::query_scalar("select to_jsonb(t) from read.tasks t order by id")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    let users: Vec<Value> = sqlx::query_scalar("select to_jsonb(u) from read.users u order by id")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    rows.extend(users);
+    rows
+}
+
+/// Rebuilds every projection from the event store and asserts nothing changed.
+pub async fn assert_read_models_equal_rebuild(pool: &PgPool) {
+    let live = read_model_rows(pool).await;
+    for projection in chronicle_projections::all_projections() {
+        chronicle_projections::replay::rebuild(pool, projection.as_ref(), &|_, _| {})
+            .await
+            .expect("rebuild");
+    }
+    let rebuilt = read_model_rows(pool).await;
+    assert_eq!(live, rebuilt, "live read models differ from a rebuild");
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, failing after `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
