@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, Message};
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::{self, Message};
 use chronicle_nats::stream::ensure_stream;
 use chronicle_nats::{EventEnvelope, StreamSettings};
 use futures::StreamExt;
@@ -108,18 +109,35 @@ impl ProjectionRunner {
             [only] => self.stream.aggregate_filter(only),
             _ => String::new(),
         };
+        // Our checkpoint, committed with the read model, is where to resume.
+        // Messages a dead worker received but never applied would otherwise be
+        // redelivered only after `ack_wait`, behind newer ones: recreating the
+        // consumer at the checkpoint keeps per-aggregate order after a crash.
+        let checkpoint: Option<i64> = sqlx::query_scalar(
+            "select stream_sequence from read.projection_checkpoints where projection = $1",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        let deliver_policy = match checkpoint.unwrap_or(0) {
+            0 => DeliverPolicy::All,
+            applied => DeliverPolicy::ByStartSequence {
+                start_sequence: applied as u64 + 1,
+            },
+        };
+        if let Err(err) = stream.delete_consumer(name).await {
+            tracing::debug!(projection = name, error = %err, "no consumer to replace");
+        }
         let consumer = stream
-            .get_or_create_consumer(
-                name,
-                pull::Config {
-                    durable_name: Some(name.to_string()),
-                    filter_subject,
-                    ack_policy: AckPolicy::All,
-                    ack_wait: Duration::from_secs(30),
-                    max_ack_pending: 20_000,
-                    ..Default::default()
-                },
-            )
+            .create_consumer(pull::Config {
+                durable_name: Some(name.to_string()),
+                filter_subject,
+                deliver_policy,
+                ack_policy: AckPolicy::All,
+                ack_wait: Duration::from_secs(30),
+                max_ack_pending: 20_000,
+                ..Default::default()
+            })
             .await
             .map_err(|err| ProjectionError::Stream(err.to_string()))?;
         let messages = consumer
