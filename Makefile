@@ -51,10 +51,8 @@ test: services
 		cargo test --workspace; \
 	fi
 
-bench: services
-	@$(CARGO_ON_PATH); \
-	$(SERVICES_ENV); \
-	cargo run --release -- bench $(if $(QUICK),--quick,)
+bench:
+	@echo "make bench: the benchmark suite is not written yet (issue 5)" >&2; exit 1
 
 lint:
 	@$(CARGO_ON_PATH); \
