@@ -49,12 +49,36 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let components = if all {
                 Components::ALL
             } else {
-                Components { api: true, relay: false, projections: false }
+                Components {
+                    api: true,
+                    relay: false,
+                    projections: false,
+                }
             };
             serve(settings, components).await
         }
-        Command::Relay => serve(settings, Components { api: false, relay: true, projections: false }).await,
-        Command::Project => serve(settings, Components { api: false, relay: false, projections: true }).await,
+        Command::Relay => {
+            serve(
+                settings,
+                Components {
+                    api: false,
+                    relay: true,
+                    projections: false,
+                },
+            )
+            .await
+        }
+        Command::Project => {
+            serve(
+                settings,
+                Components {
+                    api: false,
+                    relay: false,
+                    projections: true,
+                },
+            )
+            .await
+        }
         Command::Migrate => {
             let pool = connect_database(&settings).await?;
             migrate(&pool).await?;
@@ -75,7 +99,10 @@ async fn replay(settings: &Settings, name: &str) -> anyhow::Result<()> {
     let projections = if name == "all" {
         chronicle_projections::all_projections()
     } else {
-        let known: Vec<&str> = chronicle_projections::all_projections().iter().map(|p| p.name()).collect();
+        let known: Vec<&str> = chronicle_projections::all_projections()
+            .iter()
+            .map(|p| p.name())
+            .collect();
         vec![chronicle_projections::projection_named(name)
             .with_context(|| format!("no projection `{name}`; known: {}, all", known.join(", ")))?]
     };
@@ -83,9 +110,11 @@ async fn replay(settings: &Settings, name: &str) -> anyhow::Result<()> {
     for projection in projections {
         let bar = ProgressBar::new(0);
         bar.set_style(
-            ProgressStyle::with_template("{prefix:>8} [{bar:40}] {pos}/{len} events {per_sec} {elapsed}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{prefix:>8} [{bar:40}] {pos}/{len} events {per_sec} {elapsed}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
         );
         bar.set_prefix(projection.name());
         bar.enable_steady_tick(Duration::from_millis(200));

@@ -115,7 +115,10 @@ impl Settings {
         let settings = Self {
             http: HttpSettings {
                 addr,
-                body_limit_bytes: number("CHRONICLE_BODY_LIMIT_BYTES", parse("CHRONICLE_BODY_LIMIT_BYTES", "1048576")?)?,
+                body_limit_bytes: number(
+                    "CHRONICLE_BODY_LIMIT_BYTES",
+                    parse("CHRONICLE_BODY_LIMIT_BYTES", "1048576")?,
+                )?,
                 consistency_wait: Duration::from_millis(number(
                     "CHRONICLE_CONSISTENCY_WAIT_MS",
                     parse("CHRONICLE_CONSISTENCY_WAIT_MS", "5000")?,
@@ -124,7 +127,10 @@ impl Settings {
             },
             database: DatabaseSettings {
                 url: SecretString::from(database_url),
-                max_connections: number("CHRONICLE_DB_MAX_CONNECTIONS", parse("CHRONICLE_DB_MAX_CONNECTIONS", "20")?)?,
+                max_connections: number(
+                    "CHRONICLE_DB_MAX_CONNECTIONS",
+                    parse("CHRONICLE_DB_MAX_CONNECTIONS", "20")?,
+                )?,
             },
             nats: NatsSettings {
                 url: parse("NATS_URL", "nats://127.0.0.1:54222")?,
@@ -144,9 +150,18 @@ impl Settings {
                     parse("CHRONICLE_ACCESS_TOKEN_TTL_SECS", "900")?,
                 )?),
                 argon2: Argon2Settings {
-                    memory_kib: number("CHRONICLE_ARGON2_MEMORY_KIB", parse("CHRONICLE_ARGON2_MEMORY_KIB", "19456")?)?,
-                    iterations: number("CHRONICLE_ARGON2_ITERATIONS", parse("CHRONICLE_ARGON2_ITERATIONS", "2")?)?,
-                    parallelism: number("CHRONICLE_ARGON2_PARALLELISM", parse("CHRONICLE_ARGON2_PARALLELISM", "1")?)?,
+                    memory_kib: number(
+                        "CHRONICLE_ARGON2_MEMORY_KIB",
+                        parse("CHRONICLE_ARGON2_MEMORY_KIB", "19456")?,
+                    )?,
+                    iterations: number(
+                        "CHRONICLE_ARGON2_ITERATIONS",
+                        parse("CHRONICLE_ARGON2_ITERATIONS", "2")?,
+                    )?,
+                    parallelism: number(
+                        "CHRONICLE_ARGON2_PARALLELISM",
+                        parse("CHRONICLE_ARGON2_PARALLELISM", "1")?,
+                    )?,
                 },
             },
             log: LogSettings {
@@ -177,7 +192,14 @@ impl Settings {
             return fail("CHRONICLE_ACCESS_TOKEN_TTL_SECS", "must be at least 30");
         }
         let argon2 = self.auth.argon2;
-        if argon2::Params::new(argon2.memory_kib, argon2.iterations, argon2.parallelism, None).is_err() {
+        if argon2::Params::new(
+            argon2.memory_kib,
+            argon2.iterations,
+            argon2.parallelism,
+            None,
+        )
+        .is_err()
+        {
             return fail(
                 "CHRONICLE_ARGON2_MEMORY_KIB",
                 "argon2 parameters are out of range (memory ≥ 8 × parallelism KiB, iterations ≥ 1)",
@@ -185,10 +207,16 @@ impl Settings {
         }
         let stream = &self.nats.stream;
         if stream.name.is_empty() || stream.name.contains(['.', ' ', '*', '>']) {
-            return fail("CHRONICLE_STREAM", "must be a stream name without '.', ' ', '*' or '>'");
+            return fail(
+                "CHRONICLE_STREAM",
+                "must be a stream name without '.', ' ', '*' or '>'",
+            );
         }
         if stream.subject_prefix.is_empty() || stream.subject_prefix.contains(['*', '>', ' ']) {
-            return fail("CHRONICLE_SUBJECT_PREFIX", "must be a subject without wildcards or spaces");
+            return fail(
+                "CHRONICLE_SUBJECT_PREFIX",
+                "must be a subject without wildcards or spaces",
+            );
         }
         Ok(())
     }
@@ -200,8 +228,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn settings(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        let vars: HashMap<String, String> =
-            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Settings::from_lookup(|name| vars.get(name).cloned())
     }
 
@@ -221,14 +251,21 @@ mod tests {
 
     #[test]
     fn a_malformed_number_is_refused_with_its_variable_name() {
-        let err = settings(&[("DATABASE_URL", "postgres://x"), ("CHRONICLE_BODY_LIMIT_BYTES", "lots")])
-            .unwrap_err();
+        let err = settings(&[
+            ("DATABASE_URL", "postgres://x"),
+            ("CHRONICLE_BODY_LIMIT_BYTES", "lots"),
+        ])
+        .unwrap_err();
         assert_eq!(err.name, "CHRONICLE_BODY_LIMIT_BYTES");
     }
 
     #[test]
     fn an_unknown_log_format_is_refused() {
-        let err = settings(&[("DATABASE_URL", "postgres://x"), ("CHRONICLE_LOG_FORMAT", "xml")]).unwrap_err();
+        let err = settings(&[
+            ("DATABASE_URL", "postgres://x"),
+            ("CHRONICLE_LOG_FORMAT", "xml"),
+        ])
+        .unwrap_err();
         assert_eq!(err.name, "CHRONICLE_LOG_FORMAT");
     }
 }

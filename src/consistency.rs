@@ -28,7 +28,11 @@ pub struct ConsistencyToken {
 
 impl fmt::Display for ConsistencyToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}", self.aggregate_type, self.aggregate_id, self.sequence)
+        write!(
+            f,
+            "{}:{}:{}",
+            self.aggregate_type, self.aggregate_id, self.sequence
+        )
     }
 }
 
@@ -137,7 +141,11 @@ impl Consistency {
             let notified = self.projected.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.reached(projection, &token).await.map_err(|_| NotCaughtUp)? {
+            if self
+                .reached(projection, &token)
+                .await
+                .map_err(|_| NotCaughtUp)?
+            {
                 return Ok(());
             }
             let now = Instant::now();
@@ -153,7 +161,11 @@ impl Consistency {
         }
     }
 
-    async fn reached(&self, projection: &str, token: &ConsistencyToken) -> Result<bool, sqlx::Error> {
+    async fn reached(
+        &self,
+        projection: &str,
+        token: &ConsistencyToken,
+    ) -> Result<bool, sqlx::Error> {
         let version: Option<i64> = sqlx::query_scalar(
             "select version from read.aggregate_versions \
              where projection = $1 and aggregate_type = $2 and aggregate_id = $3",
@@ -183,7 +195,9 @@ mod tests {
 
     #[test]
     fn malformed_tokens_are_refused() {
-        for raw in ["", "Task", "Task:1", "Task:x:y", ":1:2", "Task::3", "Task:1:0"] {
+        for raw in [
+            "", "Task", "Task:1", "Task:x:y", ":1:2", "Task::3", "Task:1:0",
+        ] {
             assert!(raw.parse::<ConsistencyToken>().is_err(), "{raw}");
         }
     }

@@ -94,14 +94,23 @@ impl Application {
         );
         let tokens = TokenIssuer::new(keys, &settings.auth);
         let passwords = PasswordService::new(pool.clone(), settings.auth.argon2)?;
-        let consistency =
-            Consistency::start(pool.clone(), settings.http.consistency_wait, shutdown.clone()).await?;
+        let consistency = Consistency::start(
+            pool.clone(),
+            settings.http.consistency_wait,
+            shutdown.clone(),
+        )
+        .await?;
 
         let runners: Vec<ProjectionRunner> = if components.projections {
             all_projections()
                 .into_iter()
                 .map(|projection| {
-                    ProjectionRunner::new(pool.clone(), jetstream.clone(), settings.nats.stream.clone(), projection)
+                    ProjectionRunner::new(
+                        pool.clone(),
+                        jetstream.clone(),
+                        settings.nats.stream.clone(),
+                        projection,
+                    )
                 })
                 .collect()
         } else {
@@ -131,7 +140,10 @@ impl Application {
             None
         };
         let state = AppState {
-            users: Arc::new(CommandExecutor::new(pool.clone(), passwords.clone() as Arc<dyn UserServices>)),
+            users: Arc::new(CommandExecutor::new(
+                pool.clone(),
+                passwords.clone() as Arc<dyn UserServices>,
+            )),
             tasks: Arc::new(CommandExecutor::new(pool.clone(), ())),
             settings,
             pool,
@@ -181,9 +193,12 @@ impl Application {
                 let shutdown = self.shutdown.clone();
                 tracing::info!(addr = %listener.local_addr()?, "api listening");
                 Some(tokio::spawn(async move {
-                    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-                        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                        .await
+                    axum::serve(
+                        listener,
+                        router.into_make_service_with_connect_info::<SocketAddr>(),
+                    )
+                    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                    .await
                 }))
             }
             None => None,
@@ -205,15 +220,16 @@ pub fn cancel_on_signal(token: CancellationToken) {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(err) => {
-                    tracing::warn!(error = %err, "cannot listen for SIGTERM");
-                    let _ = ctrl_c.await;
-                    token.cancel();
-                    return;
-                }
-            };
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(term) => term,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "cannot listen for SIGTERM");
+                        let _ = ctrl_c.await;
+                        token.cancel();
+                        return;
+                    }
+                };
             tokio::select! {
                 _ = ctrl_c => {}
                 _ = term.recv() => {}

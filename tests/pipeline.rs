@@ -11,14 +11,21 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy};
 use chronicle_nats::{EventEnvelope, StreamSettings};
-use common::{assert_read_models_equal_rebuild, eventually, test_settings, wait_for_projections, TestApp};
+use common::{
+    assert_read_models_equal_rebuild, eventually, test_settings, wait_for_projections, TestApp,
+};
 use futures::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
 /// Every message on `filter` (deduplicated by `Nats-Msg-Id`), once `expected` distinct ones arrived.
-async fn read_stream(nats: &async_nats::Client, stream: &StreamSettings, filter: String, expected: usize) -> Vec<(String, EventEnvelope)> {
+async fn read_stream(
+    nats: &async_nats::Client,
+    stream: &StreamSettings,
+    filter: String,
+    expected: usize,
+) -> Vec<(String, EventEnvelope)> {
     let jetstream = jetstream::new(nats.clone());
     let consumer = eventually(Duration::from_secs(30), "the events stream", || {
         let jetstream = jetstream.clone();
@@ -26,7 +33,11 @@ async fn read_stream(nats: &async_nats::Client, stream: &StreamSettings, filter:
         async move {
             let stream = jetstream.get_stream(&stream.name).await.ok()?;
             stream
-                .create_consumer(pull::Config { filter_subject: filter, ack_policy: AckPolicy::None, ..Default::default() })
+                .create_consumer(pull::Config {
+                    filter_subject: filter,
+                    ack_policy: AckPolicy::None,
+                    ..Default::default()
+                })
                 .await
                 .ok()
         }
@@ -41,7 +52,12 @@ async fn read_stream(nats: &async_nats::Client, stream: &StreamSettings, filter:
             .unwrap_or_else(|_| panic!("only {} of {expected} events arrived", seen.len()))
             .expect("stream open")
             .expect("message");
-        let id = message.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")).expect("Nats-Msg-Id").to_string();
+        let id = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Msg-Id"))
+            .expect("Nats-Msg-Id")
+            .to_string();
         let envelope: EventEnvelope = serde_json::from_slice(&message.payload).expect("envelope");
         seen.insert(id.clone());
         received.push((id, envelope));
@@ -63,17 +79,42 @@ async fn an_analytics_consumer_gets_every_task_event_once_and_in_order() {
     let bob = app.register("bob@example.com").await;
     for user in [&alice, &bob] {
         for n in 0..3 {
-            let id = app.create_task(user, &format!("task {n}")).await["id"].as_str().unwrap().to_string();
-            app.send(Method::PATCH, &format!("/v1/tasks/{id}"), user, Some(json!({"title": "renamed"}))).await;
-            app.send(Method::PATCH, &format!("/v1/tasks/{id}/complete"), user, Some(json!({"completed": true}))).await;
-            app.send(Method::DELETE, &format!("/v1/tasks/{id}"), user, None).await;
+            let id = app.create_task(user, &format!("task {n}")).await["id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            app.send(
+                Method::PATCH,
+                &format!("/v1/tasks/{id}"),
+                user,
+                Some(json!({"title": "renamed"})),
+            )
+            .await;
+            app.send(
+                Method::PATCH,
+                &format!("/v1/tasks/{id}/complete"),
+                user,
+                Some(json!({"completed": true})),
+            )
+            .await;
+            app.send(Method::DELETE, &format!("/v1/tasks/{id}"), user, None)
+                .await;
         }
     }
-    let expected: i64 = sqlx::query_scalar("select count(*) from events where aggregate_type = 'Task'")
-        .fetch_one(&app.pool).await.unwrap();
+    let expected: i64 =
+        sqlx::query_scalar("select count(*) from events where aggregate_type = 'Task'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
     assert_eq!(expected, 24);
     let stream = &app.settings.nats.stream;
-    let received = read_stream(&app.nats, stream, stream.aggregate_filter("Task"), expected as usize).await;
+    let received = read_stream(
+        &app.nats,
+        stream,
+        stream.aggregate_filter("Task"),
+        expected as usize,
+    )
+    .await;
 
     let mut last_sequence: HashMap<String, i64> = HashMap::new();
     let mut unique = HashSet::new();
@@ -81,16 +122,42 @@ async fn an_analytics_consumer_gets_every_task_event_once_and_in_order() {
         if !unique.insert(message_id.clone()) {
             continue; // a redelivery: consumers dedupe by Nats-Msg-Id
         }
-        assert_eq!(message_id, &format!("Task:{}:{}", envelope.aggregate_id, envelope.sequence));
-        let previous = last_sequence.insert(envelope.aggregate_id.clone(), envelope.sequence).unwrap_or(0);
-        assert_eq!(envelope.sequence, previous + 1, "per-aggregate order for {}", envelope.aggregate_id);
+        assert_eq!(
+            message_id,
+            &format!("Task:{}:{}", envelope.aggregate_id, envelope.sequence)
+        );
+        let previous = last_sequence
+            .insert(envelope.aggregate_id.clone(), envelope.sequence)
+            .unwrap_or(0);
+        assert_eq!(
+            envelope.sequence,
+            previous + 1,
+            "per-aggregate order for {}",
+            envelope.aggregate_id
+        );
         assert_eq!(envelope.aggregate_type, "Task");
         assert_eq!(envelope.event_version, "1.0");
         assert!(envelope.global_position > 0);
-        for key in ["actor_id", "actor_roles", "request_id", "correlation_id", "causation_id", "client_ip", "user_agent", "occurred_at"] {
-            assert!(envelope.metadata.get(key).is_some(), "metadata.{key} in {}", envelope.metadata);
+        for key in [
+            "actor_id",
+            "actor_roles",
+            "request_id",
+            "correlation_id",
+            "causation_id",
+            "client_ip",
+            "user_agent",
+            "occurred_at",
+        ] {
+            assert!(
+                envelope.metadata.get(key).is_some(),
+                "metadata.{key} in {}",
+                envelope.metadata
+            );
         }
-        assert!(envelope.payload.get(&envelope.event_type).is_none(), "payload is untagged");
+        assert!(
+            envelope.payload.get(&envelope.event_type).is_none(),
+            "payload is untagged"
+        );
     }
     assert_eq!(unique.len(), 24, "every task event exactly once");
     let first = &received[0].1;
@@ -105,16 +172,34 @@ async fn a_transaction_that_commits_after_a_later_one_is_still_published() {
     let insert = "insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
                   values ('Probe', $1, 1, 'ProbeHappened', '1.0', '{\"ProbeHappened\": {}}', '{}') returning global_position";
     let mut early = app.pool.begin().await.unwrap();
-    let early_position: i64 = sqlx::query_scalar(insert).bind("early").fetch_one(&mut *early).await.unwrap();
-    let late_position: i64 = sqlx::query_scalar(insert).bind("late").fetch_one(&app.pool).await.unwrap();
-    assert!(late_position > early_position, "the late-committing row has the lower position");
+    let early_position: i64 = sqlx::query_scalar(insert)
+        .bind("early")
+        .fetch_one(&mut *early)
+        .await
+        .unwrap();
+    let late_position: i64 = sqlx::query_scalar(insert)
+        .bind("late")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(
+        late_position > early_position,
+        "the late-committing row has the lower position"
+    );
 
     let stream = &app.settings.nats.stream;
     // The relay must not publish past the open transaction, and must not skip it once it commits.
     early.commit().await.unwrap();
     let received = read_stream(&app.nats, stream, stream.aggregate_filter("Probe"), 2).await;
-    let ids: Vec<&str> = received.iter().map(|(_, e)| e.aggregate_id.as_str()).collect();
-    assert_eq!(ids, ["early", "late"], "commit order: the held-back event first, none skipped");
+    let ids: Vec<&str> = received
+        .iter()
+        .map(|(_, e)| e.aggregate_id.as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        ["early", "late"],
+        "commit order: the held-back event first, none skipped"
+    );
     app.stop().await;
 }
 
@@ -124,17 +209,31 @@ async fn a_late_commit_is_published_even_after_later_events_went_out() {
     let insert = "insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
                   values ('Probe', $1, 1, 'ProbeHappened', '1.0', '{\"ProbeHappened\": {}}', '{}')";
     let mut open = app.pool.begin().await.unwrap();
-    sqlx::query(insert).bind("held").execute(&mut *open).await.unwrap();
+    sqlx::query(insert)
+        .bind("held")
+        .execute(&mut *open)
+        .await
+        .unwrap();
     // Another event is committed while the first transaction stays open: it is
     // held back behind it, so nothing is published out of commit order.
-    sqlx::query(insert).bind("free").execute(&app.pool).await.unwrap();
-    let relayed: i64 = sqlx::query_scalar("select coalesce(max(global_position), 0) from relay_checkpoints")
-        .fetch_one(&app.pool).await.unwrap();
+    sqlx::query(insert)
+        .bind("free")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let relayed: i64 =
+        sqlx::query_scalar("select coalesce(max(global_position), 0) from relay_checkpoints")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
     assert_eq!(relayed, 0, "nothing relayed past an open transaction");
     open.commit().await.unwrap();
     let stream = &app.settings.nats.stream;
     let received = read_stream(&app.nats, stream, stream.aggregate_filter("Probe"), 2).await;
-    let ids: HashSet<&str> = received.iter().map(|(_, e)| e.aggregate_id.as_str()).collect();
+    let ids: HashSet<&str> = received
+        .iter()
+        .map(|(_, e)| e.aggregate_id.as_str())
+        .collect();
     assert_eq!(ids, HashSet::from(["held", "free"]));
     app.stop().await;
 }
@@ -149,10 +248,19 @@ async fn the_events_table_refuses_update_delete_and_truncate() {
         "delete from events",
         "truncate events",
     ] {
-        let err = sqlx::query(statement).execute(&app.pool).await.expect_err(statement);
-        assert!(err.to_string().contains("append-only"), "{statement}: {err}");
+        let err = sqlx::query(statement)
+            .execute(&app.pool)
+            .await
+            .expect_err(statement);
+        assert!(
+            err.to_string().contains("append-only"),
+            "{statement}: {err}"
+        );
     }
-    let count: i64 = sqlx::query_scalar("select count(*) from events").fetch_one(&app.pool).await.unwrap();
+    let count: i64 = sqlx::query_scalar("select count(*) from events")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
     assert_eq!(count, 2, "both events are still there");
     app.stop().await;
 }
@@ -162,20 +270,51 @@ async fn read_models_equal_a_rebuild_and_the_live_consumer_carries_on_after_it()
     let app = TestApp::spawn().await;
     let user = app.register("rebuild@example.com").await;
     for n in 0..10 {
-        let id = app.create_task(&user, &format!("task {n}")).await["id"].as_str().unwrap().to_string();
+        let id = app.create_task(&user, &format!("task {n}")).await["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
         if n % 2 == 0 {
-            app.send(Method::PATCH, &format!("/v1/tasks/{id}/complete"), &user, Some(json!({"completed": true}))).await;
+            app.send(
+                Method::PATCH,
+                &format!("/v1/tasks/{id}/complete"),
+                &user,
+                Some(json!({"completed": true})),
+            )
+            .await;
         }
         if n % 3 == 0 {
-            app.send(Method::DELETE, &format!("/v1/tasks/{id}?permanent=true"), &user, None).await;
+            app.send(
+                Method::DELETE,
+                &format!("/v1/tasks/{id}?permanent=true"),
+                &user,
+                None,
+            )
+            .await;
         }
     }
     app.wait_for_projections().await;
     assert_read_models_equal_rebuild(&app.pool).await;
     let after = app.create_task(&user, "after the rebuild").await;
-    let got = app.send(Method::GET, &format!("/v1/tasks/{}", after["id"].as_str().unwrap()), &user, None).await;
-    assert_eq!(got.status(), StatusCode::OK, "the live consumer applies new events after a rebuild");
-    let listed: Vec<Value> = app.send(Method::GET, "/v1/tasks?status=all", &user, None).await.json().await.unwrap();
+    let got = app
+        .send(
+            Method::GET,
+            &format!("/v1/tasks/{}", after["id"].as_str().unwrap()),
+            &user,
+            None,
+        )
+        .await;
+    assert_eq!(
+        got.status(),
+        StatusCode::OK,
+        "the live consumer applies new events after a rebuild"
+    );
+    let listed: Vec<Value> = app
+        .send(Method::GET, "/v1/tasks?status=all", &user, None)
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(listed.len(), 7, "10 created, 4 purged, 1 more");
     app.stop().await;
 }
@@ -189,15 +328,27 @@ struct OwnNats {
 
 impl OwnNats {
     fn start(port: u16, store: std::path::PathBuf) -> Self {
-        let mut nats = Self { port, store, child: None };
+        let mut nats = Self {
+            port,
+            store,
+            child: None,
+        };
         nats.restart();
         nats
     }
 
     fn restart(&mut self) {
-        let binary = std::env::var("CHRONICLE_NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into());
+        let binary =
+            std::env::var("CHRONICLE_NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into());
         let child = Command::new(binary)
-            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
             .arg(&self.store)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -225,20 +376,34 @@ impl Drop for OwnNats {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 async fn wait_for_port(port: u16) {
     eventually(Duration::from_secs(20), "the port to open", || async move {
-        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()
+            .map(|_| ())
     })
     .await;
 }
 
 /// Keeps creating tasks until `stop`; returns the ids that got a 201.
-fn create_tasks_until(app_base: String, token: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Vec<String>> {
+fn create_tasks_until(
+    app_base: String,
+    token: String,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<String>> {
     tokio::spawn(async move {
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
         let mut created = Vec::new();
         let mut n = 0;
         while !stop.load(Ordering::Relaxed) {
@@ -251,7 +416,12 @@ fn create_tasks_until(app_base: String, token: String, stop: Arc<AtomicBool>) ->
                 .await;
             if let Ok(response) = response {
                 if response.status() == StatusCode::CREATED {
-                    created.push(response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string());
+                    created.push(
+                        response.json::<Value>().await.unwrap()["id"]
+                            .as_str()
+                            .unwrap()
+                            .to_string(),
+                    );
                 }
             }
             tokio::time::sleep(Duration::from_millis(20)).await; // pacing, not waiting
@@ -261,22 +431,52 @@ fn create_tasks_until(app_base: String, token: String, stop: Arc<AtomicBool>) ->
 }
 
 /// Asserts every stored event is on the stream exactly once.
-async fn assert_stream_matches_store(pool: &PgPool, nats: &async_nats::Client, stream: &StreamSettings) {
+async fn assert_stream_matches_store(
+    pool: &PgPool,
+    nats: &async_nats::Client,
+    stream: &StreamSettings,
+) {
     let stored = stored_event_ids(pool).await;
-    let received = read_stream(nats, stream, format!("{}.>", stream.subject_prefix), stored.len()).await;
+    let received = read_stream(
+        nats,
+        stream,
+        format!("{}.>", stream.subject_prefix),
+        stored.len(),
+    )
+    .await;
     let on_stream: Vec<&String> = received.iter().map(|(id, _)| id).collect();
     let distinct: HashSet<&String> = on_stream.iter().copied().collect();
-    assert_eq!(distinct.len(), on_stream.len(), "no event is on the stream twice");
+    assert_eq!(
+        distinct.len(),
+        on_stream.len(),
+        "no event is on the stream twice"
+    );
     let stored_set: HashSet<&String> = stored.iter().collect();
-    assert_eq!(distinct, stored_set, "the stream holds exactly the stored events");
-    let info = jetstream::new(nats.clone()).get_stream(&stream.name).await.unwrap().get_info().await.unwrap();
-    assert_eq!(info.state.messages as usize, stored.len(), "the stream holds no duplicate");
+    assert_eq!(
+        distinct, stored_set,
+        "the stream holds exactly the stored events"
+    );
+    let info = jetstream::new(nats.clone())
+        .get_stream(&stream.name)
+        .await
+        .unwrap()
+        .get_info()
+        .await
+        .unwrap();
+    assert_eq!(
+        info.state.messages as usize,
+        stored.len(),
+        "the stream holds no duplicate"
+    );
 }
 
 #[tokio::test]
 async fn commands_keep_succeeding_through_a_nats_outage_and_nothing_is_lost() {
     let port = free_port();
-    let mut nats = OwnNats::start(port, std::env::temp_dir().join(format!("chronicle-nats-{}", uuid::Uuid::new_v4())));
+    let mut nats = OwnNats::start(
+        port,
+        std::env::temp_dir().join(format!("chronicle-nats-{}", uuid::Uuid::new_v4())),
+    );
     wait_for_port(port).await;
     let mut settings = test_settings().await;
     settings.nats.url = nats.url();
@@ -286,14 +486,23 @@ async fn commands_keep_succeeding_through_a_nats_outage_and_nothing_is_lost() {
     let stop = Arc::new(AtomicBool::new(false));
     let writer = create_tasks_until(app.base.clone(), user.token.clone(), stop.clone());
     let before_outage: i64 = eventually(Duration::from_secs(10), "some commands", || async {
-        let n: i64 = sqlx::query_scalar("select count(*) from events").fetch_one(&app.pool).await.ok()?;
+        let n: i64 = sqlx::query_scalar("select count(*) from events")
+            .fetch_one(&app.pool)
+            .await
+            .ok()?;
         (n >= 10).then_some(n)
     })
     .await;
     nats.stop();
     tokio::time::sleep(Duration::from_secs(10)).await; // the outage itself
-    let during: i64 = sqlx::query_scalar("select count(*) from events").fetch_one(&app.pool).await.unwrap();
-    assert!(during > before_outage + 20, "commands kept succeeding while NATS was down ({before_outage} → {during})");
+    let during: i64 = sqlx::query_scalar("select count(*) from events")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(
+        during > before_outage + 20,
+        "commands kept succeeding while NATS was down ({before_outage} → {during})"
+    );
     nats.restart();
     wait_for_port(port).await;
     tokio::time::sleep(Duration::from_millis(500)).await; // keep writing across the reconnect
@@ -301,10 +510,18 @@ async fn commands_keep_succeeding_through_a_nats_outage_and_nothing_is_lost() {
     let created = writer.await.unwrap();
     assert!(!created.is_empty());
 
-    let stored: HashSet<String> = sqlx::query_scalar("select aggregate_id from events where aggregate_type = 'Task'")
-        .fetch_all(&app.pool).await.unwrap().into_iter().collect();
+    let stored: HashSet<String> =
+        sqlx::query_scalar("select aggregate_id from events where aggregate_type = 'Task'")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
     for id in &created {
-        assert!(stored.contains(id), "acknowledged task {id} is in the store");
+        assert!(
+            stored.contains(id),
+            "acknowledged task {id} is in the store"
+        );
     }
     assert_stream_matches_store(&app.pool, &app.nats, &app.settings.nats.stream).await;
     app.wait_for_projections().await;
@@ -326,7 +543,10 @@ impl ServerProcess {
             .env("DATABASE_URL", settings.database.url.expose_secret())
             .env("NATS_URL", &settings.nats.url)
             .env("CHRONICLE_STREAM", &settings.nats.stream.name)
-            .env("CHRONICLE_SUBJECT_PREFIX", &settings.nats.stream.subject_prefix)
+            .env(
+                "CHRONICLE_SUBJECT_PREFIX",
+                &settings.nats.stream.subject_prefix,
+            )
             .env("CHRONICLE_ADDR", format!("127.0.0.1:{port}"))
             .env("CHRONICLE_DATA_DIR", &settings.data_dir)
             .env("CHRONICLE_ARGON2_MEMORY_KIB", "1024")
@@ -336,7 +556,10 @@ impl ServerProcess {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start chronicle");
-        Self { child, base: format!("http://127.0.0.1:{port}") }
+        Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        }
     }
 
     fn kill(&mut self) {
@@ -362,7 +585,12 @@ async fn a_server_killed_mid_stream_loses_no_acknowledged_command() {
     let register: Value = client
         .post(format!("{}/v1/auth/register", server.base))
         .json(&json!({"email": "crash@example.com", "password": "survives a crash"}))
-        .send().await.unwrap().json().await.unwrap();
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let token = register["access_token"].as_str().unwrap().to_string();
 
     // Four writers; acknowledged results are recorded as they arrive.
@@ -370,27 +598,52 @@ async fn a_server_killed_mid_stream_loses_no_acknowledged_command() {
     let stop = Arc::new(AtomicBool::new(false));
     let mut writers = Vec::new();
     for writer in 0..4 {
-        let (base, token, acknowledged, stop) = (server.base.clone(), token.clone(), acknowledged.clone(), stop.clone());
+        let (base, token, acknowledged, stop) = (
+            server.base.clone(),
+            token.clone(),
+            acknowledged.clone(),
+            stop.clone(),
+        );
         writers.push(tokio::spawn(async move {
             let client = reqwest::Client::new();
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
-                let Ok(response) = client.post(format!("{base}/v1/tasks")).bearer_auth(&token)
-                    .json(&json!({"title": format!("writer {writer} task {n}")})).send().await else { return };
-                if response.status() != StatusCode::CREATED { return; }
-                let Ok(task) = response.json::<Value>().await else { return };
+                let Ok(response) = client
+                    .post(format!("{base}/v1/tasks"))
+                    .bearer_auth(&token)
+                    .json(&json!({"title": format!("writer {writer} task {n}")}))
+                    .send()
+                    .await
+                else {
+                    return;
+                };
+                if response.status() != StatusCode::CREATED {
+                    return;
+                }
+                let Ok(task) = response.json::<Value>().await else {
+                    return;
+                };
                 let id = task["id"].as_str().unwrap().to_string();
                 acknowledged.lock().unwrap().insert(id.clone(), 1);
-                let Ok(response) = client.patch(format!("{base}/v1/tasks/{id}/complete")).bearer_auth(&token)
-                    .json(&json!({"completed": true})).send().await else { return };
+                let Ok(response) = client
+                    .patch(format!("{base}/v1/tasks/{id}/complete"))
+                    .bearer_auth(&token)
+                    .json(&json!({"completed": true}))
+                    .send()
+                    .await
+                else {
+                    return;
+                };
                 if response.status() == StatusCode::OK {
                     acknowledged.lock().unwrap().insert(id, 2);
                 }
             }
         }));
     }
-    let pool = PgPool::connect(secrecy::ExposeSecret::expose_secret(&settings.database.url)).await.unwrap();
+    let pool = PgPool::connect(secrecy::ExposeSecret::expose_secret(&settings.database.url))
+        .await
+        .unwrap();
     eventually(Duration::from_secs(30), "a stream of commands", || async {
         (acknowledged.lock().unwrap().len() >= 40).then_some(())
     })
@@ -406,9 +659,16 @@ async fn a_server_killed_mid_stream_loses_no_acknowledged_command() {
     wait_for_port(port).await;
     let acknowledged = acknowledged.lock().unwrap().clone();
     for (id, version) in &acknowledged {
-        let stored: Option<i64> = sqlx::query_scalar("select max(sequence) from events where aggregate_id = $1")
-            .bind(id).fetch_one(&pool).await.unwrap();
-        assert!(stored.unwrap_or(0) >= *version, "task {id} has its acknowledged events (v{version})");
+        let stored: Option<i64> =
+            sqlx::query_scalar("select max(sequence) from events where aggregate_id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert!(
+            stored.unwrap_or(0) >= *version,
+            "task {id} has its acknowledged events (v{version})"
+        );
     }
     let nats = async_nats::connect(&settings.nats.url).await.unwrap();
     assert_stream_matches_store(&pool, &nats, &settings.nats.stream).await;

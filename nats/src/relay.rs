@@ -143,8 +143,7 @@ impl Relay {
         let mut retry_soon = Duration::from_millis(1);
 
         while !shutdown.is_cancelled() {
-            let batch =
-                read_committed_after(conn, cursor, self.config.batch_size, &[]).await?;
+            let batch = read_committed_after(conn, cursor, self.config.batch_size, &[]).await?;
             if batch.is_empty() {
                 // Rows held back by an older in-flight transaction become
                 // readable when it ends, which sends no notification of its own.
@@ -247,10 +246,16 @@ impl Relay {
         let body = serde_json::to_vec(&envelope)
             .map_err(|err| NatsError::MalformedEvent(envelope.message_id(), err.to_string()))?;
         self.jetstream
-            .publish_with_headers(envelope.subject(&self.stream.subject_prefix), headers, body.into())
+            .publish_with_headers(
+                envelope.subject(&self.stream.subject_prefix),
+                headers,
+                body.into(),
+            )
             .await
             .map_err(|err| match err.kind() {
-                PublishErrorKind::StreamNotFound => NatsError::jetstream("publish", "stream not found"),
+                PublishErrorKind::StreamNotFound => {
+                    NatsError::jetstream("publish", "stream not found")
+                }
                 _ => NatsError::jetstream("publish", err),
             })
     }
@@ -294,9 +299,7 @@ impl Relay {
     }
 }
 
-async fn stream_last_sequence(
-    mut stream: jetstream::stream::Stream,
-) -> Result<u64, NatsError> {
+async fn stream_last_sequence(mut stream: jetstream::stream::Stream) -> Result<u64, NatsError> {
     let info = stream
         .info()
         .await

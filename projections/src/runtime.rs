@@ -249,7 +249,12 @@ impl ProjectionRunner {
     async fn mark_failed(&self, message_id: &str, reason: &str) {
         let name = self.projection.name();
         let failure = format!("{message_id}: {reason}");
-        tracing::error!(projection = name, event = message_id, reason, "projection stopped on an event it cannot apply");
+        tracing::error!(
+            projection = name,
+            event = message_id,
+            reason,
+            "projection stopped on an event it cannot apply"
+        );
         metrics::gauge!("chronicle_projection_failed", "projection" => name).set(1.0);
         if let Ok(mut slot) = self.status.failure.lock() {
             *slot = Some(failure.clone());

@@ -31,8 +31,9 @@ impl SigningKeys {
             return Self::from_pem(pem.expose_secret());
         }
         if let Some(path) = &settings.private_key_file {
-            let pem = std::fs::read_to_string(path)
-                .with_context(|| format!("reading CHRONICLE_JWT_PRIVATE_KEY_FILE {}", path.display()))?;
+            let pem = std::fs::read_to_string(path).with_context(|| {
+                format!("reading CHRONICLE_JWT_PRIVATE_KEY_FILE {}", path.display())
+            })?;
             return Self::from_pem(&pem);
         }
         let path = data_dir.join("keys").join("jwt-private.pem");
@@ -49,9 +50,12 @@ impl SigningKeys {
 
     /// Builds the keys from a PKCS#8 PEM private key.
     pub fn from_pem(pem: &str) -> anyhow::Result<Self> {
-        let private = RsaPrivateKey::from_pkcs8_pem(pem).context("parsing the RSA private key (PKCS#8 PEM)")?;
+        let private = RsaPrivateKey::from_pkcs8_pem(pem)
+            .context("parsing the RSA private key (PKCS#8 PEM)")?;
         let public = RsaPublicKey::from(&private);
-        let public_der = public.to_public_key_der().context("encoding the public key")?;
+        let public_der = public
+            .to_public_key_der()
+            .context("encoding the public key")?;
         let kid = hex::encode(&Sha256::digest(public_der.as_bytes())[..12]);
         let public_pem = public
             .to_public_key_pem(LineEnding::LF)
@@ -65,8 +69,10 @@ impl SigningKeys {
             "e": URL_SAFE_NO_PAD.encode(public.e().to_bytes_be()),
         });
         Ok(Self {
-            encoding: EncodingKey::from_rsa_pem(pem.as_bytes()).context("loading the signing key")?,
-            decoding: DecodingKey::from_rsa_pem(public_pem.as_bytes()).context("loading the verifying key")?,
+            encoding: EncodingKey::from_rsa_pem(pem.as_bytes())
+                .context("loading the signing key")?,
+            decoding: DecodingKey::from_rsa_pem(public_pem.as_bytes())
+                .context("loading the verifying key")?,
             kid,
             jwk,
         })

@@ -25,8 +25,13 @@ pub struct PasswordService {
 
 impl PasswordService {
     pub fn new(pool: PgPool, settings: Argon2Settings) -> anyhow::Result<Arc<Self>> {
-        let params = Params::new(settings.memory_kib, settings.iterations, settings.parallelism, None)
-            .map_err(|err| anyhow::anyhow!("argon2 parameters: {err}"))?;
+        let params = Params::new(
+            settings.memory_kib,
+            settings.iterations,
+            settings.parallelism,
+            None,
+        )
+        .map_err(|err| anyhow::anyhow!("argon2 parameters: {err}"))?;
         let dummy_hash = hash_with(&params, &Uuid::new_v4().to_string())?;
         Ok(Arc::new(Self {
             pool,
@@ -58,7 +63,11 @@ fn hash_with(params: &Params, password: &str) -> anyhow::Result<String> {
 
 fn verify_with(params: &Params, hash: &str, password: &str) -> bool {
     PasswordHash::new(hash)
-        .map(|parsed| argon2(params).verify_password(password.as_bytes(), &parsed).is_ok())
+        .map(|parsed| {
+            argon2(params)
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok()
+        })
         .unwrap_or(false)
 }
 
@@ -85,7 +94,11 @@ impl UserServices for PasswordService {
         Ok(id)
     }
 
-    async fn verify_password(&self, credential_id: Uuid, password: &str) -> Result<bool, ServiceFailure> {
+    async fn verify_password(
+        &self,
+        credential_id: Uuid,
+        password: &str,
+    ) -> Result<bool, ServiceFailure> {
         let hash: Option<String> =
             sqlx::query_scalar("select password_hash from credentials where id = $1")
                 .bind(credential_id)

@@ -4,9 +4,9 @@ use axum::extract::{FromRequest, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::routing::{get, post};
 use axum::Router;
-use chrono::{DateTime, Utc};
 use chronicle_aggregates::user::{user_id_for_email, User, UserCommand, UserError};
 use chronicle_aggregates::validation::validate_username;
+use chrono::{DateTime, Utc};
 use cqrs_es::AggregateError;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -58,7 +58,7 @@ struct PasswordGrantForm {
     password: String,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
 pub struct UserResponse {
     pub id: Uuid,
     pub email: String,
@@ -158,7 +158,11 @@ pub async fn register(
         at: now(),
     };
     let metadata = context.metadata(user_id, &[]);
-    let executed = match state.users.execute(&user_id.to_string(), command, metadata).await {
+    let executed = match state
+        .users
+        .execute(&user_id.to_string(), command, metadata)
+        .await
+    {
         Ok(executed) => executed,
         Err(err) => {
             if let Some(Some(username)) = claimed {
@@ -188,10 +192,11 @@ async fn claim_username(state: &AppState, username: &str, user_id: Uuid) -> Resu
     if inserted.rows_affected() == 1 {
         return Ok(Some(username.to_string()));
     }
-    let owner: Option<Uuid> = sqlx::query_scalar("select user_id from username_claims where username = $1")
-        .bind(username)
-        .fetch_optional(&state.pool)
-        .await?;
+    let owner: Option<Uuid> =
+        sqlx::query_scalar("select user_id from username_claims where username = $1")
+            .bind(username)
+            .fetch_optional(&state.pool)
+            .await?;
     match owner {
         Some(owner) if owner == user_id => Ok(None),
         _ => Err(ApiError::Conflict("this username is taken".into())),
@@ -239,9 +244,16 @@ pub async fn login(
         password,
         at: now(),
     };
-    let executed = state.users.execute(&key, command, metadata).await.map_err(user_error)?;
+    let executed = state
+        .users
+        .execute(&key, command, metadata)
+        .await
+        .map_err(user_error)?;
     let response = auth_response(&state, user_id, &executed)?;
-    Ok((with_token_header(executed.token.as_ref()), axum::Json(response)))
+    Ok((
+        with_token_header(executed.token.as_ref()),
+        axum::Json(response),
+    ))
 }
 
 async fn read_login(request: Request, state: &AppState) -> Result<(String, String)> {
@@ -259,7 +271,10 @@ async fn read_login(request: Request, state: &AppState) -> Result<(String, Strin
                 details: Vec::new(),
             })?;
         if form.grant_type.as_deref().is_some_and(|g| g != "password") {
-            return Err(ApiError::invalid_field("grant_type", "only `password` is supported"));
+            return Err(ApiError::invalid_field(
+                "grant_type",
+                "only `password` is supported",
+            ));
         }
         return Ok((form.username, form.password));
     }
@@ -270,7 +285,10 @@ async fn read_login(request: Request, state: &AppState) -> Result<(String, Strin
     match (request.email, request.username) {
         (Some(email), None) => Ok((email, request.password)),
         (None, Some(username)) => Ok((username, request.password)),
-        _ => Err(ApiError::invalid_field("email", "give exactly one of `email` or `username`")),
+        _ => Err(ApiError::invalid_field(
+            "email",
+            "give exactly one of `email` or `username`",
+        )),
     }
 }
 
@@ -280,10 +298,12 @@ async fn resolve_login(state: &AppState, login: &str) -> Result<Option<Uuid>> {
         return Ok(Some(user_id_for_email(login)));
     }
     let username = login.trim().to_ascii_lowercase();
-    Ok(sqlx::query_scalar("select user_id from username_claims where username = $1")
-        .bind(username)
-        .fetch_optional(&state.pool)
-        .await?)
+    Ok(
+        sqlx::query_scalar("select user_id from username_claims where username = $1")
+            .bind(username)
+            .fetch_optional(&state.pool)
+            .await?,
+    )
 }
 
 /// The signed-in user.
@@ -301,19 +321,11 @@ pub async fn me(
         .wait("users", Some(user.id), token)
         .await
         .map_err(|err| ApiError::Unavailable(err.to_string()))?;
-    let row: Option<(Uuid, String, Option<String>, Option<String>, Vec<String>, DateTime<Utc>)> = sqlx::query_as(
+    let user: Option<UserResponse> = sqlx::query_as(
         "select id, email, username, name, roles, created_at from read.users where id = $1",
     )
     .bind(user.id)
     .fetch_optional(&state.pool)
     .await?;
-    let (id, email, username, name, roles, created_at) = row.ok_or(ApiError::NotFound)?;
-    Ok(axum::Json(UserResponse {
-        id,
-        email,
-        username,
-        name,
-        roles,
-        created_at,
-    }))
+    user.map(axum::Json).ok_or(ApiError::NotFound)
 }

@@ -34,11 +34,17 @@ pub enum ApiError {
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("{message}")]
-    Validation { message: String, details: Vec<Value> },
+    Validation {
+        message: String,
+        details: Vec<Value>,
+    },
     #[error("{0}")]
     Unavailable(String),
     #[error("{message}")]
-    UnavailableWithDetails { message: String, details: Vec<Value> },
+    UnavailableWithDetails {
+        message: String,
+        details: Vec<Value>,
+    },
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
 }
@@ -79,18 +85,26 @@ impl ApiError {
     /// Attaches `details` to a validation or unavailability error.
     pub fn with_details(self, more: Vec<Value>) -> Self {
         match self {
-            Self::Validation { message, mut details } => {
+            Self::Validation {
+                message,
+                mut details,
+            } => {
                 details.extend(more);
                 Self::Validation { message, details }
             }
-            Self::Unavailable(message) => Self::UnavailableWithDetails { message, details: more },
+            Self::Unavailable(message) => Self::UnavailableWithDetails {
+                message,
+                details: more,
+            },
             other => other,
         }
     }
 
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::AuthRequired | Self::InvalidToken | Self::InvalidCredentials => StatusCode::UNAUTHORIZED,
+            Self::AuthRequired | Self::InvalidToken | Self::InvalidCredentials => {
+                StatusCode::UNAUTHORIZED
+            }
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
@@ -98,7 +112,9 @@ impl ApiError {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Unavailable(_) | Self::UnavailableWithDetails { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::UnavailableWithDetails { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -147,7 +163,10 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if matches!(self, Self::Unavailable(_) | Self::UnavailableWithDetails { .. }) {
+        if matches!(
+            self,
+            Self::Unavailable(_) | Self::UnavailableWithDetails { .. }
+        ) {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -148,7 +148,8 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
             .map(|ConnectInfo(addr)| addr.ip().to_string())
             .unwrap_or_default();
         Ok(Self {
-            correlation_id: header_text("x-correlation-id", 128).unwrap_or_else(|| request_id.clone()),
+            correlation_id: header_text("x-correlation-id", 128)
+                .unwrap_or_else(|| request_id.clone()),
             causation_id: header_text("x-causation-id", 128).unwrap_or_else(|| request_id.clone()),
             user_agent: header_text("user-agent", 512).unwrap_or_default(),
             client_ip,
@@ -169,7 +170,10 @@ impl RequestContext {
             ("causation_id".to_string(), self.causation_id.clone()),
             ("client_ip".to_string(), self.client_ip.clone()),
             ("user_agent".to_string(), self.user_agent.clone()),
-            ("occurred_at".to_string(), chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+            (
+                "occurred_at".to_string(),
+                chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            ),
         ])
     }
 }
@@ -191,6 +195,8 @@ impl<S: Send + Sync> FromRequestParts<S> for ConsistencyHeader {
             .ok()
             .and_then(|raw| raw.parse().ok())
             .map(|token| Self(Some(token)))
-            .ok_or_else(|| ApiError::invalid_field(CONSISTENCY_HEADER, "is not a token this server issued"))
+            .ok_or_else(|| {
+                ApiError::invalid_field(CONSISTENCY_HEADER, "is not a token this server issued")
+            })
     }
 }

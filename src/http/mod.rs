@@ -69,9 +69,14 @@ async fn error_format_for_bare_errors(response: Response) -> Response {
         StatusCode::SERVICE_UNAVAILABLE | StatusCode::REQUEST_TIMEOUT => {
             ApiError::Unavailable("the request took too long".into())
         }
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType("unsupported content type".into()),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            ApiError::UnsupportedMediaType("unsupported content type".into())
+        }
         other if other.is_client_error() => ApiError::BadRequest(
-            other.canonical_reason().unwrap_or("bad request").to_string(),
+            other
+                .canonical_reason()
+                .unwrap_or("bad request")
+                .to_string(),
         ),
         _ => ApiError::Internal(anyhow::anyhow!("bare {status} response")),
     };

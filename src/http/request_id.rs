@@ -24,9 +24,7 @@ pub struct RequestId(pub String);
 
 fn acceptable(value: &HeaderValue) -> Option<String> {
     let value = value.to_str().ok()?;
-    let ok = !value.is_empty()
-        && value.len() <= 128
-        && value.chars().all(|c| c.is_ascii_graphic());
+    let ok = !value.is_empty() && value.len() <= 128 && value.chars().all(|c| c.is_ascii_graphic());
     ok.then(|| value.to_string())
 }
 

@@ -92,7 +92,9 @@ async fn projection_backlogs(state: &AppState) -> Vec<Value> {
     let jetstream = async_nats::jetstream::new(state.nats.clone());
     let stream_name = &state.settings.nats.stream.name;
     let Ok(stream) = jetstream.get_stream(stream_name).await else {
-        return vec![json!({"component": "nats", "message": format!("stream {stream_name} missing")})];
+        return vec![
+            json!({"component": "nats", "message": format!("stream {stream_name} missing")}),
+        ];
     };
     let mut problems = Vec::new();
     for projection in chronicle_projections::all_projections() {
@@ -106,9 +108,12 @@ async fn projection_backlogs(state: &AppState) -> Vec<Value> {
                     problems.push(json!({"component": format!("projection {name}"), "message": format!("{} events behind", info.num_pending)}));
                 }
                 Ok(_) => {}
-                Err(err) => problems.push(json!({"component": format!("projection {name}"), "message": err.to_string()})),
+                Err(err) => problems.push(
+                    json!({"component": format!("projection {name}"), "message": err.to_string()}),
+                ),
             },
-            Err(_) => problems.push(json!({"component": format!("projection {name}"), "message": "not started"})),
+            Err(_) => problems
+                .push(json!({"component": format!("projection {name}"), "message": "not started"})),
         }
     }
     problems

@@ -4,8 +4,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::routing::{get, patch, post};
 use axum::Router;
-use chrono::{DateTime, Utc};
 use chronicle_aggregates::task::{Task, TaskCommand, TaskError};
+use chrono::{DateTime, Utc};
 use cqrs_es::AggregateError;
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -13,7 +13,9 @@ use uuid::Uuid;
 
 use crate::commands::{micros, now, Executed};
 use crate::http::error::{infrastructure_error, ApiError, Result};
-use crate::http::extract::{AuthUser, ConsistencyHeader, IdPath, Json, Query, RequestContext, CONSISTENCY_HEADER};
+use crate::http::extract::{
+    AuthUser, ConsistencyHeader, IdPath, Json, Query, RequestContext, CONSISTENCY_HEADER,
+};
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -21,7 +23,10 @@ pub fn router() -> Router<AppState> {
         .route("/v1/tasks", get(list_tasks).post(create_task))
         .route(
             "/v1/tasks/{id}",
-            get(get_task).put(replace_task).patch(patch_task).delete(delete_task),
+            get(get_task)
+                .put(replace_task)
+                .patch(patch_task)
+                .delete(delete_task),
         )
         .route("/v1/tasks/{id}/complete", patch(complete_task))
         .route("/v1/tasks/{id}/restore", post(restore_task))
@@ -118,12 +123,16 @@ pub struct CompleteTaskRequest {
 }
 
 /// Makes an `Option` field required while still accepting `null`.
-fn present_or_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+fn present_or_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
     Option::<T>::deserialize(d)
 }
 
 /// Tells "absent" (outer `None`, via `default`) from "null" (`Some(None)`).
-fn some_or_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+fn some_or_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)
 }
 
@@ -172,11 +181,15 @@ pub struct DeleteTaskQuery {
 fn task_error(err: AggregateError<TaskError>) -> ApiError {
     match err {
         AggregateError::UserError(TaskError::NotFound) => ApiError::NotFound,
-        AggregateError::UserError(TaskError::AlreadyExists) => ApiError::Conflict("task already exists".into()),
+        AggregateError::UserError(TaskError::AlreadyExists) => {
+            ApiError::Conflict("task already exists".into())
+        }
         AggregateError::UserError(TaskError::Deleted) => {
             ApiError::Conflict("task is deleted; restore it first".into())
         }
-        AggregateError::UserError(TaskError::NotDeleted) => ApiError::BadRequest("task is not deleted".into()),
+        AggregateError::UserError(TaskError::NotDeleted) => {
+            ApiError::BadRequest("task is not deleted".into())
+        }
         AggregateError::UserError(TaskError::Invalid(errors)) => ApiError::invalid_fields(&errors),
         other => infrastructure_error(other),
     }
@@ -206,7 +219,11 @@ async fn run(
     Ok((headers, executed))
 }
 
-async fn wait_for_read_model(state: &AppState, user: &AuthUser, token: ConsistencyHeader) -> Result<()> {
+async fn wait_for_read_model(
+    state: &AppState,
+    user: &AuthUser,
+    token: ConsistencyHeader,
+) -> Result<()> {
     state
         .consistency
         .wait("tasks", Some(user.id), token.0)
@@ -255,7 +272,10 @@ pub async fn list_tasks(
 ) -> Result<(HeaderMap, axum::Json<Vec<TaskResponse>>)> {
     let limit = query.limit.unwrap_or(50);
     if !(1..=100).contains(&limit) {
-        return Err(ApiError::invalid_field("limit", "must be between 1 and 100"));
+        return Err(ApiError::invalid_field(
+            "limit",
+            "must be between 1 and 100",
+        ));
     }
     let offset = query.offset.unwrap_or(0);
     if offset < 0 {
@@ -263,19 +283,23 @@ pub async fn list_tasks(
     }
     if let (Some(from), Some(to)) = (query.date_from, query.date_to) {
         if from > to {
-            return Err(ApiError::invalid_field("date_from", "must not be after date_to"));
+            return Err(ApiError::invalid_field(
+                "date_from",
+                "must not be after date_to",
+            ));
         }
     }
     wait_for_read_model(&state, &user, token).await?;
 
     // One filter for both the page and the count.
-    let (completed, deleted): (Option<bool>, Option<bool>) = match (query.status, query.include_deleted) {
-        (StatusFilter::All, _) => (None, None),
-        (StatusFilter::Deleted, _) => (None, Some(true)),
-        (StatusFilter::Pending, include) => (Some(false), (!include).then_some(false)),
-        (StatusFilter::Completed, include) => (Some(true), (!include).then_some(false)),
-        (StatusFilter::NotDeleted, include) => (None, (!include).then_some(false)),
-    };
+    let (completed, deleted): (Option<bool>, Option<bool>) =
+        match (query.status, query.include_deleted) {
+            (StatusFilter::All, _) => (None, None),
+            (StatusFilter::Deleted, _) => (None, Some(true)),
+            (StatusFilter::Pending, include) => (Some(false), (!include).then_some(false)),
+            (StatusFilter::Completed, include) => (Some(true), (!include).then_some(false)),
+            (StatusFilter::NotDeleted, include) => (None, (!include).then_some(false)),
+        };
     let filter = "owner_id = $1 \
          and ($2::boolean is null or completed = $2) \
          and ($3::boolean is null or is_deleted = $3) \
@@ -358,7 +382,10 @@ pub async fn replace_task(
         at: now(),
     };
     let (headers, executed) = run(&state, &user, &context, id, command).await?;
-    Ok((headers, axum::Json(TaskResponse::from_aggregate(id, &executed.aggregate))))
+    Ok((
+        headers,
+        axum::Json(TaskResponse::from_aggregate(id, &executed.aggregate)),
+    ))
 }
 
 /// Changes only the given fields.
@@ -388,7 +415,10 @@ pub async fn patch_task(
         at: now(),
     };
     let (headers, executed) = run(&state, &user, &context, id, command).await?;
-    Ok((headers, axum::Json(TaskResponse::from_aggregate(id, &executed.aggregate))))
+    Ok((
+        headers,
+        axum::Json(TaskResponse::from_aggregate(id, &executed.aggregate)),
+    ))
 }
 
 /// Marks a task completed or pending.
@@ -408,7 +438,10 @@ pub async fn complete_task(
         at: now(),
     };
     let (headers, executed) = run(&state, &user, &context, id, command).await?;
-    Ok((headers, axum::Json(TaskResponse::from_aggregate(id, &executed.aggregate))))
+    Ok((
+        headers,
+        axum::Json(TaskResponse::from_aggregate(id, &executed.aggregate)),
+    ))
 }
 
 /// Soft-deletes a task, or with `permanent=true` purges it from every read model.
@@ -424,9 +457,15 @@ pub async fn delete_task(
 ) -> Result<(StatusCode, HeaderMap)> {
     let at = now();
     let command = if query.permanent {
-        TaskCommand::Purge { actor_id: user.id, at }
+        TaskCommand::Purge {
+            actor_id: user.id,
+            at,
+        }
     } else {
-        TaskCommand::Delete { actor_id: user.id, at }
+        TaskCommand::Delete {
+            actor_id: user.id,
+            at,
+        }
     };
     let (headers, _) = run(&state, &user, &context, id, command).await?;
     Ok((StatusCode::NO_CONTENT, headers))
@@ -447,5 +486,8 @@ pub async fn restore_task(
         at: now(),
     };
     let (headers, executed) = run(&state, &user, &context, id, command).await?;
-    Ok((headers, axum::Json(TaskResponse::from_aggregate(id, &executed.aggregate))))
+    Ok((
+        headers,
+        axum::Json(TaskResponse::from_aggregate(id, &executed.aggregate)),
+    ))
 }

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use chronicle::config::{Argon2Settings, AuthSettings, DatabaseSettings, HttpSettings, LogSettings, NatsSettings};
+use chronicle::config::{
+    Argon2Settings, AuthSettings, DatabaseSettings, HttpSettings, LogSettings, NatsSettings,
+};
 use chronicle::{Application, Components, Settings};
 use chronicle_nats::StreamSettings;
 use reqwest::StatusCode;
@@ -17,7 +19,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub fn admin_database_url() -> String {
-    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:55432/chronicle".into())
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:55432/chronicle".into())
 }
 
 pub fn nats_url() -> String {
@@ -43,7 +46,9 @@ fn init_test_logging() {
 pub async fn create_test_database() -> String {
     let admin_url = admin_database_url();
     let name = format!("test_{}", Uuid::new_v4().simple());
-    let mut admin = PgConnection::connect(&admin_url).await.expect("connect to the admin database");
+    let mut admin = PgConnection::connect(&admin_url)
+        .await
+        .expect("connect to the admin database");
     sqlx::query(&format!("create database {name}"))
         .execute(&mut admin)
         .await
@@ -52,7 +57,9 @@ pub async fn create_test_database() -> String {
         Some((base, _)) => format!("{base}/{name}"),
         None => panic!("DATABASE_URL has no database name"),
     };
-    let pool = PgPool::connect(&url).await.expect("connect to test database");
+    let pool = PgPool::connect(&url)
+        .await
+        .expect("connect to test database");
     chronicle::startup::migrate(&pool).await.expect("migrate");
     pool.close().await;
     url
@@ -87,9 +94,16 @@ pub async fn test_settings() -> Settings {
             issuer: "chronicle".into(),
             audience: "chronicle-api".into(),
             access_token_ttl: Duration::from_secs(900),
-            argon2: Argon2Settings { memory_kib: 1024, iterations: 1, parallelism: 1 },
+            argon2: Argon2Settings {
+                memory_kib: 1024,
+                iterations: 1,
+                parallelism: 1,
+            },
         },
-        log: LogSettings { filter: "info".into(), json: false },
+        log: LogSettings {
+            filter: "info".into(),
+            json: false,
+        },
         data_dir,
     }
 }
@@ -120,7 +134,9 @@ impl TestApp {
 
     pub async fn spawn_with(settings: Settings) -> Self {
         init_test_logging();
-        let app = Application::build(settings.clone(), Components::ALL).await.expect("build app");
+        let app = Application::build(settings.clone(), Components::ALL)
+            .await
+            .expect("build app");
         let addr = app.local_addr().expect("api address");
         let shutdown = app.shutdown_token();
         let pool = app.state().pool.clone();
@@ -166,8 +182,17 @@ impl TestApp {
         }
     }
 
-    pub async fn send(&self, method: reqwest::Method, path: &str, user: &TestUser, body: Option<Value>) -> reqwest::Response {
-        let mut request = self.client.request(method, self.url(path)).bearer_auth(&user.token);
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        user: &TestUser,
+        body: Option<Value>,
+    ) -> reqwest::Response {
+        let mut request = self
+            .client
+            .request(method, self.url(path))
+            .bearer_auth(&user.token);
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -176,7 +201,12 @@ impl TestApp {
 
     pub async fn create_task(&self, user: &TestUser, title: &str) -> Value {
         let response = self
-            .send(reqwest::Method::POST, "/v1/tasks", user, Some(json!({"title": title})))
+            .send(
+                reqwest::Method::POST,
+                "/v1/tasks",
+                user,
+                Some(json!({"title": title})),
+            )
             .await;
         assert_eq!(response.status(), StatusCode::CREATED);
         response.json().await.unwrap()
@@ -208,17 +238,21 @@ pub async fn wait_for_projections(pool: &PgPool) {
         if behind == 0 {
             return;
         }
-        assert!(Instant::now() < deadline, "projections still {behind} aggregates behind");
+        assert!(
+            Instant::now() < deadline,
+            "projections still {behind} aggregates behind"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 /// Every row of every read model, as JSON, in a stable order.
 pub async fn read_model_rows(pool: &PgPool) -> Vec<Value> {
-    let mut rows: Vec<Value> = sqlx::query_scalar("select to_jsonb(t) from read.tasks t order by id")
-        .fetch_all(pool)
-        .await
-        .unwrap();
+    let mut rows: Vec<Value> =
+        sqlx::query_scalar("select to_jsonb(t) from read.tasks t order by id")
+            .fetch_all(pool)
+            .await
+            .unwrap();
     let users: Vec<Value> = sqlx::query_scalar("select to_jsonb(u) from read.users u order by id")
         .fetch_all(pool)
         .await
