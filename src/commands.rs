@@ -71,6 +71,29 @@ where
         command: A::Command,
         metadata: HashMap<String, String>,
     ) -> Result<Executed<A>, AggregateError<A::Error>> {
+        let started = std::time::Instant::now();
+        let result = self
+            .execute_with_retries(aggregate_id, command, metadata)
+            .await;
+        let outcome = match &result {
+            Ok(_) => "accepted",
+            Err(AggregateError::UserError(_)) => "rejected",
+            Err(AggregateError::AggregateConflict) => "conflict",
+            Err(_) => "failed",
+        };
+        metrics::counter!("chronicle_commands_total", "aggregate" => A::TYPE, "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!("chronicle_command_duration_seconds", "aggregate" => A::TYPE)
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn execute_with_retries(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        metadata: HashMap<String, String>,
+    ) -> Result<Executed<A>, AggregateError<A::Error>> {
         for attempt in 0..=CONFLICT_RETRIES {
             let mut context = self.store.load_aggregate(aggregate_id).await?;
             let sink = EventSink::default();

@@ -676,3 +676,32 @@ async fn a_server_killed_mid_stream_loses_no_acknowledged_command() {
     assert_read_models_equal_rebuild(&pool).await;
     drop(server);
 }
+
+#[tokio::test]
+async fn a_relay_that_lost_its_checkpoint_republishes_without_duplicating() {
+    let app = TestApp::spawn().await;
+    let user = app.register("republish@example.com").await;
+    for n in 0..5 {
+        app.create_task(&user, &format!("task {n}")).await;
+    }
+    assert_stream_matches_store(&app.pool, &app.nats, &app.settings.nats.stream).await;
+    let settings = app.settings.clone();
+    let pool = app.pool.clone();
+    app.stop().await;
+
+    // As if the relay died after publishing but before storing its checkpoint.
+    let pool = PgPool::connect_with(pool.connect_options().as_ref().clone())
+        .await
+        .unwrap();
+    sqlx::query("delete from relay_checkpoints")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let app = TestApp::spawn_with(settings).await;
+    let user = app.register("after-restart@example.com").await;
+    app.create_task(&user, "after the restart").await;
+    assert_stream_matches_store(&app.pool, &app.nats, &app.settings.nats.stream).await;
+    app.wait_for_projections().await;
+    assert_read_models_equal_rebuild(&app.pool).await;
+    app.stop().await;
+}

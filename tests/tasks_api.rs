@@ -879,5 +879,6 @@ async fn service_routes_describe_and_expose_the_server() {
         "{metrics}"
     );
     assert!(metrics.contains("chronicle_events_appended_total"));
+    assert!(metrics.contains("chronicle_commands_total"));
     app.stop().await;
 }
