@@ -310,11 +310,8 @@ async fn read_models_equal_a_rebuild_and_the_live_consumer_carries_on_after_it()
         "the live consumer applies new events after a rebuild"
     );
     let listed: Vec<Value> = app
-        .send(Method::GET, "/v1/tasks?status=all", &user, None)
-        .await
-        .json()
-        .await
-        .unwrap();
+        .send_json(Method::GET, "/v1/tasks?status=all", &user, None)
+        .await;
     assert_eq!(listed.len(), 7, "10 created, 4 purged, 1 more");
     app.stop().await;
 }

@@ -51,11 +51,8 @@ async fn a_task_goes_through_its_whole_lifecycle_over_http() {
     assert_eq!(created["is_deleted"], false);
 
     let got: Value = app
-        .send(Method::GET, &format!("/v1/tasks/{id}"), &user, None)
-        .await
-        .json()
-        .await
-        .unwrap();
+        .send_json(Method::GET, &format!("/v1/tasks/{id}"), &user, None)
+        .await;
     assert_eq!(
         got, created,
         "the read model answers what the command returned"
@@ -92,30 +89,24 @@ async fn a_task_goes_through_its_whole_lifecycle_over_http() {
     );
 
     let patched: Value = app
-        .send(
+        .send_json(
             Method::PATCH,
             &format!("/v1/tasks/{id}"),
             &user,
             Some(json!({"description": null})),
         )
-        .await
-        .json()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(patched["description"], Value::Null);
     assert_eq!(patched["title"], "Write the final report");
 
     let completed: Value = app
-        .send(
+        .send_json(
             Method::PATCH,
             &format!("/v1/tasks/{id}/complete"),
             &user,
             Some(json!({"completed": true})),
         )
-        .await
-        .json()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(completed["completed"], true);
 
     let restore_live = app
@@ -136,19 +127,11 @@ async fn a_task_goes_through_its_whole_lifecycle_over_http() {
         .await;
     assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
     let got: Value = app
-        .send(Method::GET, &format!("/v1/tasks/{id}"), &user, None)
-        .await
-        .json()
-        .await
-        .unwrap();
+        .send_json(Method::GET, &format!("/v1/tasks/{id}"), &user, None)
+        .await;
     assert_eq!(got["is_deleted"], true);
     assert!(got["deleted_at"].is_string());
-    let listed: Vec<Value> = app
-        .send(Method::GET, "/v1/tasks", &user, None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let listed: Vec<Value> = app.send_json(Method::GET, "/v1/tasks", &user, None).await;
     assert!(listed.is_empty(), "deleted tasks are not listed by default");
     let patch_deleted = app
         .send(
@@ -169,12 +152,7 @@ async fn a_task_goes_through_its_whole_lifecycle_over_http() {
         )
         .await;
     assert_eq!(restored.status(), StatusCode::OK);
-    let listed: Vec<Value> = app
-        .send(Method::GET, "/v1/tasks", &user, None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let listed: Vec<Value> = app.send_json(Method::GET, "/v1/tasks", &user, None).await;
     assert_eq!(listed.len(), 1);
 
     let purged = app
@@ -191,11 +169,8 @@ async fn a_task_goes_through_its_whole_lifecycle_over_http() {
         .await;
     assert_eq!(gone.status(), StatusCode::NOT_FOUND);
     let listed: Vec<Value> = app
-        .send(Method::GET, "/v1/tasks?status=all", &user, None)
-        .await
-        .json()
-        .await
-        .unwrap();
+        .send_json(Method::GET, "/v1/tasks?status=all", &user, None)
+        .await;
     assert!(listed.is_empty(), "a purged task is in no read model");
     let history: i64 = sqlx::query_scalar("select count(*) from events where aggregate_id = $1")
         .bind(&id)
@@ -267,11 +242,8 @@ async fn lists_filter_and_paginate_newest_first() {
     assert_eq!(count("?date_from=2999-01-01T00:00:00Z").await, (0, 0));
 
     let page: Vec<Value> = app
-        .send(Method::GET, "/v1/tasks?limit=100", &user, None)
-        .await
-        .json()
-        .await
-        .unwrap();
+        .send_json(Method::GET, "/v1/tasks?limit=100", &user, None)
+        .await;
     assert_eq!(page[0]["id"].as_str().unwrap(), ids[4], "newest first");
 
     for bad in [
@@ -340,12 +312,7 @@ async fn another_users_task_answers_404_to_every_route() {
             "{method} {path}"
         );
     }
-    let listed: Vec<Value> = app
-        .send(Method::GET, "/v1/tasks", &other, None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let listed: Vec<Value> = app.send_json(Method::GET, "/v1/tasks", &other, None).await;
     assert!(listed.is_empty());
     assert_eq!(event_count(&app).await, before, "nothing was written");
     app.stop().await;
@@ -590,13 +557,7 @@ async fn unknown_routes_and_wrong_methods_answer_in_the_error_format() {
 #[tokio::test]
 async fn registration_and_login_follow_the_contract() {
     let app = TestApp::spawn().await;
-    let response = app
-        .client
-        .post(app.url("/v1/auth/register"))
-        .json(&json!({"email": "Ada@Example.com", "password": "analytical engine", "username": "ada", "name": "Ada"}))
-        .send()
-        .await
-        .unwrap();
+    let response = app.post_anonymous("/v1/auth/register", json!({"email": "Ada@Example.com", "password": "analytical engine", "username": "ada", "name": "Ada"})).await;
     assert_eq!(response.status(), StatusCode::CREATED);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["token_type"], "bearer");
@@ -605,41 +566,37 @@ async fn registration_and_login_follow_the_contract() {
     assert_eq!(body["user"]["roles"], json!(["user"]));
 
     let again = app
-        .client
-        .post(app.url("/v1/auth/register"))
-        .json(&json!({"email": "ada@example.com", "password": "another password"}))
-        .send()
-        .await
-        .unwrap();
+        .post_anonymous(
+            "/v1/auth/register",
+            json!({"email": "ada@example.com", "password": "another password"}),
+        )
+        .await;
     assert_eq!(
         error_code(again).await,
         (StatusCode::CONFLICT, "CONFLICT".into())
     );
-    let taken = app.client.post(app.url("/v1/auth/register"))
-        .json(&json!({"email": "other@example.com", "password": "another password", "username": "ADA"})).send().await.unwrap();
+    let taken = app.post_anonymous("/v1/auth/register", json!({"email": "other@example.com", "password": "another password", "username": "ADA"})).await;
     assert_eq!(
         error_code(taken).await,
         (StatusCode::CONFLICT, "CONFLICT".into())
     );
     let weak = app
-        .client
-        .post(app.url("/v1/auth/register"))
-        .json(&json!({"email": "weak@example.com", "password": "short"}))
-        .send()
-        .await
-        .unwrap();
+        .post_anonymous(
+            "/v1/auth/register",
+            json!({"email": "weak@example.com", "password": "short"}),
+        )
+        .await;
     assert_eq!(
         error_code(weak).await,
         (StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR".into())
     );
 
     let by_email = app
-        .client
-        .post(app.url("/v1/auth/login"))
-        .json(&json!({"email": "ada@example.com", "password": "analytical engine"}))
-        .send()
-        .await
-        .unwrap();
+        .post_anonymous(
+            "/v1/auth/login",
+            json!({"email": "ada@example.com", "password": "analytical engine"}),
+        )
+        .await;
     assert_eq!(by_email.status(), StatusCode::OK);
     let by_form = app
         .client
@@ -659,19 +616,17 @@ async fn registration_and_login_follow_the_contract() {
         .to_string();
 
     let wrong = app
-        .client
-        .post(app.url("/v1/auth/login"))
-        .json(&json!({"email": "ada@example.com", "password": "wrong password"}))
-        .send()
-        .await
-        .unwrap();
+        .post_anonymous(
+            "/v1/auth/login",
+            json!({"email": "ada@example.com", "password": "wrong password"}),
+        )
+        .await;
     let unknown = app
-        .client
-        .post(app.url("/v1/auth/login"))
-        .json(&json!({"email": "nobody@example.com", "password": "wrong password"}))
-        .send()
-        .await
-        .unwrap();
+        .post_anonymous(
+            "/v1/auth/login",
+            json!({"email": "nobody@example.com", "password": "wrong password"}),
+        )
+        .await;
     let wrong = (
         wrong.status(),
         wrong.json::<Value>().await.unwrap()["error"]["message"].clone(),
@@ -780,11 +735,8 @@ async fn fifty_concurrent_patches_lose_no_update() {
     );
     assert!(successes > 0);
     let task: Value = app
-        .send(Method::GET, &format!("/v1/tasks/{id}"), &user, None)
-        .await
-        .json()
-        .await
-        .unwrap();
+        .send_json(Method::GET, &format!("/v1/tasks/{id}"), &user, None)
+        .await;
     assert_eq!(
         task["version"].as_i64().unwrap(),
         1 + successes,

@@ -167,12 +167,11 @@ impl TestApp {
 
     pub async fn register(&self, email: &str) -> TestUser {
         let response = self
-            .client
-            .post(self.url("/v1/auth/register"))
-            .json(&json!({"email": email, "password": "correct horse battery"}))
-            .send()
-            .await
-            .expect("register");
+            .post_anonymous(
+                "/v1/auth/register",
+                json!({"email": email, "password": "correct horse battery"}),
+            )
+            .await;
         assert_eq!(response.status(), StatusCode::CREATED, "register {email}");
         let body: Value = response.json().await.unwrap();
         TestUser {
@@ -197,6 +196,31 @@ impl TestApp {
             request = request.json(&body);
         }
         request.send().await.expect("request")
+    }
+
+    /// POSTs `body` without credentials.
+    pub async fn post_anonymous(&self, path: &str, body: Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// [`TestApp::send`], then the response body as JSON.
+    pub async fn send_json<T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        user: &TestUser,
+        body: Option<Value>,
+    ) -> T {
+        self.send(method, path, user, body)
+            .await
+            .json()
+            .await
+            .expect("a JSON body")
     }
 
     pub async fn create_task(&self, user: &TestUser, title: &str) -> Value {
