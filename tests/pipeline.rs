@@ -502,7 +502,19 @@ async fn commands_keep_succeeding_through_a_nats_outage_and_nothing_is_lost() {
     );
     nats.restart();
     wait_for_port(port).await;
-    tokio::time::sleep(Duration::from_millis(500)).await; // keep writing across the reconnect
+    // Keep writing across the reconnect.
+    eventually(
+        Duration::from_secs(10),
+        "writes after NATS returned",
+        || async {
+            let n: i64 = sqlx::query_scalar("select count(*) from events")
+                .fetch_one(&app.pool)
+                .await
+                .ok()?;
+            (n >= during + 10).then_some(())
+        },
+    )
+    .await;
     stop.store(true, Ordering::Relaxed);
     let created = writer.await.unwrap();
     assert!(!created.is_empty());
