@@ -78,6 +78,14 @@ impl SigningKeys {
         })
     }
 
+    /// Signs `payload` as a compact JWS (RS256, with this key's `kid`), e.g.
+    /// an audit checkpoint that any JWT library can verify against the JWKS.
+    pub fn sign_jws(&self, payload: &Value) -> anyhow::Result<String> {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, payload, &self.encoding).context("signing")
+    }
+
     /// `/.well-known/jwks.json`.
     pub fn jwks(&self) -> Value {
         json!({ "keys": [self.jwk] })

@@ -21,6 +21,8 @@ pub enum ApiError {
     InvalidToken,
     #[error("invalid credentials")]
     InvalidCredentials,
+    #[error("you do not have a role that may do this")]
+    Forbidden,
     #[error("not found")]
     NotFound,
     #[error("method not allowed")]
@@ -105,6 +107,7 @@ impl ApiError {
             Self::AuthRequired | Self::InvalidToken | Self::InvalidCredentials => {
                 StatusCode::UNAUTHORIZED
             }
+            Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
@@ -124,6 +127,7 @@ impl ApiError {
             Self::AuthRequired => "AUTH_REQUIRED",
             Self::InvalidToken => "INVALID_TOKEN",
             Self::InvalidCredentials => "INVALID_CREDENTIALS",
+            Self::Forbidden => "FORBIDDEN",
             Self::NotFound => "NOT_FOUND",
             Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Self::Conflict(_) => "CONFLICT",

@@ -115,6 +115,17 @@ impl FromRequestParts<AppState> for AuthUser {
     }
 }
 
+impl AuthUser {
+    /// 403 unless the caller holds one of `roles`.
+    pub fn require_any_role(&self, roles: &[&str]) -> Result<(), ApiError> {
+        if self.roles.iter().any(|held| roles.contains(&held.as_str())) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden)
+        }
+    }
+}
+
 /// Who asked, from where, as part of which request: the metadata of every event.
 #[derive(Debug, Clone)]
 pub struct RequestContext {
