@@ -79,6 +79,11 @@ impl FieldError {
             message: message.into(),
         }
     }
+
+    /// The same problem reported under another field name.
+    pub fn renamed(self, field: &'static str) -> Self {
+        Self { field, ..self }
+    }
 }
 
 impl fmt::Display for FieldError {

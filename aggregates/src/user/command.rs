@@ -3,6 +3,9 @@
 use std::fmt;
 
 use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::PhotoInfo;
 
 /// A request to change a user account.
 ///
@@ -31,6 +34,39 @@ pub enum UserCommand {
         /// When the command was issued.
         at: DateTime<Utc>,
     },
+    /// Lifts a lockout (administrators).
+    Unlock {
+        at: DateTime<Utc>,
+    },
+    /// Replaces the password after checking the current one.
+    ChangePassword {
+        current_password: String,
+        new_password: String,
+        at: DateTime<Utc>,
+    },
+    /// Replaces the role set; `user` is always kept.
+    SetRoles {
+        roles: Vec<String>,
+        at: DateTime<Utc>,
+    },
+    /// Outer `None`: leave unchanged; `Some(None)`: clear.
+    UpdateProfile {
+        username: Option<Option<String>>,
+        name: Option<Option<String>>,
+        preferences: Option<serde_json::Value>,
+        at: DateTime<Utc>,
+    },
+    ResetApiKey {
+        key_id: Uuid,
+        at: DateTime<Utc>,
+    },
+    SetPhoto {
+        photo: Option<PhotoInfo>,
+        at: DateTime<Utc>,
+    },
+    Deactivate {
+        at: DateTime<Utc>,
+    },
 }
 
 /// Written by hand so that a command ending up in a log or a panic message
@@ -57,6 +93,41 @@ impl fmt::Debug for UserCommand {
                 .field("password", &"***")
                 .field("at", at)
                 .finish(),
+            Self::ChangePassword { at, .. } => f
+                .debug_struct("ChangePassword")
+                .field("current_password", &"***")
+                .field("new_password", &"***")
+                .field("at", at)
+                .finish(),
+            Self::Unlock { at } => f.debug_struct("Unlock").field("at", at).finish(),
+            Self::SetRoles { roles, at } => f
+                .debug_struct("SetRoles")
+                .field("roles", roles)
+                .field("at", at)
+                .finish(),
+            Self::UpdateProfile {
+                username,
+                name,
+                preferences,
+                at,
+            } => f
+                .debug_struct("UpdateProfile")
+                .field("username", username)
+                .field("name", name)
+                .field("preferences", preferences)
+                .field("at", at)
+                .finish(),
+            Self::ResetApiKey { key_id, at } => f
+                .debug_struct("ResetApiKey")
+                .field("key_id", key_id)
+                .field("at", at)
+                .finish(),
+            Self::SetPhoto { photo, at } => f
+                .debug_struct("SetPhoto")
+                .field("photo", photo)
+                .field("at", at)
+                .finish(),
+            Self::Deactivate { at } => f.debug_struct("Deactivate").field("at", at).finish(),
         }
     }
 }

@@ -16,6 +16,13 @@ pub enum UserError {
     /// Unknown account or wrong password; deliberately indistinguishable.
     #[error("invalid credentials")]
     InvalidCredentials,
+    /// Too many failed logins; refused until `until`.
+    #[error("account locked until {until}")]
+    Locked {
+        until: chrono::DateTime<chrono::Utc>,
+    },
+    #[error("account is deactivated")]
+    Deactivated,
     /// One or more fields failed validation; lists all of them.
     #[error("invalid input: {}", describe(.0))]
     Invalid(Vec<FieldError>),

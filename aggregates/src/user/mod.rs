@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 pub use command::UserCommand;
 pub use error::{ServiceFailure, UserError};
-pub use event::UserEvent;
+pub use event::{PhotoInfo, UserEvent};
 
 use crate::validation::{
     normalize_email, validate_email, validate_name, validate_password, validate_username,
@@ -36,6 +36,15 @@ pub const USER_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2d3e_8a4b_4c5d_9e0f_a1b2
 
 /// Role every newly registered user receives.
 pub const DEFAULT_ROLE: &str = "user";
+
+/// Every role there is; anything else is refused.
+pub const KNOWN_ROLES: [&str; 5] = ["user", "admin", "auditor", "analyst", "developer"];
+
+/// Failed logins in a row that lock an account.
+pub const MAX_FAILED_LOGINS: u32 = 5;
+
+/// How long a lockout lasts unless an administrator lifts it.
+pub const LOCKOUT_MINUTES: i64 = 15;
 
 /// The aggregate id of the user with this e-mail address.
 ///
@@ -59,6 +68,11 @@ pub trait UserServices: Send + Sync {
         credential_id: Uuid,
         password: &str,
     ) -> Result<bool, ServiceFailure>;
+    /// Whether the stored hash was made with other parameters than today's,
+    /// so a successful login should store it again.
+    async fn needs_rehash(&self, _credential_id: Uuid) -> Result<bool, ServiceFailure> {
+        Ok(false)
+    }
 }
 
 /// Current state of a user account, rebuilt from its events.
@@ -80,6 +94,179 @@ pub struct User {
     pub created_at: Option<DateTime<Utc>>,
     /// Time of the most recent successful login.
     pub last_login_at: Option<DateTime<Utc>>,
+    /// Failed logins since the last success or unlock.
+    #[serde(default)]
+    pub failed_logins: u32,
+    /// Logins are refused until then.
+    #[serde(default)]
+    pub locked_until: Option<DateTime<Utc>>,
+    /// Free-form client preferences.
+    #[serde(default)]
+    pub preferences: serde_json::Value,
+    #[serde(default)]
+    pub photo: Option<PhotoInfo>,
+    #[serde(default)]
+    pub api_key_id: Option<Uuid>,
+    #[serde(default)]
+    pub deactivated_at: Option<DateTime<Utc>>,
+}
+
+impl User {
+    /// Registered and not deactivated.
+    pub fn is_active(&self) -> bool {
+        self.registered && self.deactivated_at.is_none()
+    }
+
+    /// Failed logins that still count at `at`: an expired lock starts afresh.
+    fn failures_counting_at(&self, at: DateTime<Utc>) -> u32 {
+        match self.locked_until {
+            Some(until) if until <= at => 0,
+            _ => self.failed_logins,
+        }
+    }
+
+    /// Every command but `Register` needs an active account.
+    fn require_active(&self) -> Result<(), UserError> {
+        if !self.registered {
+            Err(UserError::NotRegistered)
+        } else if self.deactivated_at.is_some() {
+            Err(UserError::Deactivated)
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn log_in(
+        &mut self,
+        password: String,
+        at: DateTime<Utc>,
+        services: &Arc<dyn UserServices>,
+        sink: &EventSink<Self>,
+    ) -> Result<(), UserError> {
+        // An unknown account gets the same answer as a wrong password
+        // so that login cannot be used to discover who is registered.
+        let Some(credential_id) = self.credential_id.filter(|_| self.registered) else {
+            return Err(UserError::InvalidCredentials);
+        };
+        if let Some(until) = self.locked_until.filter(|until| *until > at) {
+            return Err(UserError::Locked { until });
+        }
+        let valid = services.verify_password(credential_id, &password).await?;
+        if self.deactivated_at.is_some() {
+            return Err(UserError::InvalidCredentials);
+        }
+        if !valid {
+            // Recorded, not refused: the failure must count. The caller
+            // answers 401 when it sees `LoginFailed`.
+            let consecutive_failures = self.failures_counting_at(at) + 1;
+            sink.write(
+                UserEvent::LoginFailed {
+                    failed_at: at,
+                    consecutive_failures,
+                },
+                self,
+            )
+            .await;
+            if consecutive_failures >= MAX_FAILED_LOGINS {
+                let locked_until = at + chrono::Duration::minutes(LOCKOUT_MINUTES);
+                sink.write(
+                    UserEvent::AccountLocked {
+                        locked_at: at,
+                        locked_until,
+                    },
+                    self,
+                )
+                .await;
+            }
+            return Ok(());
+        }
+        sink.write(UserEvent::UserLoggedIn { logged_in_at: at }, self)
+            .await;
+        if services.needs_rehash(credential_id).await? {
+            let credential_id = services.store_password(&password).await?;
+            sink.write(
+                UserEvent::PasswordRehashed {
+                    credential_id,
+                    rehashed_at: at,
+                },
+                self,
+            )
+            .await;
+        }
+        Ok(())
+    }
+
+    async fn change_password(
+        &mut self,
+        current_password: String,
+        new_password: String,
+        at: DateTime<Utc>,
+        services: &Arc<dyn UserServices>,
+        sink: &EventSink<Self>,
+    ) -> Result<(), UserError> {
+        self.require_active()?;
+        let credential_id = self.credential_id.ok_or(UserError::NotRegistered)?;
+        if !services
+            .verify_password(credential_id, &current_password)
+            .await?
+        {
+            return Err(UserError::InvalidCredentials);
+        }
+        validate_password(&new_password)
+            .map_err(|e| UserError::Invalid(vec![e.renamed("new_password")]))?;
+        let credential_id = services.store_password(&new_password).await?;
+        sink.write(
+            UserEvent::PasswordChanged {
+                credential_id,
+                changed_at: at,
+            },
+            self,
+        )
+        .await;
+        Ok(())
+    }
+
+    fn roles_after(&self, requested: Vec<String>) -> Result<Vec<String>, UserError> {
+        let mut roles = vec![DEFAULT_ROLE.to_owned()];
+        for role in requested {
+            let role = role.trim().to_ascii_lowercase();
+            if !KNOWN_ROLES.contains(&role.as_str()) {
+                return Err(UserError::Invalid(vec![
+                    crate::validation::FieldError::new(
+                        "roles",
+                        format!("unknown role `{role}`; known: {}", KNOWN_ROLES.join(", ")),
+                    ),
+                ]));
+            }
+            if !roles.contains(&role) {
+                roles.push(role);
+            }
+        }
+        roles[1..].sort();
+        Ok(roles)
+    }
+
+    fn profile_after(
+        &self,
+        username: Option<Option<String>>,
+        name: Option<Option<String>>,
+    ) -> Result<(Option<String>, Option<String>), UserError> {
+        let username = match username {
+            None => Ok(self.username.clone()),
+            Some(None) => Ok(None),
+            Some(Some(username)) => validate_username(&username).map(Some),
+        };
+        let name = match name {
+            None => Ok(self.name.clone()),
+            Some(name) => validate_name(name),
+        };
+        match (username, name) {
+            (Ok(username), Ok(name)) => Ok((username, name)),
+            (username, name) => Err(UserError::Invalid(
+                [username.err(), name.err()].into_iter().flatten().collect(),
+            )),
+        }
+    }
 }
 
 impl Aggregate for User {
@@ -138,15 +325,87 @@ impl Aggregate for User {
                 sink.write(event, self).await;
             }
             UserCommand::LogIn { password, at } => {
-                // An unknown account gets the same answer as a wrong password
-                // so that login cannot be used to discover who is registered.
-                let Some(credential_id) = self.credential_id.filter(|_| self.registered) else {
-                    return Err(UserError::InvalidCredentials);
-                };
-                if !services.verify_password(credential_id, &password).await? {
-                    return Err(UserError::InvalidCredentials);
+                self.log_in(password, at, services, sink).await?;
+            }
+            UserCommand::ChangePassword {
+                current_password,
+                new_password,
+                at,
+            } => {
+                self.change_password(current_password, new_password, at, services, sink)
+                    .await?;
+            }
+            UserCommand::Unlock { at } => {
+                self.require_active()?;
+                if self.failed_logins > 0 || self.locked_until.is_some() {
+                    sink.write(UserEvent::AccountUnlocked { unlocked_at: at }, self)
+                        .await;
                 }
-                sink.write(UserEvent::UserLoggedIn { logged_in_at: at }, self)
+            }
+            UserCommand::SetRoles { roles, at } => {
+                self.require_active()?;
+                let roles = self.roles_after(roles)?;
+                if roles != self.roles {
+                    sink.write(
+                        UserEvent::RolesChanged {
+                            roles,
+                            changed_at: at,
+                        },
+                        self,
+                    )
+                    .await;
+                }
+            }
+            UserCommand::UpdateProfile {
+                username,
+                name,
+                preferences,
+                at,
+            } => {
+                self.require_active()?;
+                let (username, name) = self.profile_after(username, name)?;
+                let preferences = preferences.unwrap_or_else(|| self.preferences.clone());
+                if username != self.username || name != self.name || preferences != self.preferences
+                {
+                    sink.write(
+                        UserEvent::ProfileUpdated {
+                            username,
+                            name,
+                            preferences,
+                            updated_at: at,
+                        },
+                        self,
+                    )
+                    .await;
+                }
+            }
+            UserCommand::ResetApiKey { key_id, at } => {
+                self.require_active()?;
+                sink.write(
+                    UserEvent::ApiKeyReset {
+                        key_id,
+                        reset_at: at,
+                    },
+                    self,
+                )
+                .await;
+            }
+            UserCommand::SetPhoto { photo, at } => {
+                self.require_active()?;
+                if photo != self.photo {
+                    sink.write(
+                        UserEvent::ProfilePhotoChanged {
+                            photo,
+                            changed_at: at,
+                        },
+                        self,
+                    )
+                    .await;
+                }
+            }
+            UserCommand::Deactivate { at } => {
+                self.require_active()?;
+                sink.write(UserEvent::UserDeactivated { deactivated_at: at }, self)
                     .await;
             }
         }
@@ -173,6 +432,47 @@ impl Aggregate for User {
             }
             UserEvent::UserLoggedIn { logged_in_at } => {
                 self.last_login_at = Some(logged_in_at);
+                self.failed_logins = 0;
+                self.locked_until = None;
+            }
+            UserEvent::LoginFailed {
+                consecutive_failures,
+                ..
+            } => {
+                self.failed_logins = consecutive_failures;
+            }
+            UserEvent::AccountLocked { locked_until, .. } => {
+                self.locked_until = Some(locked_until);
+            }
+            UserEvent::AccountUnlocked { .. } => {
+                self.failed_logins = 0;
+                self.locked_until = None;
+            }
+            UserEvent::PasswordChanged { credential_id, .. }
+            | UserEvent::PasswordRehashed { credential_id, .. } => {
+                self.credential_id = Some(credential_id);
+            }
+            UserEvent::RolesChanged { roles, .. } => {
+                self.roles = roles;
+            }
+            UserEvent::ProfileUpdated {
+                username,
+                name,
+                preferences,
+                ..
+            } => {
+                self.username = username;
+                self.name = name;
+                self.preferences = preferences;
+            }
+            UserEvent::ApiKeyReset { key_id, .. } => {
+                self.api_key_id = Some(key_id);
+            }
+            UserEvent::ProfilePhotoChanged { photo, .. } => {
+                self.photo = photo;
+            }
+            UserEvent::UserDeactivated { deactivated_at } => {
+                self.deactivated_at = Some(deactivated_at);
             }
         }
     }
@@ -409,12 +709,184 @@ mod tests {
     }
 
     #[test]
-    fn logging_in_with_a_wrong_password_is_refused() {
+    fn a_wrong_password_is_recorded_as_a_failed_login() {
         let credential = Uuid::from_u128(7);
         framework(&FakePasswords::holding(credential, PASSWORD))
             .given(vec![registered(credential)])
             .when(log_in("not the password"))
+            .then_expect_events(vec![UserEvent::LoginFailed {
+                failed_at: at(60),
+                consecutive_failures: 1,
+            }]);
+    }
+
+    fn failures(count: u32) -> Vec<UserEvent> {
+        (1..=count)
+            .map(|n| UserEvent::LoginFailed {
+                failed_at: at(i64::from(n)),
+                consecutive_failures: n,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_fifth_failure_in_a_row_locks_the_account_for_fifteen_minutes() {
+        let credential = Uuid::from_u128(7);
+        let mut history = vec![registered(credential)];
+        history.extend(failures(4));
+        framework(&FakePasswords::holding(credential, PASSWORD))
+            .given(history)
+            .when(log_in("not the password"))
+            .then_expect_events(vec![
+                UserEvent::LoginFailed {
+                    failed_at: at(60),
+                    consecutive_failures: 5,
+                },
+                UserEvent::AccountLocked {
+                    locked_at: at(60),
+                    locked_until: at(60 + 15 * 60),
+                },
+            ]);
+    }
+
+    fn locked(credential: Uuid) -> Vec<UserEvent> {
+        let mut history = vec![registered(credential)];
+        history.extend(failures(5));
+        history.push(UserEvent::AccountLocked {
+            locked_at: at(5),
+            locked_until: at(5 + 15 * 60),
+        });
+        history
+    }
+
+    #[test]
+    fn a_locked_account_refuses_even_the_right_password() {
+        let credential = Uuid::from_u128(7);
+        framework(&FakePasswords::holding(credential, PASSWORD))
+            .given(locked(credential))
+            .when(log_in(PASSWORD))
+            .then_expect_error(UserError::Locked {
+                until: at(5 + 15 * 60),
+            });
+    }
+
+    #[test]
+    fn after_the_lock_expires_the_count_starts_afresh() {
+        let credential = Uuid::from_u128(7);
+        framework(&FakePasswords::holding(credential, PASSWORD))
+            .given(locked(credential))
+            .when(UserCommand::LogIn {
+                password: "wrong".into(),
+                at: at(20 * 60),
+            })
+            .then_expect_events(vec![UserEvent::LoginFailed {
+                failed_at: at(20 * 60),
+                consecutive_failures: 1,
+            }]);
+    }
+
+    #[test]
+    fn an_unlock_lets_the_right_password_in_again() {
+        let credential = Uuid::from_u128(7);
+        let mut history = locked(credential);
+        history.push(UserEvent::AccountUnlocked {
+            unlocked_at: at(30),
+        });
+        framework(&FakePasswords::holding(credential, PASSWORD))
+            .given(history)
+            .when(log_in(PASSWORD))
+            .then_expect_events(vec![UserEvent::UserLoggedIn {
+                logged_in_at: at(60),
+            }]);
+    }
+
+    #[test]
+    fn changing_the_password_needs_the_current_one() {
+        let credential = Uuid::from_u128(7);
+        framework(&FakePasswords::holding(credential, PASSWORD))
+            .given(vec![registered(credential)])
+            .when(UserCommand::ChangePassword {
+                current_password: "wrong".into(),
+                new_password: "a brand new secret".into(),
+                at: at(60),
+            })
             .then_expect_error(UserError::InvalidCredentials);
+    }
+
+    #[test]
+    fn a_changed_password_gets_a_new_credential_and_a_weak_one_is_refused() {
+        let credential = Uuid::from_u128(7);
+        let weak = framework(&FakePasswords::holding(credential, PASSWORD))
+            .given(vec![registered(credential)])
+            .when(UserCommand::ChangePassword {
+                current_password: PASSWORD.into(),
+                new_password: "password".into(),
+                at: at(60),
+            })
+            .inspect_result();
+        assert!(
+            matches!(weak, Err(UserError::Invalid(ref errors)) if errors[0].field == "new_password"),
+            "{weak:?}"
+        );
+        let fake = FakePasswords::holding(credential, PASSWORD);
+        framework(&fake)
+            .given(vec![registered(credential)])
+            .when(UserCommand::ChangePassword {
+                current_password: PASSWORD.into(),
+                new_password: "a brand new secret".into(),
+                at: at(60),
+            })
+            .then_expect_events(vec![UserEvent::PasswordChanged {
+                credential_id: Uuid::from_u128(2),
+                changed_at: at(60),
+            }]);
+    }
+
+    #[test]
+    fn roles_are_replaced_with_user_always_kept_and_unknown_ones_refused() {
+        let credential = Uuid::from_u128(7);
+        framework(&FakePasswords::holding(credential, PASSWORD))
+            .given(vec![registered(credential)])
+            .when(UserCommand::SetRoles {
+                roles: vec!["auditor".into(), "admin".into()],
+                at: at(60),
+            })
+            .then_expect_events(vec![UserEvent::RolesChanged {
+                roles: vec!["user".into(), "admin".into(), "auditor".into()],
+                changed_at: at(60),
+            }]);
+        let refused = framework(&FakePasswords::holding(credential, PASSWORD))
+            .given(vec![registered(credential)])
+            .when(UserCommand::SetRoles {
+                roles: vec!["root".into()],
+                at: at(60),
+            })
+            .inspect_result();
+        assert!(
+            matches!(refused, Err(UserError::Invalid(ref errors)) if errors[0].field == "roles")
+        );
+    }
+
+    #[test]
+    fn a_deactivated_account_cannot_log_in_or_change_anything() {
+        let credential = Uuid::from_u128(7);
+        let history = vec![
+            registered(credential),
+            UserEvent::UserDeactivated {
+                deactivated_at: at(30),
+            },
+        ];
+        framework(&FakePasswords::holding(credential, PASSWORD))
+            .given(history.clone())
+            .when(log_in(PASSWORD))
+            .then_expect_error(UserError::InvalidCredentials);
+        framework(&FakePasswords::holding(credential, PASSWORD))
+            .given(history)
+            .when(UserCommand::SetRoles {
+                roles: vec!["admin".into()],
+                at: at(60),
+            })
+            .then_expect_error(UserError::Deactivated);
     }
 
     #[test]
@@ -494,6 +966,7 @@ mod tests {
                 credential_id: Some(Uuid::from_u128(7)),
                 created_at: Some(at(0)),
                 last_login_at: Some(at(60)),
+                ..User::default()
             }
         );
     }
