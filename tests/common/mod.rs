@@ -249,11 +249,12 @@ pub async fn wait_for_projections(pool: &PgPool) {
         let behind: i64 = sqlx::query_scalar(
             "select count(*) from ( \
                select e.aggregate_type, e.aggregate_id, max(e.sequence) as last \
-               from events e where e.aggregate_type in ('Task', 'User') \
+               from events e where e.aggregate_type in ('Task', 'User', 'AuthSession') \
                group by 1, 2) latest \
              left join read.aggregate_versions v \
                on v.aggregate_type = latest.aggregate_type and v.aggregate_id = latest.aggregate_id \
-              and v.projection = case latest.aggregate_type when 'Task' then 'tasks' else 'users' end \
+              and v.projection = case latest.aggregate_type \
+                    when 'Task' then 'tasks' when 'User' then 'users' else 'sessions' end \
              where coalesce(v.version, 0) < latest.last",
         )
         .fetch_one(pool)
@@ -282,6 +283,12 @@ pub async fn read_model_rows(pool: &PgPool) -> Vec<Value> {
         .await
         .unwrap();
     rows.extend(users);
+    let sessions: Vec<Value> =
+        sqlx::query_scalar("select to_jsonb(s) from read.auth_sessions s order by id")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    rows.extend(sessions);
     rows
 }
 

@@ -1,4 +1,5 @@
 //! The read models, one module each.
 
+pub mod sessions;
 pub mod tasks;
 pub mod users;

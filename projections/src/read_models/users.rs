@@ -1,4 +1,4 @@
-//! `read.users`: profile data of every registered user.
+//! `read.users`: profile and account state of every registered user.
 
 use async_trait::async_trait;
 use chronicle_aggregates::user::UserEvent;
@@ -28,7 +28,8 @@ impl Projection for UsersProjection {
     ) -> Result<(), ProjectionError> {
         let id = Uuid::parse_str(&event.aggregate_id)
             .map_err(|err| ProjectionError::poison(event.message_id(), err))?;
-        match decode_event::<UserEvent>(event)? {
+        let version = event.sequence;
+        let query = match decode_event::<UserEvent>(event)? {
             UserEvent::UserRegistered {
                 email,
                 username,
@@ -36,30 +37,88 @@ impl Projection for UsersProjection {
                 roles,
                 registered_at,
                 ..
-            } => {
-                sqlx::query(
-                    "insert into read.users (id, email, username, name, roles, created_at, version) \
-                     values ($1, $2, $3, $4, $5, $6, $7)",
-                )
+            } => sqlx::query(
+                "insert into read.users (id, email, username, name, roles, created_at, updated_at, version) \
+                 values ($1, $2, $3, $4, $5, $6, $6, $7)",
+            )
+            .bind(id)
+            .bind(email)
+            .bind(username)
+            .bind(name)
+            .bind(roles)
+            .bind(registered_at)
+            .bind(version),
+            UserEvent::UserLoggedIn { logged_in_at } => sqlx::query(
+                "update read.users set last_login_at = $2, failed_logins = 0, locked_until = null, \
+                   version = $3 where id = $1",
+            )
+            .bind(id)
+            .bind(logged_in_at)
+            .bind(version),
+            UserEvent::LoginFailed {
+                consecutive_failures,
+                ..
+            } => sqlx::query("update read.users set failed_logins = $2, version = $3 where id = $1")
                 .bind(id)
-                .bind(email)
-                .bind(username)
-                .bind(name)
-                .bind(roles)
-                .bind(registered_at)
-                .bind(event.sequence)
-                .execute(conn)
-                .await?;
-            }
-            UserEvent::UserLoggedIn { logged_in_at } => {
-                sqlx::query("update read.users set last_login_at = $2, version = $3 where id = $1")
+                .bind(consecutive_failures as i32)
+                .bind(version),
+            UserEvent::AccountLocked { locked_until, .. } => {
+                sqlx::query("update read.users set locked_until = $2, version = $3 where id = $1")
                     .bind(id)
-                    .bind(logged_in_at)
-                    .bind(event.sequence)
-                    .execute(conn)
-                    .await?;
+                    .bind(locked_until)
+                    .bind(version)
             }
-        }
+            UserEvent::AccountUnlocked { .. } => sqlx::query(
+                "update read.users set failed_logins = 0, locked_until = null, version = $2 where id = $1",
+            )
+            .bind(id)
+            .bind(version),
+            UserEvent::RolesChanged { roles, changed_at } => sqlx::query(
+                "update read.users set roles = $2, updated_at = $3, version = $4 where id = $1",
+            )
+            .bind(id)
+            .bind(roles)
+            .bind(changed_at)
+            .bind(version),
+            UserEvent::ProfileUpdated {
+                username,
+                name,
+                preferences,
+                updated_at,
+            } => sqlx::query(
+                "update read.users set username = $2, name = $3, preferences = $4, updated_at = $5, \
+                   version = $6 where id = $1",
+            )
+            .bind(id)
+            .bind(username)
+            .bind(name)
+            .bind(preferences)
+            .bind(updated_at)
+            .bind(version),
+            UserEvent::ProfilePhotoChanged { photo, changed_at } => sqlx::query(
+                "update read.users set photo = $2, updated_at = $3, version = $4 where id = $1",
+            )
+            .bind(id)
+            .bind(photo.map(|p| serde_json::json!(p)))
+            .bind(changed_at)
+            .bind(version),
+            UserEvent::UserDeactivated { deactivated_at } => sqlx::query(
+                "update read.users set active = false, deactivated_at = $2, updated_at = $2, \
+                   version = $3 where id = $1",
+            )
+            .bind(id)
+            .bind(deactivated_at)
+            .bind(version),
+            // Nothing a reader sees changes; the version still moves on.
+            UserEvent::PasswordChanged { .. }
+            | UserEvent::PasswordRehashed { .. }
+            | UserEvent::ApiKeyReset { .. } => {
+                sqlx::query("update read.users set version = $2 where id = $1")
+                    .bind(id)
+                    .bind(version)
+            }
+        };
+        query.execute(conn).await?;
         Ok(())
     }
 
