@@ -19,6 +19,17 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add a role (admin, auditor, analyst, developer) to a user; it takes effect at their next login.
+    GrantRole {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        role: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the HTTP API (and, with --all, the relay and projections too).
     Serve {
@@ -32,6 +43,11 @@ pub enum Command {
     Project,
     /// Apply database migrations and exit.
     Migrate,
+    /// Manage user accounts.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
     /// Rebuild read models from the event store, then hand over to the live consumers.
     Replay {
         /// A projection name (`users`, `tasks`) or `all`.
@@ -83,6 +99,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let pool = connect_database(&settings).await?;
             migrate(&pool).await?;
             println!("migrations applied");
+            Ok(())
+        }
+        Command::User {
+            command: UserCommand::GrantRole { email, role },
+        } => {
+            let pool = connect_database(&settings).await?;
+            let roles =
+                crate::accounts::grant_role(&pool, settings.auth.argon2, &email, &role).await?;
+            println!("{email}: roles are now {}", roles.join(", "));
             Ok(())
         }
         Command::Replay { projection } => replay(&settings, &projection).await,

@@ -2,6 +2,7 @@
 //! execution and the wiring of relay and projections into one binary.
 #![forbid(unsafe_code)]
 
+pub mod accounts;
 pub mod auth;
 pub mod cli;
 pub mod commands;

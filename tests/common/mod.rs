@@ -119,6 +119,9 @@ pub struct TestApp {
     handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
+/// The password of every user [`TestApp::register`] creates.
+pub const TEST_PASSWORD: &str = "correct horse battery";
+
 /// A signed-up user.
 #[derive(Debug, Clone)]
 pub struct TestUser {
@@ -169,7 +172,7 @@ impl TestApp {
         let response = self
             .post_anonymous(
                 "/v1/auth/register",
-                json!({"email": email, "password": "correct horse battery"}),
+                json!({"email": email, "password": TEST_PASSWORD}),
             )
             .await;
         assert_eq!(response.status(), StatusCode::CREATED, "register {email}");
@@ -196,6 +199,32 @@ impl TestApp {
             request = request.json(&body);
         }
         request.send().await.expect("request")
+    }
+
+    /// Logs `email` in again (with the password [`TestApp::register`] uses).
+    pub async fn login(&self, email: &str) -> TestUser {
+        let response = self
+            .post_anonymous(
+                "/v1/auth/login",
+                json!({"email": email, "password": TEST_PASSWORD}),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::OK, "login {email}");
+        let body: Value = response.json().await.unwrap();
+        TestUser {
+            id: body["user"]["id"].as_str().unwrap().parse().unwrap(),
+            email: email.to_string(),
+            token: body["access_token"].as_str().unwrap().to_string(),
+        }
+    }
+
+    /// Grants `role` (as `chronicle user grant-role` does) and returns the
+    /// user with a fresh access token that carries it.
+    pub async fn grant_role(&self, user: &TestUser, role: &str) -> TestUser {
+        chronicle::accounts::grant_role(&self.pool, self.settings.auth.argon2, &user.email, role)
+            .await
+            .expect("grant role");
+        self.login(&user.email).await
     }
 
     /// POSTs `body` without credentials.
