@@ -32,9 +32,11 @@ pub fn micros(time: DateTime<Utc>) -> DateTime<Utc> {
 
 /// The outcome of a command that was accepted.
 #[derive(Debug)]
-pub struct Executed<A> {
+pub struct Executed<A: Aggregate> {
     /// The aggregate after the command's events.
     pub aggregate: A,
+    /// The events the command wrote (empty when it changed nothing).
+    pub events: Vec<A::Event>,
     /// Names the last event written; `None` when the command changed nothing.
     pub token: Option<ConsistencyToken>,
 }
@@ -107,11 +109,16 @@ where
             if events.is_empty() {
                 return Ok(Executed {
                     aggregate,
+                    events,
                     token: None,
                 });
             }
             let count = events.len() as u64;
-            match self.store.commit(events, context, metadata.clone()).await {
+            match self
+                .store
+                .commit(events.clone(), context, metadata.clone())
+                .await
+            {
                 Ok(committed) => {
                     metrics::counter!("chronicle_events_appended_total", "aggregate" => A::TYPE)
                         .increment(count);
@@ -120,7 +127,11 @@ where
                         aggregate_id: aggregate_id.to_string(),
                         sequence: event.sequence as i64,
                     });
-                    return Ok(Executed { aggregate, token });
+                    return Ok(Executed {
+                        aggregate,
+                        events,
+                        token,
+                    });
                 }
                 Err(AggregateError::AggregateConflict) if attempt < CONFLICT_RETRIES => {
                     metrics::counter!("chronicle_command_conflicts_retried_total", "aggregate" => A::TYPE)

@@ -16,6 +16,7 @@ pub struct Settings {
     pub nats: NatsSettings,
     pub auth: AuthSettings,
     pub log: LogSettings,
+    pub rate_limit: RateLimitSettings,
     /// Where generated keys and local state live.
     pub data_dir: PathBuf,
 }
@@ -27,6 +28,19 @@ pub struct HttpSettings {
     /// How long a query waits for the read model to reflect the caller's last command.
     pub consistency_wait: Duration,
     pub request_timeout: Duration,
+    /// Browser origins admitted by CORS.
+    pub cors_origins: Vec<String>,
+}
+
+/// Requests per minute; 0 switches a limit off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitSettings {
+    /// Per authenticated user, every `/v1` route.
+    pub per_user_per_minute: u32,
+    /// Per client IP, every `/v1` route.
+    pub per_ip_per_minute: u32,
+    /// Per client IP, on register, login, refresh and verify-token.
+    pub auth_per_ip_per_minute: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -49,6 +63,7 @@ pub struct AuthSettings {
     pub issuer: String,
     pub audience: String,
     pub access_token_ttl: Duration,
+    pub refresh_token_ttl: Duration,
     pub argon2: Argon2Settings,
 }
 
@@ -124,6 +139,14 @@ impl Settings {
                     parse("CHRONICLE_CONSISTENCY_WAIT_MS", "5000")?,
                 )?),
                 request_timeout: Duration::from_secs(30),
+                cors_origins: parse(
+                    "CHRONICLE_CORS_ORIGINS",
+                    "capacitor://localhost,ionic://localhost,http://localhost",
+                )?
+                .split(',')
+                .map(|origin| origin.trim().to_string())
+                .filter(|origin| !origin.is_empty())
+                .collect(),
             },
             database: DatabaseSettings {
                 url: SecretString::from(database_url),
@@ -149,6 +172,10 @@ impl Settings {
                     "CHRONICLE_ACCESS_TOKEN_TTL_SECS",
                     parse("CHRONICLE_ACCESS_TOKEN_TTL_SECS", "900")?,
                 )?),
+                refresh_token_ttl: Duration::from_secs(number(
+                    "CHRONICLE_REFRESH_TOKEN_TTL_SECS",
+                    parse("CHRONICLE_REFRESH_TOKEN_TTL_SECS", "604800")?,
+                )?),
                 argon2: Argon2Settings {
                     memory_kib: number(
                         "CHRONICLE_ARGON2_MEMORY_KIB",
@@ -167,6 +194,20 @@ impl Settings {
             log: LogSettings {
                 filter: parse("CHRONICLE_LOG", "info")?,
                 json,
+            },
+            rate_limit: RateLimitSettings {
+                per_user_per_minute: number(
+                    "CHRONICLE_RATE_LIMIT_USER_PER_MINUTE",
+                    parse("CHRONICLE_RATE_LIMIT_USER_PER_MINUTE", "600")?,
+                )?,
+                per_ip_per_minute: number(
+                    "CHRONICLE_RATE_LIMIT_IP_PER_MINUTE",
+                    parse("CHRONICLE_RATE_LIMIT_IP_PER_MINUTE", "1200")?,
+                )?,
+                auth_per_ip_per_minute: number(
+                    "CHRONICLE_RATE_LIMIT_AUTH_PER_MINUTE",
+                    parse("CHRONICLE_RATE_LIMIT_AUTH_PER_MINUTE", "20")?,
+                )?,
             },
             data_dir: PathBuf::from(parse("CHRONICLE_DATA_DIR", ".data")?),
         };
@@ -204,6 +245,14 @@ impl Settings {
                 "CHRONICLE_ARGON2_MEMORY_KIB",
                 "argon2 parameters are out of range (memory ≥ 8 × parallelism KiB, iterations ≥ 1)",
             );
+        }
+        for origin in &self.http.cors_origins {
+            if axum::http::HeaderValue::from_str(origin).is_err() || !origin.contains("://") {
+                return fail(
+                    "CHRONICLE_CORS_ORIGINS",
+                    "each origin must look like scheme://host[:port]",
+                );
+            }
         }
         let stream = &self.nats.stream;
         if stream.name.is_empty() || stream.name.contains(['.', ' ', '*', '>']) {

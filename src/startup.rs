@@ -145,6 +145,8 @@ impl Application {
                 passwords.clone() as Arc<dyn UserServices>,
             )),
             tasks: Arc::new(CommandExecutor::new(pool.clone(), ())),
+            sessions: Arc::new(CommandExecutor::new(pool.clone(), ())),
+            rate_limiter: Arc::default(),
             settings,
             pool,
             nats,

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use chronicle_aggregates::auth_session::AuthSession;
 use chronicle_aggregates::task::Task;
 use chronicle_aggregates::user::User;
 use chronicle_projections::ProjectionStatus;
@@ -12,6 +13,7 @@ use crate::auth::{PasswordService, TokenIssuer};
 use crate::commands::CommandExecutor;
 use crate::config::Settings;
 use crate::consistency::Consistency;
+use crate::http::rate_limit::RateLimiter;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -22,6 +24,8 @@ pub struct AppState {
     pub passwords: Arc<PasswordService>,
     pub users: Arc<CommandExecutor<User>>,
     pub tasks: Arc<CommandExecutor<Task>>,
+    pub sessions: Arc<CommandExecutor<AuthSession>>,
+    pub rate_limiter: Arc<RateLimiter>,
     pub consistency: Arc<Consistency>,
     pub metrics: PrometheusHandle,
     /// Projections running in this process, for `/ready`.

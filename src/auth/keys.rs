@@ -1,7 +1,11 @@
-//! The RS256 signing key: read from a configured PEM, or generated on first
-//! start and kept in the data dir, and published as a JWKS with its `kid`.
+//! RS256 signing keys. The newest key signs; every known key verifies, so a
+//! rotation keeps tokens signed by the previous key valid until they expire.
+//!
+//! Keys come from `CHRONICLE_JWT_PRIVATE_KEY_FILE` (which then signs) and from
+//! `<data dir>/keys/jwt-<timestamp>.pem`, generated on first start and by
+//! `chronicle keys rotate`. The JWKS publishes all of them with their `kid`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -16,39 +20,16 @@ use sha2::{Digest, Sha256};
 
 use crate::config::AuthSettings;
 
-/// The key that signs access tokens, and what verifiers need to check them.
-pub struct SigningKeys {
+/// One RSA key: what signs with it and what verifies it.
+pub struct KeyPair {
     pub kid: String,
     pub encoding: EncodingKey,
     pub decoding: DecodingKey,
     jwk: Value,
 }
 
-impl SigningKeys {
-    /// Loads the configured key, or the one in `data_dir`, or makes one there.
-    pub fn load_or_generate(settings: &AuthSettings, data_dir: &Path) -> anyhow::Result<Self> {
-        if let Some(pem) = &settings.private_key_pem {
-            return Self::from_pem(pem.expose_secret());
-        }
-        if let Some(path) = &settings.private_key_file {
-            let pem = std::fs::read_to_string(path).with_context(|| {
-                format!("reading CHRONICLE_JWT_PRIVATE_KEY_FILE {}", path.display())
-            })?;
-            return Self::from_pem(&pem);
-        }
-        let path = data_dir.join("keys").join("jwt-private.pem");
-        if path.exists() {
-            let pem = std::fs::read_to_string(&path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            return Self::from_pem(&pem);
-        }
-        let pem = generate_private_key_pem()?;
-        write_private_file(&path, &pem)?;
-        tracing::info!(path = %path.display(), "generated a new RS256 signing key");
-        Self::from_pem(&pem)
-    }
-
-    /// Builds the keys from a PKCS#8 PEM private key.
+impl KeyPair {
+    /// Builds the pair from a PKCS#8 PEM private key; `kid` is derived from the public key.
     pub fn from_pem(pem: &str) -> anyhow::Result<Self> {
         let private = RsaPrivateKey::from_pkcs8_pem(pem)
             .context("parsing the RSA private key (PKCS#8 PEM)")?;
@@ -77,19 +58,135 @@ impl SigningKeys {
             jwk,
         })
     }
+}
 
-    /// Signs `payload` as a compact JWS (RS256, with this key's `kid`), e.g.
+/// The signing key and every key that still verifies.
+pub struct SigningKeys {
+    current: KeyPair,
+    previous: Vec<KeyPair>,
+}
+
+impl SigningKeys {
+    /// Loads the configured key and the data dir's keys, generating one there if there is none.
+    pub fn load_or_generate(settings: &AuthSettings, data_dir: &Path) -> anyhow::Result<Self> {
+        let configured = match (&settings.private_key_pem, &settings.private_key_file) {
+            (Some(pem), _) => Some(KeyPair::from_pem(pem.expose_secret())?),
+            (None, Some(path)) => {
+                let pem = std::fs::read_to_string(path).with_context(|| {
+                    format!("reading CHRONICLE_JWT_PRIVATE_KEY_FILE {}", path.display())
+                })?;
+                Some(KeyPair::from_pem(&pem)?)
+            }
+            (None, None) => None,
+        };
+        let dir = keys_dir(data_dir);
+        let mut stored = stored_key_files(&dir)?;
+        if configured.is_none() && stored.is_empty() {
+            stored.push(rotate(data_dir)?);
+        }
+        let mut pairs = Vec::new();
+        for path in &stored {
+            let pem = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            pairs.push(
+                KeyPair::from_pem(&pem).with_context(|| format!("loading {}", path.display()))?,
+            );
+        }
+        // The configured key signs; otherwise the newest stored one does.
+        let current = match configured {
+            Some(pair) => pair,
+            None => pairs.pop().context("no signing key")?,
+        };
+        pairs.retain(|pair| pair.kid != current.kid);
+        pairs.reverse();
+        Ok(Self {
+            current,
+            previous: pairs,
+        })
+    }
+
+    /// Keys from PEM strings: the first signs, all verify.
+    pub fn from_pems(pems: &[&str]) -> anyhow::Result<Self> {
+        let mut pairs = pems
+            .iter()
+            .map(|pem| KeyPair::from_pem(pem))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        anyhow::ensure!(!pairs.is_empty(), "no key");
+        let current = pairs.remove(0);
+        Ok(Self {
+            current,
+            previous: pairs,
+        })
+    }
+
+    /// The key that signs new tokens.
+    pub fn current(&self) -> &KeyPair {
+        &self.current
+    }
+
+    /// The `kid` of the signing key.
+    pub fn kid(&self) -> &str {
+        &self.current.kid
+    }
+
+    /// The verifying key with this `kid`, if it is one of ours.
+    pub fn decoding_for(&self, kid: &str) -> Option<&DecodingKey> {
+        std::iter::once(&self.current)
+            .chain(&self.previous)
+            .find(|pair| pair.kid == kid)
+            .map(|pair| &pair.decoding)
+    }
+
+    /// Signs `payload` as a compact JWS (RS256, with the current `kid`), e.g.
     /// an audit checkpoint that any JWT library can verify against the JWKS.
     pub fn sign_jws(&self, payload: &Value) -> anyhow::Result<String> {
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
-        header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, payload, &self.encoding).context("signing")
+        header.kid = Some(self.current.kid.clone());
+        jsonwebtoken::encode(&header, payload, &self.current.encoding).context("signing")
     }
 
-    /// `/.well-known/jwks.json`.
+    /// `/.well-known/jwks.json`: the signing key first, then the older ones.
     pub fn jwks(&self) -> Value {
-        json!({ "keys": [self.jwk] })
+        let keys: Vec<&Value> = std::iter::once(&self.current)
+            .chain(&self.previous)
+            .map(|pair| &pair.jwk)
+            .collect();
+        json!({ "keys": keys })
     }
+}
+
+fn keys_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("keys")
+}
+
+/// `jwt-*.pem` files in `dir`, oldest first (names carry a sortable timestamp).
+fn stored_key_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| {
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("jwt-") && n.ends_with(".pem"))
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Generates a new signing key in the data dir; it signs from the next start on.
+pub fn rotate(data_dir: &Path) -> anyhow::Result<PathBuf> {
+    let name = format!(
+        "jwt-{}.pem",
+        chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ")
+    );
+    let path = keys_dir(data_dir).join(name);
+    write_private_file(&path, &generate_private_key_pem()?)?;
+    tracing::info!(path = %path.display(), "generated a new RS256 signing key");
+    Ok(path)
 }
 
 /// A fresh 2048-bit RSA key as PKCS#8 PEM.

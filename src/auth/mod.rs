@@ -2,6 +2,7 @@
 
 pub mod keys;
 pub mod passwords;
+pub mod refresh_tokens;
 pub mod tokens;
 
 pub use keys::SigningKeys;

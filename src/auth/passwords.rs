@@ -112,4 +112,24 @@ impl UserServices for PasswordService {
             .await
             .map_err(failure)
     }
+
+    async fn needs_rehash(&self, credential_id: Uuid) -> Result<bool, ServiceFailure> {
+        let hash: Option<String> =
+            sqlx::query_scalar("select password_hash from credentials where id = $1")
+                .bind(credential_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(failure)?;
+        let Some(hash) = hash else { return Ok(false) };
+        let Ok(parsed) = PasswordHash::new(&hash) else {
+            return Ok(true);
+        };
+        let stored = Params::try_from(&parsed).ok();
+        let current = &self.params;
+        Ok(parsed.algorithm != argon2::ARGON2ID_IDENT
+            || stored.is_none_or(|stored| {
+                (stored.m_cost(), stored.t_cost(), stored.p_cost())
+                    != (current.m_cost(), current.t_cost(), current.p_cost())
+            }))
+    }
 }

@@ -20,6 +20,8 @@ pub struct AccessClaims {
     pub iat: i64,
     pub nbf: i64,
     pub jti: Uuid,
+    /// The login session (refresh-token family) the token belongs to.
+    pub sid: Uuid,
 }
 
 /// Issues and verifies access tokens with the server's signing key.
@@ -55,8 +57,8 @@ impl TokenIssuer {
         self.ttl_secs
     }
 
-    /// Signs a token for `user_id` with its current roles.
-    pub fn issue(&self, user_id: Uuid, roles: &[String]) -> anyhow::Result<String> {
+    /// Signs a token for `user_id` in session `sid` with its current roles.
+    pub fn issue(&self, user_id: Uuid, sid: Uuid, roles: &[String]) -> anyhow::Result<String> {
         let now = chrono::Utc::now().timestamp();
         let claims = AccessClaims {
             iss: self.issuer.clone(),
@@ -67,10 +69,11 @@ impl TokenIssuer {
             iat: now,
             nbf: now,
             jti: Uuid::new_v4(),
+            sid,
         };
         let mut header = Header::new(Algorithm::RS256);
-        header.kid = Some(self.keys.kid.clone());
-        Ok(encode(&header, &claims, &self.keys.encoding)?)
+        header.kid = Some(self.keys.kid().to_string());
+        Ok(encode(&header, &claims, &self.keys.current().encoding)?)
     }
 
     /// Checks signature (RS256 only), `kid`, `iss`, `aud`, `exp` and `nbf`.
@@ -79,16 +82,19 @@ impl TokenIssuer {
         if header.alg != Algorithm::RS256 {
             return Err(InvalidToken("algorithm is not RS256".into()));
         }
-        if header.kid.as_deref() != Some(self.keys.kid.as_str()) {
-            return Err(InvalidToken("unknown key id".into()));
-        }
+        let key = header
+            .kid
+            .as_deref()
+            .and_then(|kid| self.keys.decoding_for(kid))
+            .ok_or_else(|| InvalidToken("unknown key id".into()))?;
         let mut validation = Validation::new(Algorithm::RS256);
         validation.set_issuer(&[&self.issuer]);
         validation.set_audience(&[&self.audience]);
         validation.validate_nbf = true;
         validation.leeway = 5;
         validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
-        decode::<AccessClaims>(token, &self.keys.decoding, &validation)
+        validation.algorithms = vec![Algorithm::RS256];
+        decode::<AccessClaims>(token, key, &validation)
             .map(|data| data.claims)
             .map_err(|e| InvalidToken(e.to_string()))
     }

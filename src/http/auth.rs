@@ -1,29 +1,43 @@
-//! `/v1/auth`: register, log in (JSON or OAuth2 password form), who am I.
+//! `/v1/auth`: register, log in (JSON or OAuth2 password form), refresh,
+//! log out, change password, verify a token, who am I.
+//!
+//! Every login opens an `AuthSession` (one refresh-token family). Answers
+//! that hand out tokens wait until the session is in the read model, because
+//! every request checks it there; answers that revoke wait the same way, so a
+//! revoked token fails from the very next request.
 
 use axum::extract::{FromRequest, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::routing::{get, post};
 use axum::Router;
-use chronicle_aggregates::user::{user_id_for_email, User, UserCommand, UserError};
+use chronicle_aggregates::auth_session::{AuthSessionCommand, AuthSessionError, AuthSessionEvent};
+use chronicle_aggregates::user::{user_id_for_email, User, UserCommand, UserError, UserEvent};
 use chronicle_aggregates::validation::validate_username;
 use chrono::{DateTime, Utc};
 use cqrs_es::AggregateError;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::commands::{now, Executed};
+use crate::auth::refresh_tokens;
+use crate::commands::now;
 use crate::consistency::ConsistencyToken;
 use crate::http::error::{infrastructure_error, ApiError, Result};
 use crate::http::extract::{
     json_rejection, AuthUser, ConsistencyHeader, Json, RequestContext, CONSISTENCY_HEADER,
 };
+use crate::http::identity::{identify, Identity};
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/auth/register", post(register))
         .route("/v1/auth/login", post(login))
+        .route("/v1/auth/refresh", post(refresh))
+        .route("/v1/auth/logout", post(logout))
+        .route("/v1/auth/change-password", post(change_password))
+        .route("/v1/auth/verify-token", post(verify_token))
         .route("/v1/auth/me", get(me))
 }
 
@@ -58,6 +72,39 @@ struct PasswordGrantForm {
     password: String,
 }
 
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LogoutRequest {
+    #[serde(default)]
+    pub refresh_token: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePasswordRequest {
+    pub current_password: String,
+    pub new_password: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyTokenRequest {
+    pub token: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VerifyTokenResponse {
+    pub valid: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claims: Option<Value>,
+}
+
 #[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
 pub struct UserResponse {
     pub id: Uuid,
@@ -72,8 +119,8 @@ pub struct UserResponse {
 pub struct AuthResponse {
     pub user: UserResponse,
     pub access_token: String,
-    /// Issued once refresh tokens exist; `null` until then.
-    pub refresh_token: Option<String>,
+    /// Opaque, 7 days, rotated on every use.
+    pub refresh_token: String,
     /// Always `bearer`.
     pub token_type: &'static str,
     /// Seconds until the access token expires.
@@ -93,14 +140,18 @@ impl UserResponse {
     }
 }
 
-fn user_error(err: AggregateError<UserError>) -> ApiError {
+/// Maps the User aggregate's refusals to answers.
+pub fn user_error(err: AggregateError<UserError>) -> ApiError {
     match err {
         AggregateError::UserError(UserError::AlreadyRegistered) => {
             ApiError::Conflict("an account with this email already exists".into())
         }
-        AggregateError::UserError(UserError::NotRegistered | UserError::InvalidCredentials) => {
-            ApiError::InvalidCredentials
-        }
+        AggregateError::UserError(
+            UserError::NotRegistered | UserError::InvalidCredentials | UserError::Deactivated,
+        ) => ApiError::InvalidCredentials,
+        AggregateError::UserError(UserError::Locked { until }) => ApiError::AccountLocked {
+            retry_after_secs: (until - Utc::now()).num_seconds().max(1) as u64,
+        },
         AggregateError::UserError(UserError::Invalid(errors)) => ApiError::invalid_fields(&errors),
         AggregateError::UserError(UserError::Service(message)) => {
             ApiError::Internal(anyhow::anyhow!("user services: {message}"))
@@ -109,7 +160,14 @@ fn user_error(err: AggregateError<UserError>) -> ApiError {
     }
 }
 
-fn with_token_header(token: Option<&ConsistencyToken>) -> HeaderMap {
+fn session_error(err: AggregateError<AuthSessionError>) -> ApiError {
+    match err {
+        AggregateError::UserError(_) => ApiError::InvalidToken,
+        other => infrastructure_error(other),
+    }
+}
+
+pub fn consistency_header(token: Option<&ConsistencyToken>) -> HeaderMap {
     let mut headers = HeaderMap::new();
     if let Some(value) = token.and_then(|t| HeaderValue::from_str(&t.to_string()).ok()) {
         headers.insert(CONSISTENCY_HEADER, value);
@@ -117,17 +175,56 @@ fn with_token_header(token: Option<&ConsistencyToken>) -> HeaderMap {
     headers
 }
 
-fn auth_response(state: &AppState, id: Uuid, executed: &Executed<User>) -> Result<AuthResponse> {
-    let user = &executed.aggregate;
-    if let Some(token) = &executed.token {
-        state.consistency.record_write(id, token);
-    }
+/// Waits until the read models reflect `token`: security decisions read them.
+pub async fn await_projection(state: &AppState, token: Option<&ConsistencyToken>) -> Result<()> {
+    let Some(token) = token else { return Ok(()) };
+    let Some(projection) = crate::consistency::projection_for(&token.aggregate_type) else {
+        return Ok(());
+    };
+    state
+        .consistency
+        .wait(projection, None, Some(token.clone()))
+        .await
+        .map_err(|err| ApiError::Unavailable(err.to_string()))
+}
+
+/// Opens a session for `user` and issues its first token pair.
+async fn open_session(
+    state: &AppState,
+    user_id: Uuid,
+    user: &User,
+    context: &RequestContext,
+) -> Result<AuthResponse> {
+    let session_id = Uuid::new_v4();
+    let executed = state
+        .sessions
+        .execute(
+            &session_id.to_string(),
+            AuthSessionCommand::Start { user_id, at: now() },
+            context.metadata(user_id, &user.roles),
+        )
+        .await
+        .map_err(session_error)?;
+    let refresh_token = refresh_tokens::new_token("rt_");
+    let expires_at = now() + state.settings.auth.refresh_token_ttl;
+    refresh_tokens::store(&state.pool, &refresh_token, session_id, 1, expires_at).await?;
+    await_projection(state, executed.token.as_ref()).await?;
+    token_pair(state, user_id, session_id, user, refresh_token)
+}
+
+fn token_pair(
+    state: &AppState,
+    user_id: Uuid,
+    session_id: Uuid,
+    user: &User,
+    refresh_token: String,
+) -> Result<AuthResponse> {
     Ok(AuthResponse {
-        access_token: state.tokens.issue(id, &user.roles)?,
-        refresh_token: None,
+        access_token: state.tokens.issue(user_id, session_id, &user.roles)?,
+        refresh_token,
         token_type: "bearer",
         expires_in: state.tokens.ttl_secs(),
-        user: UserResponse::from_aggregate(id, user),
+        user: UserResponse::from_aggregate(user_id, user),
     })
 }
 
@@ -136,6 +233,7 @@ fn auth_response(state: &AppState, id: Uuid, executed: &Executed<User>) -> Resul
     (status = 201, body = AuthResponse),
     (status = 409, description = "Email or username taken"),
     (status = 422, description = "Invalid field or weak password"),
+    (status = 429, description = "Too many attempts from this address"),
 ))]
 pub async fn register(
     State(state): State<AppState>,
@@ -147,7 +245,7 @@ pub async fn register(
     // the registration does not go through. An invalid username is left to
     // the aggregate, which reports every invalid field at once.
     let claimed = match request.username.as_deref().map(validate_username) {
-        Some(Ok(username)) => Some(claim_username(&state, &username, user_id).await?),
+        Some(Ok(username)) => claim_username(&state, &username, user_id).await?,
         _ => None,
     };
     let command = UserCommand::Register {
@@ -165,23 +263,31 @@ pub async fn register(
     {
         Ok(executed) => executed,
         Err(err) => {
-            if let Some(Some(username)) = claimed {
+            if let Some(username) = claimed {
                 release_username(&state, &username, user_id).await;
             }
             return Err(user_error(err));
         }
     };
-    let response = auth_response(&state, user_id, &executed)?;
+    await_projection(&state, executed.token.as_ref()).await?;
+    let response = open_session(&state, user_id, &executed.aggregate, &context).await?;
+    if let Some(token) = &executed.token {
+        state.consistency.record_write(user_id, token);
+    }
     Ok((
         StatusCode::CREATED,
-        with_token_header(executed.token.as_ref()),
+        consistency_header(executed.token.as_ref()),
         axum::Json(response),
     ))
 }
 
 /// Claims `username` for `user_id`: `Some(name)` when this call took it,
 /// `None` when the same user already held it, 409 when someone else does.
-async fn claim_username(state: &AppState, username: &str, user_id: Uuid) -> Result<Option<String>> {
+pub async fn claim_username(
+    state: &AppState,
+    username: &str,
+    user_id: Uuid,
+) -> Result<Option<String>> {
     let inserted = sqlx::query(
         "insert into username_claims (username, user_id) values ($1, $2) on conflict (username) do nothing",
     )
@@ -203,7 +309,7 @@ async fn claim_username(state: &AppState, username: &str, user_id: Uuid) -> Resu
     }
 }
 
-async fn release_username(state: &AppState, username: &str, user_id: Uuid) {
+pub async fn release_username(state: &AppState, username: &str, user_id: Uuid) {
     let released = sqlx::query("delete from username_claims where username = $1 and user_id = $2")
         .bind(username)
         .bind(user_id)
@@ -215,13 +321,16 @@ async fn release_username(state: &AppState, username: &str, user_id: Uuid) {
 }
 
 /// Exchanges credentials for tokens. JSON `{email|username, password}` or the
-/// OAuth2 form `grant_type=password&username=…&password=…`.
+/// OAuth2 form `grant_type=password&username=…&password=…`. Five wrong
+/// passwords in a row lock the account for 15 minutes (423).
 #[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body(content(
     (LoginRequest = "application/json"),
     (LoginRequest = "application/x-www-form-urlencoded")
 )), responses(
     (status = 200, body = AuthResponse),
     (status = 401, description = "INVALID_CREDENTIALS, the same for an unknown user"),
+    (status = 423, description = "ACCOUNT_LOCKED"),
+    (status = 429, description = "Too many attempts from this address"),
 ))]
 pub async fn login(
     State(state): State<AppState>,
@@ -249,9 +358,19 @@ pub async fn login(
         .execute(&key, command, metadata)
         .await
         .map_err(user_error)?;
-    let response = auth_response(&state, user_id, &executed)?;
+    if executed
+        .events
+        .iter()
+        .any(|event| matches!(event, UserEvent::LoginFailed { .. }))
+    {
+        return Err(ApiError::InvalidCredentials);
+    }
+    let response = open_session(&state, user_id, &executed.aggregate, &context).await?;
+    if let Some(token) = &executed.token {
+        state.consistency.record_write(user_id, token);
+    }
     Ok((
-        with_token_header(executed.token.as_ref()),
+        consistency_header(executed.token.as_ref()),
         axum::Json(response),
     ))
 }
@@ -304,6 +423,198 @@ async fn resolve_login(state: &AppState, login: &str) -> Result<Option<Uuid>> {
             .fetch_optional(&state.pool)
             .await?,
     )
+}
+
+/// Spends a refresh token for a new pair. A spent token presented again
+/// revokes its whole family (401 `TOKEN_REUSED`).
+#[utoipa::path(post, path = "/v1/auth/refresh", tag = "auth", request_body = RefreshRequest, responses(
+    (status = 200, body = AuthResponse),
+    (status = 401, description = "INVALID_TOKEN, or TOKEN_REUSED (the family is now revoked)"),
+))]
+pub async fn refresh(
+    State(state): State<AppState>,
+    context: RequestContext,
+    Json(request): Json<RefreshRequest>,
+) -> Result<axum::Json<AuthResponse>> {
+    let stored = refresh_tokens::find(&state.pool, &request.refresh_token)
+        .await?
+        .filter(|stored| stored.expires_at > Utc::now())
+        .ok_or(ApiError::InvalidToken)?;
+    let session_key = stored.session_id.to_string();
+    let session = state
+        .sessions
+        .load(&session_key)
+        .await
+        .map_err(session_error)?;
+    let user_id = session.user_id.ok_or(ApiError::InvalidToken)?;
+    let user = state
+        .users
+        .load(&user_id.to_string())
+        .await
+        .map_err(user_error)?;
+    if !user.is_active() {
+        return Err(ApiError::InvalidToken);
+    }
+    let executed = state
+        .sessions
+        .execute(
+            &session_key,
+            AuthSessionCommand::Refresh {
+                generation: stored.generation,
+                at: now(),
+            },
+            context.metadata(user_id, &user.roles),
+        )
+        .await
+        .map_err(session_error)?;
+    if executed
+        .events
+        .iter()
+        .any(|event| matches!(event, AuthSessionEvent::RefreshTokenReused { .. }))
+    {
+        tracing::warn!(session.id = %stored.session_id, "refresh token reuse: family revoked");
+        await_projection(&state, executed.token.as_ref()).await?;
+        return Err(ApiError::TokenReused);
+    }
+    let refresh_token = refresh_tokens::new_token("rt_");
+    let expires_at = now() + state.settings.auth.refresh_token_ttl;
+    refresh_tokens::store(
+        &state.pool,
+        &refresh_token,
+        stored.session_id,
+        executed.aggregate.generation,
+        expires_at,
+    )
+    .await?;
+    Ok(axum::Json(token_pair(
+        &state,
+        user_id,
+        stored.session_id,
+        &user,
+        refresh_token,
+    )?))
+}
+
+/// Revokes `session_id` for `reason`, as `user`, and waits until it is effective.
+pub async fn revoke_session(
+    state: &AppState,
+    session_id: Uuid,
+    user: &AuthUser,
+    context: &RequestContext,
+    reason: &str,
+) -> Result<()> {
+    let executed = state
+        .sessions
+        .execute(
+            &session_id.to_string(),
+            AuthSessionCommand::Revoke {
+                reason: reason.to_string(),
+                at: now(),
+            },
+            context.metadata(user.id, &user.roles),
+        )
+        .await
+        .map_err(session_error)?;
+    await_projection(state, executed.token.as_ref()).await
+}
+
+/// Revokes the caller's session: its refresh tokens and this access token stop working.
+#[utoipa::path(post, path = "/v1/auth/logout", tag = "auth", security(("bearer" = [])), request_body(content = Option<LogoutRequest>), responses(
+    (status = 204, description = "Logged out"),
+    (status = 401, description = "AUTH_REQUIRED or INVALID_TOKEN"),
+))]
+pub async fn logout(
+    State(state): State<AppState>,
+    user: AuthUser,
+    context: RequestContext,
+    body: axum::body::Bytes,
+) -> Result<StatusCode> {
+    let request: LogoutRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        LogoutRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|err| ApiError::Validation {
+            message: format!("invalid body: {err}"),
+            details: Vec::new(),
+        })?
+    };
+    let mut sessions = Vec::from_iter(user.session_id);
+    if let Some(token) = request.refresh_token {
+        // Only a family of the caller's own can be named this way.
+        if let Some(stored) = refresh_tokens::find(&state.pool, &token).await? {
+            let owner = state
+                .sessions
+                .load(&stored.session_id.to_string())
+                .await
+                .map_err(session_error)?
+                .user_id;
+            if owner == Some(user.id) && !sessions.contains(&stored.session_id) {
+                sessions.push(stored.session_id);
+            }
+        }
+    }
+    for session_id in sessions {
+        revoke_session(&state, session_id, &user, &context, "logout").await?;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Changes the password; every other session of the user is revoked.
+#[utoipa::path(post, path = "/v1/auth/change-password", tag = "auth", security(("bearer" = [])), request_body = ChangePasswordRequest, responses(
+    (status = 204, description = "Changed"),
+    (status = 401, description = "INVALID_CREDENTIALS: the current password is wrong"),
+    (status = 422, description = "The new password is too weak"),
+))]
+pub async fn change_password(
+    State(state): State<AppState>,
+    user: AuthUser,
+    context: RequestContext,
+    Json(request): Json<ChangePasswordRequest>,
+) -> Result<StatusCode> {
+    let command = UserCommand::ChangePassword {
+        current_password: request.current_password,
+        new_password: request.new_password,
+        at: now(),
+    };
+    state
+        .users
+        .execute(
+            &user.id.to_string(),
+            command,
+            context.metadata(user.id, &user.roles),
+        )
+        .await
+        .map_err(user_error)?;
+    let others: Vec<Uuid> = sqlx::query_scalar(
+        "select id from read.auth_sessions where user_id = $1 and revoked_at is null \
+           and ($2::uuid is null or id <> $2)",
+    )
+    .bind(user.id)
+    .bind(user.session_id)
+    .fetch_all(&state.pool)
+    .await?;
+    for session_id in others {
+        revoke_session(&state, session_id, &user, &context, "password changed").await?;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Whether a token is currently accepted (signature, expiry, session, account).
+#[utoipa::path(post, path = "/v1/auth/verify-token", tag = "auth", request_body = VerifyTokenRequest, responses(
+    (status = 200, body = VerifyTokenResponse),
+))]
+pub async fn verify_token(
+    State(state): State<AppState>,
+    Json(request): Json<VerifyTokenRequest>,
+) -> Result<axum::Json<VerifyTokenResponse>> {
+    let live = matches!(identify(&state, &request.token).await, Identity::User(_));
+    let claims = live
+        .then(|| state.tokens.verify(&request.token).ok())
+        .flatten()
+        .and_then(|claims| serde_json::to_value(claims).ok());
+    Ok(axum::Json(VerifyTokenResponse {
+        valid: claims.is_some(),
+        claims,
+    }))
 }
 
 /// The signed-in user.

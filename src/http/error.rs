@@ -21,6 +21,12 @@ pub enum ApiError {
     InvalidToken,
     #[error("invalid credentials")]
     InvalidCredentials,
+    #[error("this refresh token was already used; its session is revoked")]
+    TokenReused,
+    #[error("account locked after too many failed logins; try again later")]
+    AccountLocked { retry_after_secs: u64 },
+    #[error("too many requests; slow down")]
+    RateLimited { retry_after_secs: u64 },
     #[error("you do not have a role that may do this")]
     Forbidden,
     #[error("not found")]
@@ -104,9 +110,12 @@ impl ApiError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::AuthRequired | Self::InvalidToken | Self::InvalidCredentials => {
-                StatusCode::UNAUTHORIZED
-            }
+            Self::AuthRequired
+            | Self::InvalidToken
+            | Self::InvalidCredentials
+            | Self::TokenReused => StatusCode::UNAUTHORIZED,
+            Self::AccountLocked { .. } => StatusCode::LOCKED,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -127,6 +136,9 @@ impl ApiError {
             Self::AuthRequired => "AUTH_REQUIRED",
             Self::InvalidToken => "INVALID_TOKEN",
             Self::InvalidCredentials => "INVALID_CREDENTIALS",
+            Self::TokenReused => "TOKEN_REUSED",
+            Self::AccountLocked { .. } => "ACCOUNT_LOCKED",
+            Self::RateLimited { .. } => "RATE_LIMITED",
             Self::Forbidden => "FORBIDDEN",
             Self::NotFound => "NOT_FOUND",
             Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",

@@ -7,14 +7,14 @@ use std::net::SocketAddr;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use crate::consistency::ConsistencyToken;
 use crate::http::error::ApiError;
+use crate::http::identity::Identity;
 use crate::http::request_id::RequestId;
-use crate::state::AppState;
 
 /// `axum::Json` with our error format: 415 without a JSON content type, 400
 /// for malformed JSON, 422 for wrong types, missing or unknown fields, 413
@@ -80,38 +80,27 @@ impl<S: Send + Sync> FromRequestParts<S> for IdPath {
     }
 }
 
-/// The authenticated caller, from `Authorization: Bearer <access token>`.
+/// The authenticated caller, resolved by [`crate::http::identity`].
 #[derive(Debug, Clone)]
 pub struct AuthUser {
     pub id: Uuid,
     pub roles: Vec<String>,
+    /// The login session of an access token; `None` for an API key.
+    pub session_id: Option<Uuid>,
 }
 
-impl FromRequestParts<AppState> for AuthUser {
+impl<S: Send + Sync> FromRequestParts<S> for AuthUser {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .ok_or(ApiError::AuthRequired)?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|value| {
-                let (scheme, token) = value.split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-            })
-            .filter(|token| !token.is_empty())
-            .ok_or(ApiError::InvalidToken)?;
-        let claims = state.tokens.verify(token).map_err(|err| {
-            tracing::debug!(reason = %err, "refused an access token");
-            ApiError::InvalidToken
-        })?;
-        Ok(Self {
-            id: claims.sub,
-            roles: claims.roles,
-        })
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        match parts.extensions.get::<Identity>() {
+            Some(Identity::User(user)) => Ok(user.clone()),
+            Some(Identity::Invalid) => Err(ApiError::InvalidToken),
+            Some(Identity::Unknown) => Err(ApiError::Unavailable(
+                "cannot check credentials right now".into(),
+            )),
+            Some(Identity::Anonymous) | None => Err(ApiError::AuthRequired),
+        }
     }
 }
 

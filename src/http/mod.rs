@@ -4,7 +4,9 @@
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod identity;
 pub mod openapi;
+pub mod rate_limit;
 pub mod request_id;
 pub mod service;
 pub mod tasks;
@@ -13,11 +15,13 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
@@ -34,7 +38,8 @@ pub fn router(state: AppState) -> Router {
         .merge(tasks::router())
         .merge(openapi::router())
         .fallback(|| async { ApiError::NotFound })
-        .with_state(state)
+        .layer(middleware::from_fn_with_state(state.clone(), identity::resolve_identity))
+        .with_state(state.clone())
         .layer(middleware::map_response(error_format_for_bare_errors))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout))
@@ -51,6 +56,56 @@ pub fn router(state: AppState) -> Router {
             ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
         }))
         .layer(middleware::from_fn(request_id::assign_request_id))
+        // No sniffing, no framing, no caching of API answers, no referrer leaks.
+        .layer(always(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .layer(always(header::X_FRAME_OPTIONS, "DENY"))
+        .layer(always(header::REFERRER_POLICY, "no-referrer"))
+        .layer(always(header::CONTENT_SECURITY_POLICY, "default-src 'none'; frame-ancestors 'none'"))
+        .layer(always(header::CACHE_CONTROL, "no-store"))
+        .layer(cors(&state.settings.http.cors_origins))
+}
+
+/// Browser origins from configuration; `Authorization` and our headers allowed.
+fn cors(origins: &[String]) -> CorsLayer {
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    let name = |n: &'static str| HeaderName::from_static(n);
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::ACCEPT,
+            name("x-request-id"),
+            name("x-consistency-token"),
+            name("x-api-key"),
+            name("last-event-id"),
+        ])
+        .expose_headers([
+            name("x-request-id"),
+            name("x-consistency-token"),
+            name("x-total-count"),
+            name("x-ratelimit-limit"),
+            name("x-ratelimit-remaining"),
+            name("x-ratelimit-reset"),
+            header::RETRY_AFTER,
+        ])
+        .max_age(std::time::Duration::from_secs(600))
+}
+
+/// A header every response carries unless the handler set it.
+fn always(name: HeaderName, value: &'static str) -> SetResponseHeaderLayer<HeaderValue> {
+    SetResponseHeaderLayer::if_not_present(name, HeaderValue::from_static(value))
 }
 
 /// Responses produced by axum or tower themselves (405 with `Allow`, a

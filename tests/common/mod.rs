@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use chronicle::config::{
     Argon2Settings, AuthSettings, DatabaseSettings, HttpSettings, LogSettings, NatsSettings,
+    RateLimitSettings,
 };
 use chronicle::{Application, Components, Settings};
 use chronicle_nats::StreamSettings;
@@ -75,6 +76,7 @@ pub async fn test_settings() -> Settings {
             body_limit_bytes: 1024 * 1024,
             consistency_wait: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
+            cors_origins: vec!["capacitor://localhost".into(), "http://localhost".into()],
         },
         database: DatabaseSettings {
             url: SecretString::from(create_test_database().await),
@@ -94,6 +96,7 @@ pub async fn test_settings() -> Settings {
             issuer: "chronicle".into(),
             audience: "chronicle-api".into(),
             access_token_ttl: Duration::from_secs(900),
+            refresh_token_ttl: Duration::from_secs(7 * 24 * 3600),
             argon2: Argon2Settings {
                 memory_kib: 1024,
                 iterations: 1,
@@ -103,6 +106,13 @@ pub async fn test_settings() -> Settings {
         log: LogSettings {
             filter: "info".into(),
             json: false,
+        },
+        // Generous: tests hammer one app from one address; the rate-limit
+        // test lowers these on purpose.
+        rate_limit: RateLimitSettings {
+            per_user_per_minute: 100_000,
+            per_ip_per_minute: 100_000,
+            auth_per_ip_per_minute: 10_000,
         },
         data_dir,
     }
