@@ -179,13 +179,17 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if matches!(
-            self,
-            Self::Unavailable(_) | Self::UnavailableWithDetails { .. }
-        ) {
+        let retry_after = match &self {
+            Self::Unavailable(_) | Self::UnavailableWithDetails { .. } => Some(1),
+            Self::AccountLocked { retry_after_secs } | Self::RateLimited { retry_after_secs } => {
+                Some(*retry_after_secs)
+            }
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
         }
         response
     }

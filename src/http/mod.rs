@@ -1,11 +1,13 @@
 //! The HTTP API: one module per resource, assembled here with the layers every
 //! route shares (request id, panics, tracing, metrics, timeout, body limit).
 
+pub mod admin;
 pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod identity;
 pub mod openapi;
+pub mod profile;
 pub mod rate_limit;
 pub mod request_id;
 pub mod service;
@@ -36,6 +38,8 @@ pub fn router(state: AppState) -> Router {
         .merge(service::router())
         .merge(auth::router())
         .merge(tasks::router())
+        .merge(profile::router())
+        .merge(admin::router())
         .merge(openapi::router())
         .fallback(|| async { ApiError::NotFound })
         .layer(middleware::from_fn_with_state(state.clone(), identity::resolve_identity))

@@ -28,7 +28,7 @@ pub fn nats_url() -> String {
     std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:54222".into())
 }
 
-fn signing_key_pem() -> String {
+pub fn signing_key_pem() -> String {
     static PEM: OnceLock<String> = OnceLock::new();
     PEM.get_or_init(|| chronicle::auth::keys::generate_private_key_pem().expect("rsa key"))
         .clone()
@@ -138,6 +138,7 @@ pub struct TestUser {
     pub id: Uuid,
     pub email: String,
     pub token: String,
+    pub refresh_token: String,
 }
 
 impl TestApp {
@@ -191,6 +192,7 @@ impl TestApp {
             id: body["user"]["id"].as_str().unwrap().parse().unwrap(),
             email: email.to_string(),
             token: body["access_token"].as_str().unwrap().to_string(),
+            refresh_token: body["refresh_token"].as_str().unwrap().to_string(),
         }
     }
 
@@ -225,6 +227,7 @@ impl TestApp {
             id: body["user"]["id"].as_str().unwrap().parse().unwrap(),
             email: email.to_string(),
             token: body["access_token"].as_str().unwrap().to_string(),
+            refresh_token: body["refresh_token"].as_str().unwrap().to_string(),
         }
     }
 

@@ -1,0 +1,257 @@
+//! Administration and operations routes, each restricted to its roles:
+//! `/v1/admin/users…` (admin), `/v1/analytics` (admin, analyst),
+//! `/v1/debug/health/detailed` (admin, developer).
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue};
+use axum::routing::{get, post};
+use axum::Router;
+use chronicle_aggregates::user::UserCommand;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::commands::now;
+use crate::http::auth::{await_projection, consistency_header, user_error};
+use crate::http::error::{ApiError, Result};
+use crate::http::extract::{AuthUser, IdPath, Json, Query, RequestContext};
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/admin/users", get(list_users))
+        .route("/v1/admin/users/{id}/roles", post(set_roles))
+        .route("/v1/admin/users/{id}/unlock", post(unlock_user))
+        .route("/v1/analytics", get(analytics))
+        .route("/v1/debug/health/detailed", get(detailed_health))
+}
+
+/// A user as administrators see it.
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub struct AdminUser {
+    pub id: Uuid,
+    pub email: String,
+    pub username: Option<String>,
+    pub name: Option<String>,
+    pub roles: Vec<String>,
+    pub active: bool,
+    pub locked_until: Option<DateTime<Utc>>,
+    pub failed_logins: i32,
+    pub created_at: DateTime<Utc>,
+    pub last_login_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct Page {
+    /// 1–100, default 50.
+    pub limit: Option<i64>,
+    /// ≥ 0.
+    pub offset: Option<i64>,
+}
+
+impl Page {
+    /// (limit, offset), validated per the API conventions.
+    pub fn bounds(&self) -> Result<(i64, i64)> {
+        let limit = self.limit.unwrap_or(50);
+        if !(1..=100).contains(&limit) {
+            return Err(ApiError::invalid_field(
+                "limit",
+                "must be between 1 and 100",
+            ));
+        }
+        let offset = self.offset.unwrap_or(0);
+        if offset < 0 {
+            return Err(ApiError::invalid_field("offset", "must be 0 or more"));
+        }
+        Ok((limit, offset))
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetRolesRequest {
+    /// Replaces the set; `user` is always kept.
+    pub roles: Vec<String>,
+}
+
+const SELECT_ADMIN_USER: &str =
+    "select id, email, username, name, roles, active, locked_until, failed_logins, \
+     created_at, last_login_at from read.users";
+
+/// Every user, newest first.
+#[utoipa::path(get, path = "/v1/admin/users", tag = "admin", security(("bearer" = [])), params(Page), responses(
+    (status = 200, body = Vec<AdminUser>, headers(("X-Total-Count" = i64))), (status = 401), (status = 403),
+))]
+pub async fn list_users(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Query(page): Query<Page>,
+) -> Result<(HeaderMap, axum::Json<Vec<AdminUser>>)> {
+    user.require_any_role(&["admin"])?;
+    let (limit, offset) = page.bounds()?;
+    let users: Vec<AdminUser> = sqlx::query_as(&format!(
+        "{SELECT_ADMIN_USER} order by created_at desc, id limit $1 offset $2"
+    ))
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(&state.pool)
+    .await?;
+    let total: i64 = sqlx::query_scalar("select count(*) from read.users")
+        .fetch_one(&state.pool)
+        .await?;
+    let mut headers = HeaderMap::new();
+    headers.insert("x-total-count", HeaderValue::from(total));
+    Ok((headers, axum::Json(users)))
+}
+
+async fn admin_user(state: &AppState, id: Uuid) -> Result<AdminUser> {
+    sqlx::query_as(&format!("{SELECT_ADMIN_USER} where id = $1"))
+        .bind(id)
+        .fetch_optional(&state.pool)
+        .await?
+        .ok_or(ApiError::NotFound)
+}
+
+/// Replaces a user's roles; they take effect at the user's next login or refresh.
+#[utoipa::path(post, path = "/v1/admin/users/{id}/roles", tag = "admin", security(("bearer" = [])), params(("id" = Uuid, Path)), request_body = SetRolesRequest, responses(
+    (status = 200, body = AdminUser), (status = 403), (status = 404), (status = 422, description = "Unknown role"),
+))]
+pub async fn set_roles(
+    State(state): State<AppState>,
+    admin: AuthUser,
+    context: RequestContext,
+    IdPath(id): IdPath,
+    Json(request): Json<SetRolesRequest>,
+) -> Result<(HeaderMap, axum::Json<AdminUser>)> {
+    admin.require_any_role(&["admin"])?;
+    let executed = state
+        .users
+        .execute(
+            &id.to_string(),
+            UserCommand::SetRoles {
+                roles: request.roles,
+                at: now(),
+            },
+            context.metadata(admin.id, &admin.roles),
+        )
+        .await
+        .map_err(|err| match user_error(err) {
+            ApiError::InvalidCredentials => ApiError::NotFound,
+            other => other,
+        })?;
+    await_projection(&state, executed.token.as_ref()).await?;
+    Ok((
+        consistency_header(executed.token.as_ref()),
+        axum::Json(admin_user(&state, id).await?),
+    ))
+}
+
+/// Lifts a lockout.
+#[utoipa::path(post, path = "/v1/admin/users/{id}/unlock", tag = "admin", security(("bearer" = [])), params(("id" = Uuid, Path)), responses(
+    (status = 200, body = AdminUser), (status = 403), (status = 404),
+))]
+pub async fn unlock_user(
+    State(state): State<AppState>,
+    admin: AuthUser,
+    context: RequestContext,
+    IdPath(id): IdPath,
+) -> Result<(HeaderMap, axum::Json<AdminUser>)> {
+    admin.require_any_role(&["admin"])?;
+    let executed = state
+        .users
+        .execute(
+            &id.to_string(),
+            UserCommand::Unlock { at: now() },
+            context.metadata(admin.id, &admin.roles),
+        )
+        .await
+        .map_err(|err| match user_error(err) {
+            ApiError::InvalidCredentials => ApiError::NotFound,
+            other => other,
+        })?;
+    await_projection(&state, executed.token.as_ref()).await?;
+    Ok((
+        consistency_header(executed.token.as_ref()),
+        axum::Json(admin_user(&state, id).await?),
+    ))
+}
+
+/// Users and tasks, in total and per day over the last 30 days. Chat
+/// sessions, messages and tokens are zero until chat exists.
+#[utoipa::path(get, path = "/v1/analytics", tag = "admin", security(("bearer" = [])), responses(
+    (status = 200, description = "Totals and a daily series"), (status = 403),
+))]
+pub async fn analytics(State(state): State<AppState>, user: AuthUser) -> Result<axum::Json<Value>> {
+    user.require_any_role(&["admin", "analyst"])?;
+    let (users, active_users): (i64, i64) =
+        sqlx::query_as("select count(*), count(*) filter (where active) from read.users")
+            .fetch_one(&state.pool)
+            .await?;
+    let (tasks, completed): (i64, i64) =
+        sqlx::query_as("select count(*), count(*) filter (where completed) from read.tasks")
+            .fetch_one(&state.pool)
+            .await?;
+    let daily: Vec<(String, i64, i64)> = sqlx::query_as(
+        "select to_char(day, 'YYYY-MM-DD'), \
+           (select count(*) from read.users u where u.created_at >= day and u.created_at < day + interval '1 day'), \
+           (select count(*) from read.tasks t where t.created_at >= day and t.created_at < day + interval '1 day') \
+         from generate_series(date_trunc('day', now()) - interval '29 days', date_trunc('day', now()), interval '1 day') day \
+         order by day",
+    )
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(axum::Json(json!({
+        "totals": {
+            "users": users, "active_users": active_users, "tasks": tasks, "completed_tasks": completed,
+            "sessions": 0, "messages": 0, "tokens": 0,
+        },
+        "daily": daily.into_iter().map(|(day, users, tasks)| json!({"date": day, "users": users, "tasks": tasks})).collect::<Vec<_>>(),
+    })))
+}
+
+/// Each component, the projections' positions and lags, and the relay's position.
+#[utoipa::path(get, path = "/v1/debug/health/detailed", tag = "admin", security(("bearer" = [])), responses(
+    (status = 200, description = "Component details"), (status = 403),
+))]
+pub async fn detailed_health(
+    State(state): State<AppState>,
+    user: AuthUser,
+) -> Result<axum::Json<Value>> {
+    user.require_any_role(&["admin", "developer"])?;
+    let postgres_ok = sqlx::query_scalar::<_, i32>("select 1")
+        .fetch_one(&state.pool)
+        .await
+        .is_ok();
+    let projections: Vec<(
+        String,
+        i64,
+        Option<DateTime<Utc>>,
+        Option<String>,
+        DateTime<Utc>,
+    )> = sqlx::query_as(
+        "select projection, stream_sequence, last_recorded_at, failure, updated_at \
+         from read.projection_checkpoints order by projection",
+    )
+    .fetch_all(&state.pool)
+    .await?;
+    let relay: Option<(i64, DateTime<Utc>)> = sqlx::query_as(
+        "select global_position, updated_at from relay_checkpoints where name = 'main'",
+    )
+    .fetch_optional(&state.pool)
+    .await?;
+    Ok(axum::Json(json!({
+        "postgres": {"ok": postgres_ok, "pool_size": state.pool.size(), "idle": state.pool.num_idle()},
+        "nats": {"state": format!("{:?}", state.nats.connection_state())},
+        "relay": relay.map(|(position, at)| json!({"global_position": position, "updated_at": at})),
+        "projections": projections.into_iter().map(|(name, sequence, recorded, failure, updated)| json!({
+            "name": name,
+            "stream_sequence": sequence,
+            "lag_seconds": recorded.map(|r| (updated - r).num_milliseconds() as f64 / 1000.0),
+            "failure": failure,
+            "updated_at": updated,
+        })).collect::<Vec<_>>(),
+    })))
+}
