@@ -19,6 +19,13 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Generate a new signing key. Restart the servers: the new key signs,
+    /// the old ones still verify the tokens they signed until those expire.
+    Rotate,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum UserCommand {
     /// Add a role (admin, auditor, analyst, developer) to a user; it takes effect at their next login.
     GrantRole {
@@ -43,6 +50,11 @@ pub enum Command {
     Project,
     /// Apply database migrations and exit.
     Migrate,
+    /// Manage the JWT signing keys in the data dir.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Manage user accounts.
     User {
         #[command(subcommand)]
@@ -50,7 +62,7 @@ pub enum Command {
     },
     /// Rebuild read models from the event store, then hand over to the live consumers.
     Replay {
-        /// A projection name (`users`, `tasks`) or `all`.
+        /// A projection name (`users`, `sessions`, `tasks`, …) or `all`.
         #[arg(long)]
         projection: String,
     },
@@ -99,6 +111,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let pool = connect_database(&settings).await?;
             migrate(&pool).await?;
             println!("migrations applied");
+            Ok(())
+        }
+        Command::Keys {
+            command: KeysCommand::Rotate,
+        } => {
+            let path = crate::auth::keys::rotate(&settings.data_dir)?;
+            println!("new signing key: {}", path.display());
             Ok(())
         }
         Command::User {
