@@ -47,7 +47,10 @@ pub async fn grant_role(
             "user_agent".to_string(),
             format!("chronicle-cli/{}", env!("CARGO_PKG_VERSION")),
         ),
-        ("occurred_at".to_string(), now().to_rfc3339()),
+        (
+            "occurred_at".to_string(),
+            now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        ),
     ]);
     let executed = users
         .execute(&key, UserCommand::SetRoles { roles, at: now() }, metadata)

@@ -1,12 +1,14 @@
 //! `/openapi.json`: the OpenAPI 3.1 description of every route, generated from
 //! the handlers' annotations so it cannot drift from the code.
 
+use axum::http::header;
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::http::{admin, auth, profile, service, tasks};
+use crate::http::{admin, audit, auth, profile, service, tasks};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -21,9 +23,11 @@ use crate::state::AppState;
         admin::list_users, admin::set_roles, admin::unlock_user, admin::analytics, admin::detailed_health,
         tasks::list_tasks, tasks::create_task, tasks::get_task, tasks::replace_task,
         tasks::patch_task, tasks::complete_task, tasks::delete_task, tasks::restore_task,
+        audit::list_audit_events, audit::list_audit_log, audit::verify_audit_trail,
+        audit::list_audit_checkpoints, audit::get_audit_aggregate, audit::export_audit_trail,
     ),
     modifiers(&BearerAuth),
-    tags((name = "service"), (name = "auth"), (name = "profile"), (name = "admin"), (name = "tasks"))
+    tags((name = "service"), (name = "auth"), (name = "profile"), (name = "admin"), (name = "tasks"), (name = "audit"))
 )]
 pub struct ApiDoc;
 
@@ -45,5 +49,38 @@ impl Modify for BearerAuth {
 }
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+    Router::new()
+        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+        .route(
+            "/docs",
+            get(|| docs_file("text/html; charset=utf-8", DOCS_HTML)),
+        )
+        .route(
+            "/docs/docs.js",
+            get(|| docs_file("text/javascript; charset=utf-8", DOCS_JS)),
+        )
+        .route(
+            "/docs/docs.css",
+            get(|| docs_file("text/css; charset=utf-8", DOCS_CSS)),
+        )
+}
+
+// `/docs` is a small viewer of its own, embedded in the binary, so that it
+// renders without any network access beyond this server.
+const DOCS_HTML: &str = include_str!("docs/index.html");
+const DOCS_JS: &str = include_str!("docs/docs.js");
+const DOCS_CSS: &str = include_str!("docs/docs.css");
+
+async fn docs_file(content_type: &'static str, body: &'static str) -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            // Our own script, style and spec only.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+            ),
+        ],
+        body,
+    )
 }

@@ -440,6 +440,11 @@ impl Aggregate for User {
                 ..
             } => {
                 self.failed_logins = consecutive_failures;
+                // A count that starts afresh means any earlier lock is over;
+                // keeping it would stop the count from ever locking again.
+                if consecutive_failures == 1 {
+                    self.locked_until = None;
+                }
             }
             UserEvent::AccountLocked { locked_until, .. } => {
                 self.locked_until = Some(locked_until);
@@ -783,6 +788,32 @@ mod tests {
                 failed_at: at(20 * 60),
                 consecutive_failures: 1,
             }]);
+    }
+
+    #[test]
+    fn an_account_whose_lock_expired_is_locked_again_by_five_new_failures() {
+        let credential = Uuid::from_u128(7);
+        let mut history = locked(credential);
+        history.extend((1..=4).map(|n| UserEvent::LoginFailed {
+            failed_at: at(20 * 60 + n),
+            consecutive_failures: n as u32,
+        }));
+        framework(&FakePasswords::holding(credential, PASSWORD))
+            .given(history)
+            .when(UserCommand::LogIn {
+                password: "wrong".into(),
+                at: at(21 * 60),
+            })
+            .then_expect_events(vec![
+                UserEvent::LoginFailed {
+                    failed_at: at(21 * 60),
+                    consecutive_failures: 5,
+                },
+                UserEvent::AccountLocked {
+                    locked_at: at(21 * 60),
+                    locked_until: at(36 * 60),
+                },
+            ]);
     }
 
     #[test]
