@@ -60,6 +60,11 @@ pub enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Verify or export the compliance audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: crate::audit::cli::AuditCommand,
+    },
     /// Rebuild read models from the event store, then hand over to the live consumers.
     Replay {
         /// A projection name (`users`, `sessions`, `tasks`, …) or `all`.
@@ -129,6 +134,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{email}: roles are now {}", roles.join(", "));
             Ok(())
         }
+        Command::Audit { command } => crate::audit::cli::run(&settings, command).await,
         Command::Replay { projection } => replay(&settings, &projection).await,
     }
 }

@@ -17,6 +17,8 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub log: LogSettings,
     pub rate_limit: RateLimitSettings,
+    /// When the audit chain head is signed.
+    pub audit: crate::audit::AuditSettings,
     /// Where generated keys and local state live.
     pub data_dir: PathBuf,
 }
@@ -209,6 +211,16 @@ impl Settings {
                     parse("CHRONICLE_RATE_LIMIT_AUTH_PER_MINUTE", "20")?,
                 )?,
             },
+            audit: crate::audit::AuditSettings {
+                checkpoint_every: number(
+                    "CHRONICLE_AUDIT_CHECKPOINT_EVERY",
+                    parse("CHRONICLE_AUDIT_CHECKPOINT_EVERY", "1000")?,
+                )?,
+                checkpoint_interval: Duration::from_secs(number(
+                    "CHRONICLE_AUDIT_CHECKPOINT_INTERVAL_SECS",
+                    parse("CHRONICLE_AUDIT_CHECKPOINT_INTERVAL_SECS", "60")?,
+                )?),
+            },
             data_dir: PathBuf::from(parse("CHRONICLE_DATA_DIR", ".data")?),
         };
         settings.validate()?;
@@ -253,6 +265,15 @@ impl Settings {
                     "each origin must look like scheme://host[:port]",
                 );
             }
+        }
+        if self.audit.checkpoint_every == 0 {
+            return fail("CHRONICLE_AUDIT_CHECKPOINT_EVERY", "must be at least 1");
+        }
+        if self.audit.checkpoint_interval.is_zero() {
+            return fail(
+                "CHRONICLE_AUDIT_CHECKPOINT_INTERVAL_SECS",
+                "must be at least 1",
+            );
         }
         let stream = &self.nats.stream;
         if stream.name.is_empty() || stream.name.contains(['.', ' ', '*', '>']) {

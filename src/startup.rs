@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chronicle_nats::{Relay, RelayConfig};
-use chronicle_projections::{all_projections, ProjectionRunner};
+use chronicle_projections::audit::{AuditConfig, CheckpointSigner};
+use chronicle_projections::{all_projections_signed, ProjectionRunner};
 use secrecy::ExposeSecret;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
@@ -48,6 +49,8 @@ pub struct Application {
     shutdown: CancellationToken,
     runners: Vec<ProjectionRunner>,
     relay: Option<Relay>,
+    /// Signs the audit chain head on a timer, where the projections run.
+    audit_checkpointer: Option<(Arc<dyn CheckpointSigner>, Duration)>,
 }
 
 /// Connects to Postgres with the configured pool size.
@@ -92,6 +95,8 @@ impl Application {
             SigningKeys::load_or_generate(&settings.auth, &settings.data_dir)
                 .context("loading the signing key")?,
         );
+        let signer: Arc<dyn CheckpointSigner> =
+            Arc::new(crate::audit::ServerSigner::new(keys.clone()));
         let tokens = TokenIssuer::new(keys, &settings.auth);
         let passwords = PasswordService::new(pool.clone(), settings.auth.argon2)?;
         let consistency = Consistency::start(
@@ -102,17 +107,20 @@ impl Application {
         .await?;
 
         let runners: Vec<ProjectionRunner> = if components.projections {
-            all_projections()
-                .into_iter()
-                .map(|projection| {
-                    ProjectionRunner::new(
-                        pool.clone(),
-                        jetstream.clone(),
-                        settings.nats.stream.clone(),
-                        projection,
-                    )
-                })
-                .collect()
+            all_projections_signed(AuditConfig {
+                signer: Some(signer.clone()),
+                checkpoint_every: settings.audit.checkpoint_every,
+            })
+            .into_iter()
+            .map(|projection| {
+                ProjectionRunner::new(
+                    pool.clone(),
+                    jetstream.clone(),
+                    settings.nats.stream.clone(),
+                    projection,
+                )
+            })
+            .collect()
         } else {
             Vec::new()
         };
@@ -139,6 +147,9 @@ impl Application {
         } else {
             None
         };
+        let audit_checkpointer = components
+            .projections
+            .then(|| (signer, settings.audit.checkpoint_interval));
         let state = AppState {
             users: Arc::new(CommandExecutor::new(
                 pool.clone(),
@@ -146,6 +157,7 @@ impl Application {
             )),
             tasks: Arc::new(CommandExecutor::new(pool.clone(), ())),
             sessions: Arc::new(CommandExecutor::new(pool.clone(), ())),
+            audit_queries: Arc::new(CommandExecutor::new(pool.clone(), ())),
             rate_limiter: Arc::default(),
             settings,
             pool,
@@ -163,6 +175,7 @@ impl Application {
             shutdown,
             runners,
             relay,
+            audit_checkpointer,
         })
     }
 
@@ -188,6 +201,14 @@ impl Application {
         }
         for runner in std::mem::take(&mut self.runners) {
             self.tasks.spawn(runner.run(self.shutdown.clone()));
+        }
+        if let Some((signer, interval)) = self.audit_checkpointer.take() {
+            self.tasks.spawn(crate::audit::checkpointer::run(
+                self.state.pool.clone(),
+                signer,
+                interval,
+                self.shutdown.clone(),
+            ));
         }
         let server = match self.listener.take() {
             Some(listener) => {

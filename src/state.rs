@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use chronicle_aggregates::audit_query::AuditQuery;
 use chronicle_aggregates::auth_session::AuthSession;
 use chronicle_aggregates::task::Task;
 use chronicle_aggregates::user::User;
@@ -25,6 +26,8 @@ pub struct AppState {
     pub users: Arc<CommandExecutor<User>>,
     pub tasks: Arc<CommandExecutor<Task>>,
     pub sessions: Arc<CommandExecutor<AuthSession>>,
+    /// Records every audit query as an event.
+    pub audit_queries: Arc<CommandExecutor<AuditQuery>>,
     pub rate_limiter: Arc<RateLimiter>,
     pub consistency: Arc<Consistency>,
     pub metrics: PrometheusHandle,

@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod audit_query;
 pub mod auth_session;
 pub mod task;
 pub mod user;

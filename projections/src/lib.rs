@@ -7,6 +7,7 @@
 //! event store alone.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod error;
 pub mod projection;
 pub mod read_models;
@@ -29,7 +30,22 @@ pub fn all_projections() -> Vec<Arc<dyn Projection>> {
         Arc::new(read_models::users::UsersProjection),
         Arc::new(read_models::sessions::SessionsProjection),
         Arc::new(read_models::tasks::TasksProjection),
+        Arc::new(audit::AuditProjection::default()),
     ]
+}
+
+/// [`all_projections`], with the audit trail taking signed checkpoints as
+/// `audit` says (the plain list signs none: `chronicle replay` has no key).
+pub fn all_projections_signed(audit: audit::AuditConfig) -> Vec<Arc<dyn Projection>> {
+    all_projections()
+        .into_iter()
+        .map(|projection| match projection.name() {
+            audit::AUDIT_PROJECTION => {
+                Arc::new(audit::AuditProjection::new(audit.clone())) as Arc<dyn Projection>
+            }
+            _ => projection,
+        })
+        .collect()
 }
 
 /// The projection called `name`, if there is one.

@@ -11,7 +11,7 @@ use crate::ProjectionError;
 pub trait Projection: Send + Sync {
     /// Stable name: durable consumer name, checkpoint key, `replay --projection`.
     fn name(&self) -> &'static str;
-    /// The aggregate types whose events it consumes.
+    /// The aggregate types whose events it consumes; empty: every type.
     fn aggregate_types(&self) -> &'static [&'static str];
     /// Applies one event; called inside the batch's transaction, at most once
     /// per (aggregate, sequence) thanks to [`apply_guarded`].

@@ -34,11 +34,12 @@ pub async fn rebuild(
         .bind(lock_key(name))
         .execute(&mut *tx)
         .await?;
-    let total: i64 =
-        sqlx::query_scalar("select count(*) from events where aggregate_type = any($1)")
-            .bind(&types)
-            .fetch_one(&mut *tx)
-            .await?;
+    let total: i64 = sqlx::query_scalar(
+        "select count(*) from events where cardinality($1::text[]) = 0 or aggregate_type = any($1)",
+    )
+    .bind(&types)
+    .fetch_one(&mut *tx)
+    .await?;
     projection.reset(&mut tx).await?;
     sqlx::query("delete from read.aggregate_versions where projection = $1")
         .bind(name)

@@ -203,11 +203,8 @@ impl ProjectionRunner {
                 .map_err(|err| ProjectionError::poison("?", err))?;
             let envelope: EventEnvelope = serde_json::from_slice(&message.payload)
                 .map_err(|err| ProjectionError::poison(format!("stream#{stream_sequence}"), err))?;
-            if self
-                .projection
-                .aggregate_types()
-                .contains(&envelope.aggregate_type.as_str())
-            {
+            let types = self.projection.aggregate_types();
+            if types.is_empty() || types.contains(&envelope.aggregate_type.as_str()) {
                 apply_guarded(self.projection.as_ref(), &mut tx, &envelope).await?;
             }
             last = Some((stream_sequence, envelope));

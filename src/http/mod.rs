@@ -2,6 +2,7 @@
 //! route shares (request id, panics, tracing, metrics, timeout, body limit).
 
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod error;
 pub mod extract;
@@ -40,6 +41,7 @@ pub fn router(state: AppState) -> Router {
         .merge(tasks::router())
         .merge(profile::router())
         .merge(admin::router())
+        .merge(audit::router())
         .merge(openapi::router())
         .fallback(|| async { ApiError::NotFound })
         .layer(middleware::from_fn_with_state(state.clone(), identity::resolve_identity))

@@ -114,6 +114,7 @@ pub async fn test_settings() -> Settings {
             per_ip_per_minute: 100_000,
             auth_per_ip_per_minute: 10_000,
         },
+        audit: chronicle::audit::AuditSettings::default(),
         data_dir,
     }
 }
@@ -360,4 +361,52 @@ where
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+impl TestApp {
+    /// [`TestApp::spawn_with`], running only `components` (e.g. the API
+    /// alone, when a test fills the event store itself and wants no relay).
+    pub async fn spawn_components(settings: Settings, components: Components) -> Self {
+        init_test_logging();
+        let app = Application::build(settings.clone(), components)
+            .await
+            .expect("build app");
+        let addr = app.local_addr().expect("api address");
+        let shutdown = app.shutdown_token();
+        let pool = app.state().pool.clone();
+        let handle = tokio::spawn(app.run());
+        let nats = async_nats::connect(&settings.nats.url).await.expect("nats");
+        Self {
+            base: format!("http://{addr}"),
+            client: reqwest::Client::new(),
+            pool,
+            nats,
+            settings,
+            shutdown,
+            handle: Some(handle),
+        }
+    }
+
+    /// A user with `role` (registered, granted, logged in again).
+    pub async fn user_with_role(&self, email: &str, role: &str) -> TestUser {
+        let user = self.register(email).await;
+        self.grant_role(&user, role).await
+    }
+}
+
+/// Polls until every stored event has its entry in the newest generation of
+/// the audit trail; returns the number of entries.
+pub async fn wait_for_audit(pool: &PgPool) -> i64 {
+    eventually(Duration::from_secs(60), "the audit trail", || async {
+        let (events, entries): (i64, i64) = sqlx::query_as(
+            "select (select count(*) from events), \
+                    (select count(*) from audit.entries \
+                      where generation = (select max(generation) from audit.generations))",
+        )
+        .fetch_one(pool)
+        .await
+        .ok()?;
+        (events == entries).then_some(entries)
+    })
+    .await
 }
