@@ -337,6 +337,7 @@ pub async fn read_model_rows(pool: &PgPool) -> Vec<Value> {
 
 /// Rebuilds every projection from the event store and asserts nothing changed.
 pub async fn assert_read_models_equal_rebuild(pool: &PgPool) {
+    let trail = assert_audit_trail_complete(pool).await;
     let live = read_model_rows(pool).await;
     for projection in chronicle_projections::all_projections() {
         chronicle_projections::replay::rebuild(pool, projection.as_ref(), &|_, _| {})
@@ -345,6 +346,7 @@ pub async fn assert_read_models_equal_rebuild(pool: &PgPool) {
     }
     let rebuilt = read_model_rows(pool).await;
     assert_eq!(live, rebuilt, "live read models differ from a rebuild");
+    assert_audit_rebuild_identical(pool, &trail).await;
 }
 
 /// Polls `check` every 20 ms until it returns `Some`, failing after `within`.
@@ -409,4 +411,67 @@ pub async fn wait_for_audit(pool: &PgPool) -> i64 {
         (events == entries).then_some(entries)
     })
     .await
+}
+
+/// The entries of the newest audit generation as text (without the
+/// generation number), by seq.
+pub async fn audit_trail_rows(pool: &PgPool) -> Vec<String> {
+    sqlx::query_scalar(
+        "select (to_jsonb(e) - 'generation')::text from audit.entries e \
+         where generation = (select max(generation) from audit.generations) order by seq",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("audit entries")
+}
+
+/// Waits for the audit trail, then asserts it has exactly one entry per
+/// stored event, in commit order, and that its chain verifies against the
+/// event store. Returns its rows, for [`assert_audit_rebuild_identical`].
+pub async fn assert_audit_trail_complete(pool: &PgPool) -> Vec<String> {
+    wait_for_audit(pool).await;
+    let events: Vec<(String, String, i64)> = sqlx::query_as(
+        "select aggregate_type, aggregate_id, sequence from events \
+         order by transaction_id, global_position",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("events");
+    let entries: Vec<(i64, String, String, i64)> = sqlx::query_as(
+        "select seq, aggregate_type, aggregate_id, aggregate_sequence from audit.entries \
+         where generation = (select max(generation) from audit.generations) order by seq",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("audit entries");
+    assert_eq!(entries.len(), events.len(), "one audit entry per event");
+    for (index, ((seq, kind, id, sequence), event)) in entries.iter().zip(&events).enumerate() {
+        assert_eq!(*seq, index as i64 + 1, "audit seq without gaps");
+        assert_eq!(
+            &(kind.clone(), id.clone(), *sequence),
+            event,
+            "audit entry {seq} in commit order"
+        );
+    }
+    let report = chronicle_projections::audit::verify::verify_chain(pool, Default::default())
+        .await
+        .expect("verify the audit chain");
+    assert!(
+        report.failure.is_none(),
+        "the audit chain verifies: {:?}",
+        report.failure
+    );
+    audit_trail_rows(pool).await
+}
+
+/// After a rebuild: the new generation of the audit trail starts with
+/// exactly the entries the live one had, byte for byte.
+pub async fn assert_audit_rebuild_identical(pool: &PgPool, live: &[String]) {
+    let rebuilt = audit_trail_rows(pool).await;
+    assert!(rebuilt.len() >= live.len(), "the rebuilt trail is complete");
+    assert_eq!(
+        &rebuilt[..live.len()],
+        live,
+        "the rebuilt audit trail differs from the live one"
+    );
 }
