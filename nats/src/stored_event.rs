@@ -5,9 +5,9 @@
 //! order: a transaction that inserted position 10 may commit after the one
 //! that inserted 11. Every row also records the inserting transaction's id
 //! (`xid8`). Reading only rows whose transaction id is below
-//! `pg_snapshot_xmin(pg_current_snapshot())` (the oldest transaction still in
-//! flight) means every row we can see is final: nothing can later appear behind
-//! the cursor `(transaction_id, global_position)`.
+//! `events_commit_horizon()` (the oldest transaction still in flight in this
+//! database, see migration 0005) means every row we can see is final: nothing
+//! can later appear behind the cursor `(transaction_id, global_position)`.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -91,7 +91,7 @@ pub async fn read_committed_after(
     let sql = format!(
         "select {EVENT_COLUMNS} from events \
          where (transaction_id, global_position) > ($1::text::xid8, $2) \
-           and transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
+           and transaction_id < (select events_commit_horizon()) \
            and (cardinality($4::text[]) = 0 or aggregate_type = any($4)) \
          order by transaction_id, global_position \
          limit $3"
@@ -116,7 +116,7 @@ pub async fn has_in_flight_after(
     let pending: bool = sqlx::query_scalar(
         "select exists(select 1 from events \
          where (transaction_id, global_position) > ($1::text::xid8, $2) \
-           and transaction_id >= pg_snapshot_xmin(pg_current_snapshot()))",
+           and transaction_id >= (select events_commit_horizon()))",
     )
     .bind(after.transaction_id.to_string())
     .bind(after.global_position)

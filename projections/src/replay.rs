@@ -3,16 +3,18 @@
 //! The rebuild runs in one transaction that holds the projection's lock, so
 //! readers see the old read model until the new one is complete and the live
 //! consumer waits meanwhile. It reads the store in commit order below the
-//! oldest in-flight transaction, which is never above its own: every event it
-//! does not see is committed later and reaches the live consumer through the
-//! stream, where the version guard applies it exactly once. No gap, no double.
+//! commit horizon (the oldest other transaction still in flight): every event
+//! it does not see is committed later and reaches the live consumer through
+//! the stream, where the version guard applies it exactly once. No gap, no
+//! double.
 
 use chronicle_nats::stored_event::read_committed_after;
 use chronicle_nats::{EventCursor, EventEnvelope};
 use sqlx::PgPool;
 
 use crate::projection::lock_key;
-use crate::{apply_guarded, Projection, ProjectionError, PROJECTED_CHANNEL};
+use crate::projection::VersionGuard;
+use crate::{Projection, ProjectionError, PROJECTED_CHANNEL};
 
 const REPLAY_BATCH: i64 = 2_000;
 
@@ -46,6 +48,10 @@ pub async fn rebuild(
         .execute(&mut *tx)
         .await?;
 
+    // The read model and its versions were just emptied, so the guard starts
+    // from nothing and lives in memory: one round trip per event (the
+    // projection's own write) plus one per batch for the versions.
+    let mut guard = VersionGuard::empty(name);
     let mut cursor = EventCursor::default();
     let mut done = 0u64;
     loop {
@@ -55,8 +61,11 @@ pub async fn rebuild(
         let Some(last) = batch.last() else { break };
         cursor = last.cursor;
         for event in &batch {
-            apply_guarded(projection, &mut tx, &EventEnvelope::from(event)).await?;
+            guard
+                .apply(projection, &mut tx, &EventEnvelope::from(event))
+                .await?;
         }
+        guard.store(&mut tx).await?;
         done += batch.len() as u64;
         progress(done, (total as u64).max(done));
     }

@@ -19,7 +19,7 @@ use crate::audit::Filters;
 /// final, so paging with `after_position` cannot step over one that commits
 /// late with a lower position (see `nats/src/stored_event.rs`).
 const FINAL_EVENTS: &str =
-    " from events e where e.transaction_id < pg_snapshot_xmin(pg_current_snapshot())";
+    " from events e where e.transaction_id < (select events_commit_horizon())";
 
 fn events_query(select: &str, filters: &Filters) -> QueryBuilder<'static, Postgres> {
     let mut query = QueryBuilder::new(format!("select {select}{FINAL_EVENTS}"));
