@@ -13,8 +13,8 @@ use futures::StreamExt;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::projection::lock_key;
-use crate::{apply_guarded, Projection, ProjectionError, PROJECTED_CHANNEL};
+use crate::projection::{lock_key, VersionGuard};
+use crate::{Projection, ProjectionError, PROJECTED_CHANNEL};
 
 /// What a running projection reports to `/ready` and `/metrics`.
 #[derive(Debug, Default)]
@@ -190,12 +190,8 @@ impl ProjectionRunner {
     async fn apply_batch(&self, batch: &[Message]) -> Result<(), ProjectionError> {
         let started = Instant::now();
         let name = self.projection.name();
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("select pg_advisory_xact_lock($1)")
-            .bind(lock_key(name))
-            .execute(&mut *tx)
-            .await?;
-        let mut last: Option<(u64, EventEnvelope)> = None;
+        // Decode before taking the lock: a poison message needs no transaction.
+        let mut decoded = Vec::with_capacity(batch.len());
         for message in batch {
             let stream_sequence = message
                 .info()
@@ -203,37 +199,57 @@ impl ProjectionRunner {
                 .map_err(|err| ProjectionError::poison("?", err))?;
             let envelope: EventEnvelope = serde_json::from_slice(&message.payload)
                 .map_err(|err| ProjectionError::poison(format!("stream#{stream_sequence}"), err))?;
-            let types = self.projection.aggregate_types();
-            if types.is_empty() || types.contains(&envelope.aggregate_type.as_str()) {
-                apply_guarded(self.projection.as_ref(), &mut tx, &envelope).await?;
-            }
-            last = Some((stream_sequence, envelope));
+            decoded.push((stream_sequence, envelope));
         }
-        let Some((stream_sequence, envelope)) = last else {
+        let Some((stream_sequence, last_recorded_at)) = decoded
+            .last()
+            .map(|(sequence, envelope)| (*sequence, envelope.recorded_at))
+        else {
             return Ok(());
         };
+        let types = self.projection.aggregate_types();
+        let wanted: Vec<&EventEnvelope> = decoded
+            .iter()
+            .map(|(_, envelope)| envelope)
+            .filter(|e| types.is_empty() || types.contains(&e.aggregate_type.as_str()))
+            .collect();
+
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("select pg_advisory_xact_lock($1)")
+            .bind(lock_key(name))
+            .execute(&mut *tx)
+            .await?;
+        // The version guard for the whole batch: one read and one write of
+        // `read.aggregate_versions` instead of two per event.
+        let mut guard = VersionGuard::load(&mut tx, name, wanted.iter().copied()).await?;
+        for envelope in &wanted {
+            guard
+                .apply(self.projection.as_ref(), &mut tx, envelope)
+                .await?;
+        }
+        guard.store(&mut tx).await?;
+        // Checkpoint and wake-up of waiting queries in one round trip.
         sqlx::query(
-            "insert into read.projection_checkpoints (projection, stream_sequence, last_recorded_at, updated_at) \
-             values ($1, $2, $3, now()) \
-             on conflict (projection) do update set stream_sequence = excluded.stream_sequence, \
-               last_recorded_at = excluded.last_recorded_at, updated_at = excluded.updated_at",
+            "with checkpoint as ( \
+               insert into read.projection_checkpoints (projection, stream_sequence, last_recorded_at, updated_at) \
+               values ($1, $2, $3, now()) \
+               on conflict (projection) do update set stream_sequence = excluded.stream_sequence, \
+                 last_recorded_at = excluded.last_recorded_at, updated_at = excluded.updated_at \
+               returning 1) \
+             select pg_notify($4, $1) from checkpoint",
         )
         .bind(name)
         .bind(stream_sequence as i64)
-        .bind(envelope.recorded_at)
+        .bind(last_recorded_at)
+        .bind(PROJECTED_CHANNEL)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("select pg_notify($1, $2)")
-            .bind(PROJECTED_CHANNEL)
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await?;
 
         self.status
             .stream_sequence
             .store(stream_sequence, Ordering::Relaxed);
-        let lag = chrono::Utc::now() - envelope.recorded_at;
+        let lag = chrono::Utc::now() - last_recorded_at;
         metrics::counter!("chronicle_projection_events_total", "projection" => name)
             .increment(batch.len() as u64);
         metrics::histogram!("chronicle_projection_batch_seconds", "projection" => name)
