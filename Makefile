@@ -51,8 +51,13 @@ test: services
 		cargo test --workspace; \
 	fi
 
-bench:
-	@echo "make bench: the benchmark suite is not written yet (issue 5)" >&2; exit 1
+# Release build, then chronicle-bench: own database and stream, the server as a
+# child on a free 127.0.0.1 port, report in target/bench/. QUICK=1: ~2 minutes.
+bench: services
+	@$(CARGO_ON_PATH); \
+	$(SERVICES_ENV); \
+	cargo build --release --bin chronicle --bin chronicle-bench; \
+	QUICK="$(QUICK)" ./target/release/chronicle-bench --out target/bench $(BENCH_ARGS)
 
 lint:
 	@$(CARGO_ON_PATH); \

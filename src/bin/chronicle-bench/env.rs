@@ -30,8 +30,9 @@ pub struct World {
 
 impl World {
     pub fn new(chronicle: PathBuf, out_dir: PathBuf, run_id: &str) -> anyhow::Result<Self> {
-        let admin_url = std::env::var("DATABASE_URL")
-            .context("DATABASE_URL must name the admin database (eval \"$(deploy/dev-services.sh env)\")")?;
+        let admin_url = std::env::var("DATABASE_URL").context(
+            "DATABASE_URL must name the admin database (eval \"$(deploy/dev-services.sh env)\")",
+        )?;
         let nats_url =
             std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:54222".into());
         let database = format!("chronicle_bench_{run_id}");
@@ -53,7 +54,10 @@ pub fn database_url_for(admin_url: &str, database: &str) -> anyhow::Result<Strin
     let (base, rest) = admin_url
         .rsplit_once('/')
         .context("DATABASE_URL has no database name")?;
-    let query = rest.split_once('?').map(|(_, q)| format!("?{q}")).unwrap_or_default();
+    let query = rest
+        .split_once('?')
+        .map(|(_, q)| format!("?{q}"))
+        .unwrap_or_default();
     Ok(format!("{base}/{database}{query}"))
 }
 
@@ -262,7 +266,6 @@ fn status_kib(status: &str, key: &str) -> Option<u64> {
 /// A registered user and the `Authorization` value of its access token.
 #[derive(Clone)]
 pub struct User {
-    pub id: String,
     pub auth: Arc<str>,
 }
 
@@ -289,7 +292,6 @@ pub async fn register(addr: SocketAddr, n: usize, run_id: &str) -> anyhow::Resul
         .as_str()
         .context("no access_token in the register answer")?;
     Ok(User {
-        id: body["user"]["id"].as_str().unwrap_or_default().to_string(),
         auth: Arc::from(format!("Bearer {token}")),
     })
 }

@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
-use hyper::{HeaderMap, Method, Request, StatusCode};
+use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
@@ -26,7 +26,6 @@ pub struct Conn {
 /// A response, fully read.
 pub struct Reply {
     pub status: StatusCode,
-    pub headers: HeaderMap,
     pub body: Bytes,
 }
 
@@ -73,7 +72,8 @@ impl Conn {
         }
         let body = match &req.body {
             Some(body) => {
-                builder = builder.header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                builder =
+                    builder.header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 Full::new(body.clone())
             }
             None => Full::new(Bytes::new()),
@@ -85,7 +85,6 @@ impl Conn {
         let body = body.collect().await?.to_bytes();
         Ok(Reply {
             status: parts.status,
-            headers: parts.headers,
             body,
         })
     }

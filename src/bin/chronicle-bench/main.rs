@@ -1,0 +1,672 @@
+//! `chronicle-bench`: the load generator behind `make bench`.
+//!
+//! It creates its own database and JetStream stream, starts the release
+//! `chronicle serve --all` on a free 127.0.0.1 port (API, relay, projections,
+//! as `make run` does), measures Postgres's own ceiling with pgbench, drives
+//! the scenarios through the HTTP API, checks after each one that no event was
+//! lost and no read model diverged from the event store, and writes
+//! `report.json`, `report.md` and `latency.svg`. Every figure that matters is
+//! a ratio or a target measured in the same run; see `docs/performance.md`.
+#![forbid(unsafe_code)]
+
+mod checks;
+mod env;
+mod load;
+mod report;
+mod scenarios;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+
+use checks::Integrity;
+use env::{Server, World};
+use report::Row;
+use scenarios::{Bench, CreatePlan, Sizes};
+
+/// Chronicle's benchmark: scenarios, targets and ratios against pgbench.
+#[derive(Debug, Parser)]
+#[command(name = "chronicle-bench")]
+struct Args {
+    /// Short runs and a 100k-event rebuild (about 2 minutes).
+    #[arg(long, env = "QUICK", value_parser = clap::builder::FalseyValueParser::new())]
+    quick: bool,
+    /// Where the report goes.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+    /// The chronicle binary (default: next to this one).
+    #[arg(long)]
+    chronicle: Option<PathBuf>,
+    /// Keep the benchmark databases and stream afterwards.
+    #[arg(long)]
+    keep: bool,
+    /// Run only these scenarios (comma list of ceiling, create, history, hot,
+    /// lag, read, rebuild); memory and integrity are always reported.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+}
+
+const TARGET_CREATE_RATIO: f64 = 0.3;
+const TARGET_CREATE_P99_MS: f64 = 10.0;
+const TARGET_HISTORY_RATIO: f64 = 1.3;
+const TARGET_HOT_ERRORS: f64 = 0.01;
+const TARGET_LAG_P99_MS: f64 = 50.0;
+const TARGET_REBUILD_EPS: f64 = 100_000.0;
+const TARGET_GET_RPS: f64 = 15_000.0;
+const TARGET_RSS_MB: f64 = 100.0;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    match run(args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("chronicle-bench: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn wanted(args: &Args, scenario: &str) -> bool {
+    args.only.is_empty() || args.only.iter().any(|s| s == scenario)
+}
+
+fn say(text: impl AsRef<str>) {
+    eprintln!("bench: {}", text.as_ref());
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let sizes = if args.quick {
+        Sizes::quick()
+    } else {
+        Sizes::full()
+    };
+    let chronicle = match &args.chronicle {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("no directory for the bench binary")?
+            .join("chronicle"),
+    };
+    std::fs::create_dir_all(&args.out)?;
+    let run_id = chrono::Utc::now().format("%Y%m%d_%H%M%S").to_string();
+    let world = World::new(chronicle, args.out.clone(), &run_id)?;
+    let mut machine = machine_info(&world, &args).await;
+
+    say(format!(
+        "run {run_id} ({} mode): database {}, stream {}",
+        if args.quick { "quick" } else { "full" },
+        world.database,
+        world.stream
+    ));
+    env::create_database(&world, &world.database).await?;
+    let pool = env::pool(&world.database_url).await?;
+    let nats = async_nats::connect(&world.nats_url)
+        .await
+        .context("connecting to NATS")?;
+    let jetstream = async_nats::jetstream::new(nats);
+    let server = Server::start(&world).await?;
+    say(format!("server pid {} on {}", server.pid, server.addr));
+
+    let result =
+        scenarios_with_server(&args, &world, &server, pool.clone(), &jetstream, sizes).await;
+    let rss_peak_mb = server.rss.peak_mib() * 1.048_576;
+    let rss_end_mb = server.rss.current_mib() * 1.048_576;
+    server.stop().await.ok();
+    let (mut rows, mut details, series) = result?;
+
+    if wanted(&args, "rebuild") {
+        say(format!("rebuild: {} events", sizes.rebuild_events));
+        match scenarios::rebuild(
+            &world,
+            sizes.rebuild_events,
+            sizes.rebuild_timeout,
+            args.keep,
+        )
+        .await
+        {
+            Ok(run) => {
+                let eps = run.events as f64 / run.replay_seconds.max(1e-9);
+                rows.push(Row::target(
+                    "rebuild",
+                    &format!("`replay --projection all` over {} events", run.events),
+                    format!("{eps:.0} events/s ({:.1} s)", run.replay_seconds),
+                    "≥ 100000 events/s",
+                    eps >= TARGET_REBUILD_EPS,
+                ));
+                for (name, count, seconds) in &run.projections {
+                    rows.push(Row::info(
+                        "rebuild",
+                        &format!("projection `{name}`"),
+                        format!(
+                            "{count} events in {seconds:.2} s ({:.0} events/s)",
+                            *count as f64 / seconds.max(1e-9)
+                        ),
+                    ));
+                }
+                rows.push(integrity_row("rebuild", &run.integrity));
+                details.insert(
+                    "rebuild".into(),
+                    json!({
+                        "events": run.events,
+                        "insert_seconds": run.insert_seconds,
+                        "replay_seconds": run.replay_seconds,
+                        "events_per_second": eps,
+                        "projections": run.projections.iter().map(|(n, c, s)| json!({"projection": n, "events": c, "seconds": s})).collect::<Vec<_>>(),
+                        "integrity": run.integrity.to_json(),
+                    }),
+                );
+            }
+            Err(err) => rows.push(Row::target(
+                "rebuild",
+                "events/s",
+                format!("error: {err:#}"),
+                "≥ 100000 events/s",
+                false,
+            )),
+        }
+    }
+
+    rows.push(Row::target(
+        "memory",
+        "peak RSS of the server",
+        format!("{rss_peak_mb:.1} MB (at the end {rss_end_mb:.1} MB)"),
+        "≤ 100 MB",
+        rss_peak_mb <= TARGET_RSS_MB,
+    ));
+    details.insert(
+        "memory".into(),
+        json!({"peak_rss_mb": rss_peak_mb, "end_rss_mb": rss_end_mb}),
+    );
+
+    // Clean up what the run created.
+    if !args.keep {
+        jetstream.delete_stream(&world.stream).await.ok();
+        pool.close().await;
+        env::drop_database(&world, &world.database).await.ok();
+    }
+
+    machine["load_after"] = json!(env::read_trimmed("/proc/loadavg"));
+    machine["seconds"] = json!(started.elapsed().as_secs_f64());
+    let title = format!("Chronicle benchmark {run_id}");
+    let rows = rows.0;
+    let markdown = report::markdown(&rows, &machine, &title);
+    let json = json!({
+        "run": run_id,
+        "machine": machine,
+        "rows": rows.iter().map(Row::to_json).collect::<Vec<_>>(),
+        "scenarios": details,
+    });
+    report::write(
+        &args.out,
+        "report.json",
+        &serde_json::to_string_pretty(&json)?,
+    )?;
+    report::write(&args.out, "report.md", &markdown)?;
+    report::write(&args.out, "latency.svg", &report::latency_svg(&series))?;
+    println!("{markdown}");
+    say(format!(
+        "wrote {0}/report.json, {0}/report.md, {0}/latency.svg in {1:.0} s",
+        args.out.display(),
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
+/// The table so far; every row is also printed as soon as it is known.
+struct Rows(Vec<Row>);
+
+impl Rows {
+    fn push(&mut self, row: Row) {
+        say(format!(
+            "  {} | {} | {} | {} {}",
+            row.scenario,
+            row.figure,
+            row.value,
+            row.target,
+            match row.pass {
+                Some(true) => "PASS",
+                Some(false) => "MISS",
+                None => "",
+            }
+        ));
+        self.0.push(row);
+    }
+}
+
+type Outcome = (
+    Rows,
+    serde_json::Map<String, Value>,
+    Vec<(String, Histogram<u64>)>,
+);
+
+async fn scenarios_with_server(
+    args: &Args,
+    world: &World,
+    server: &Server,
+    pool: sqlx::PgPool,
+    jetstream: &async_nats::jetstream::Context,
+    sizes: Sizes,
+) -> anyhow::Result<Outcome> {
+    let mut users = Vec::new();
+    for n in 0..8 {
+        users.push(env::register(server.addr, n, &world.database).await?);
+    }
+    let bench = Bench {
+        addr: server.addr,
+        users,
+        sizes,
+        pool: pool.clone(),
+    };
+    let mut rows = Rows(Vec::new());
+    let mut details = serde_json::Map::new();
+    let mut series = Vec::new();
+    let settle = Duration::from_secs(60);
+    let check = |scenario: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let found = checks::check(&pool, Some(jetstream), &world.stream, settle).await;
+            match found {
+                Ok(found) => found,
+                Err(err) => Integrity {
+                    divergent: -1,
+                    detail: vec![format!("{scenario}: check failed: {err:#}")],
+                    ..Integrity::default()
+                },
+            }
+        }
+    };
+
+    // ceiling
+    let mut ceiling = Vec::new();
+    if wanted(args, "ceiling") || wanted(args, "create") {
+        say("ceiling: pgbench at c1, c16, c64");
+        match scenarios::ceiling(&bench, world).await {
+            Ok(found) => ceiling = found,
+            Err(err) => rows.push(Row::info("ceiling", "pgbench", format!("error: {err:#}"))),
+        }
+        for run in &ceiling {
+            rows.push(Row::info(
+                "ceiling",
+                &format!("pgbench insert c{}", run.clients),
+                format!("{:.0} tps (mean {:.2} ms)", run.tps, run.latency_ms),
+            ));
+        }
+        details.insert(
+            "ceiling".into(),
+            json!(ceiling
+                .iter()
+                .map(|r| json!({"clients": r.clients, "tps": r.tps, "latency_ms": r.latency_ms}))
+                .collect::<Vec<_>>()),
+        );
+    }
+
+    // create
+    let create_plan = Arc::new(CreatePlan::new(&bench.users));
+    let mut peak = 0.0f64;
+    if wanted(args, "create") {
+        say("create: POST /v1/tasks at c1, c16, c64");
+        let runs = scenarios::create(&bench, &create_plan).await;
+        let integrity = check("create").await;
+        let mut out = Vec::new();
+        for run in &runs {
+            let s = &run.stats;
+            peak = peak.max(s.throughput());
+            let tps = ceiling
+                .iter()
+                .find(|c| c.clients == run.clients)
+                .map(|c| c.tps);
+            let ratio = tps.map(|tps| s.throughput() / tps.max(1e-9));
+            let figure = format!("c{} throughput", run.clients);
+            let value = format!(
+                "{:.0} req/s{}",
+                s.throughput(),
+                ratio
+                    .map(|r| format!(" = {r:.2} × ceiling"))
+                    .unwrap_or_default()
+            );
+            if run.clients == 64 {
+                rows.push(Row::target(
+                    "create",
+                    &figure,
+                    value,
+                    "≥ 0.3 × ceiling c64",
+                    ratio.is_some_and(|r| r >= TARGET_CREATE_RATIO),
+                ));
+            } else {
+                rows.push(Row::info("create", &figure, value));
+            }
+            let latency = format!(
+                "p50 {:.2} / p99 {:.2} / p99.9 {:.2} ms, {} errors",
+                s.ms(0.5),
+                s.ms(0.99),
+                s.ms(0.999),
+                s.error_count()
+            );
+            if run.clients == 16 {
+                rows.push(Row::target(
+                    "create",
+                    &format!("c{} latency", run.clients),
+                    latency,
+                    "p99 ≤ 10 ms",
+                    s.ms(0.99) <= TARGET_CREATE_P99_MS && s.ok > 0,
+                ));
+            } else {
+                rows.push(Row::info(
+                    "create",
+                    &format!("c{} latency", run.clients),
+                    latency,
+                ));
+            }
+            series.push((format!("create c{}", run.clients), s.latency_us.clone()));
+            let mut j = s.to_json();
+            j["clients"] = json!(run.clients);
+            j["ceiling_tps"] = json!(tps);
+            j["ratio_to_ceiling"] = json!(ratio);
+            out.push(j);
+        }
+        rows.push(integrity_row("create", &integrity));
+        details.insert(
+            "create".into(),
+            json!({"runs": out, "integrity": integrity.to_json()}),
+        );
+    }
+
+    // history
+    if wanted(args, "history") {
+        say("history: PATCH on tasks with 10 and 1,000 events");
+        match scenarios::history(&bench).await {
+            Ok(run) => {
+                let integrity = check("history").await;
+                let ratio = run.large.ms(0.5) / run.small.ms(0.5).max(1e-9);
+                rows.push(Row::target(
+                    "history",
+                    "PATCH p50, 1,000 ÷ 10 events",
+                    format!(
+                        "{ratio:.2} ({:.2} ms ÷ {:.2} ms)",
+                        run.large.ms(0.5),
+                        run.small.ms(0.5)
+                    ),
+                    "≤ 1.3",
+                    ratio <= TARGET_HISTORY_RATIO && run.small.ok > 0 && run.large.ok > 0,
+                ));
+                rows.push(integrity_row("history", &integrity));
+                series.push((
+                    format!("PATCH, {} events", run.small_events),
+                    run.small.latency_us.clone(),
+                ));
+                series.push((
+                    format!("PATCH, {} events", run.large_events),
+                    run.large.latency_us.clone(),
+                ));
+                details.insert(
+                    "history".into(),
+                    json!({"small": run.small.to_json(), "large": run.large.to_json(), "p50_ratio": ratio, "integrity": integrity.to_json()}),
+                );
+            }
+            Err(err) => rows.push(Row::target(
+                "history",
+                "p50 ratio",
+                format!("error: {err:#}"),
+                "≤ 1.3",
+                false,
+            )),
+        }
+    }
+
+    // hot keys
+    if wanted(args, "hot") {
+        say("hot keys: c64 PATCH on 8 tasks");
+        match scenarios::hot_keys(&bench).await {
+            Ok(s) => {
+                let integrity = check("hot").await;
+                rows.push(Row::target(
+                    "hot keys",
+                    "c64 PATCH on 8 tasks: errors",
+                    format!(
+                        "{:.2} % ({} of {}), {:.0} req/s, p99 {:.1} ms",
+                        s.error_rate() * 100.0,
+                        s.error_count(),
+                        s.total(),
+                        s.throughput(),
+                        s.ms(0.99)
+                    ),
+                    "≤ 1 %",
+                    s.error_rate() <= TARGET_HOT_ERRORS && s.ok > 0,
+                ));
+                rows.push(integrity_row("hot keys", &integrity));
+                series.push(("PATCH hot keys c64".into(), s.latency_us.clone()));
+                details.insert(
+                    "hot".into(),
+                    json!({"stats": s.to_json(), "integrity": integrity.to_json()}),
+                );
+            }
+            Err(err) => rows.push(Row::target(
+                "hot keys",
+                "errors",
+                format!("error: {err:#}"),
+                "≤ 1 %",
+                false,
+            )),
+        }
+    }
+
+    // lag
+    if wanted(args, "lag") {
+        let rate = if peak > 0.0 { peak / 2.0 } else { 200.0 };
+        say(format!("lag: creates at {rate:.0}/s"));
+        match scenarios::lag(&bench, world, rate).await {
+            Ok(run) => {
+                let integrity = check("lag").await;
+                let mut lag_details = Vec::new();
+                for lag in &run.lags {
+                    let p99 = lag.lag_us.value_at_quantile(0.99) as f64 / 1000.0;
+                    let p50 = lag.lag_us.value_at_quantile(0.5) as f64 / 1000.0;
+                    let name = if lag.projection == "audit" {
+                        "audit trail"
+                    } else {
+                        "read model (tasks)"
+                    };
+                    rows.push(Row::target(
+                        "lag",
+                        &format!("2xx → applied, {name}"),
+                        format!(
+                            "p50 {p50:.1} / p99 {p99:.1} ms ({} events{})",
+                            lag.lag_us.len(),
+                            if lag.missing > 0 {
+                                format!(", {} never applied", lag.missing)
+                            } else {
+                                String::new()
+                            }
+                        ),
+                        "p99 ≤ 50 ms",
+                        p99 <= TARGET_LAG_P99_MS && lag.missing == 0 && !lag.lag_us.is_empty(),
+                    ));
+                    lag_details.push(scenarios::lag_json(lag));
+                }
+                if let Some(note) = &run.audit_note {
+                    rows.push(Row::info(
+                        "lag",
+                        "2xx → applied, audit trail",
+                        format!("n/a ({note})"),
+                    ));
+                }
+                rows.push(Row::info(
+                    "lag",
+                    "offered load",
+                    format!(
+                        "{:.0} creates/s (half of peak {peak:.0}), achieved {:.0}/s, {} errors",
+                        run.rate,
+                        run.commands.throughput(),
+                        run.commands.error_count()
+                    ),
+                ));
+                rows.push(integrity_row("lag", &integrity));
+                details.insert(
+                    "lag".into(),
+                    json!({"rate": run.rate, "commands": run.commands.to_json(), "lags": lag_details, "audit_note": run.audit_note, "integrity": integrity.to_json()}),
+                );
+            }
+            Err(err) => rows.push(Row::target(
+                "lag",
+                "p99",
+                format!("error: {err:#}"),
+                "p99 ≤ 50 ms",
+                false,
+            )),
+        }
+    }
+
+    // read
+    if wanted(args, "read") {
+        say("read: GET /v1/tasks/{id} and a list page at c16");
+        let mut ids = create_plan
+            .ids
+            .lock()
+            .map(|ids| ids[0].clone())
+            .unwrap_or_default();
+        if ids.len() < 100 {
+            let setup = Arc::new(CreatePlan::new(&bench.users[..1]));
+            load::closed_loop(
+                server.addr,
+                8,
+                load::Limits::count(50, Duration::from_secs(60)),
+                1,
+                setup.clone(),
+            )
+            .await;
+            ids.extend(
+                setup
+                    .ids
+                    .lock()
+                    .map(|ids| ids[0].clone())
+                    .unwrap_or_default(),
+            );
+        }
+        match scenarios::read(&bench, ids).await {
+            Ok(run) => {
+                let integrity = check("read").await;
+                rows.push(Row::target(
+                    "read",
+                    "GET /v1/tasks/{id} c16",
+                    format!(
+                        "{:.0} req/s, p50 {:.2} / p99 {:.2} ms, {} errors",
+                        run.get.throughput(),
+                        run.get.ms(0.5),
+                        run.get.ms(0.99),
+                        run.get.error_count()
+                    ),
+                    "≥ 15000 req/s",
+                    run.get.throughput() >= TARGET_GET_RPS,
+                ));
+                rows.push(Row::info(
+                    "read",
+                    &format!(
+                        "GET /v1/tasks?limit=20 c16 (user with {} tasks)",
+                        run.tasks_of_user
+                    ),
+                    format!(
+                        "{:.0} req/s, p50 {:.2} / p99 {:.2} ms, {} errors",
+                        run.list.throughput(),
+                        run.list.ms(0.5),
+                        run.list.ms(0.99),
+                        run.list.error_count()
+                    ),
+                ));
+                rows.push(integrity_row("read", &integrity));
+                series.push(("GET task c16".into(), run.get.latency_us.clone()));
+                series.push(("GET list c16".into(), run.list.latency_us.clone()));
+                details.insert(
+                    "read".into(),
+                    json!({"get": run.get.to_json(), "list": run.list.to_json(), "tasks_of_user": run.tasks_of_user, "integrity": integrity.to_json()}),
+                );
+            }
+            Err(err) => rows.push(Row::target(
+                "read",
+                "GET c16",
+                format!("error: {err:#}"),
+                "≥ 15000 req/s",
+                false,
+            )),
+        }
+    }
+    Ok((rows, details, series))
+}
+
+fn integrity_row(scenario: &str, integrity: &Integrity) -> Row {
+    let value = match integrity.stream_messages {
+        Some(messages) => format!(
+            "{} lost, {} divergent ({} events, {} on the stream, settled in {} ms)",
+            integrity.lost, integrity.divergent, integrity.events, messages, integrity.settle_ms
+        ),
+        None => format!(
+            "{} divergent ({} events)",
+            integrity.divergent, integrity.events
+        ),
+    };
+    let value = if integrity.detail.is_empty() {
+        value
+    } else {
+        format!("{value}: {}", integrity.detail.join("; "))
+    };
+    Row::target(
+        scenario,
+        "lost events / read-model divergence",
+        value,
+        "0 / 0",
+        integrity.ok(),
+    )
+}
+
+async fn machine_info(world: &World, args: &Args) -> Value {
+    let cpuinfo = env::read_trimmed("/proc/cpuinfo");
+    let cpu_model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let meminfo = env::read_trimmed("/proc/meminfo");
+    let mem_kib: f64 = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    let setting = |name: &'static str| {
+        let url = world.admin_url.clone();
+        async move {
+            match sqlx::PgPool::connect(&url).await {
+                Ok(pool) => {
+                    let value: String = sqlx::query_scalar(&format!("show {name}"))
+                        .fetch_one(&pool)
+                        .await
+                        .unwrap_or_default();
+                    pool.close().await;
+                    value
+                }
+                Err(_) => String::new(),
+            }
+        }
+    };
+    json!({
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu_model": cpu_model,
+        "memory_gib": (mem_kib / 1024.0 / 1024.0 * 10.0).round() / 10.0,
+        "kernel": env::read_trimmed("/proc/sys/kernel/osrelease"),
+        "load_before": env::read_trimmed("/proc/loadavg"),
+        "postgres": setting("server_version").await,
+        "fsync": setting("fsync").await,
+        "synchronous_commit": setting("synchronous_commit").await,
+        "commit": env::command_line("git", &["rev-parse", "--short", "HEAD"]).await,
+        "dirty": !env::command_line("git", &["status", "--porcelain", "--untracked-files=no"]).await.is_empty(),
+        "mode": if args.quick { "quick" } else { "full" },
+        "nats": env::command_line("nats-server", &["--version"]).await,
+    })
+}
