@@ -432,7 +432,7 @@ async fn every_role_restricted_route_refuses_users_and_anonymous_and_admits_its_
         holders.insert(role, app.grant_role(&user, role).await);
     }
     let target = plain.id;
-    let routes: Vec<(Method, String, Option<Value>, Vec<&str>)> = vec![
+    let mut routes: Vec<(Method, String, Option<Value>, Vec<&str>)> = vec![
         (Method::GET, "/v1/admin/users".into(), None, vec!["admin"]),
         (
             Method::POST,
@@ -459,6 +459,17 @@ async fn every_role_restricted_route_refuses_users_and_anonymous_and_admits_its_
             vec!["admin", "developer"],
         ),
     ];
+    let auditors = vec!["admin", "auditor"];
+    for path in [
+        "/v1/audit/events".to_string(),
+        "/v1/audit/log".to_string(),
+        "/v1/audit/verify".to_string(),
+        "/v1/audit/checkpoints".to_string(),
+        format!("/v1/audit/aggregates/User/{target}"),
+        "/v1/audit/export?format=ndjson".to_string(),
+    ] {
+        routes.push((Method::GET, path, None, auditors.clone()));
+    }
     for (method, path, body, allowed) in routes {
         let mut anonymous = app.client.request(method.clone(), app.url(&path));
         if let Some(body) = &body {
