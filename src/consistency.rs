@@ -128,12 +128,31 @@ impl Consistency {
         user_id: Option<Uuid>,
         token: Option<ConsistencyToken>,
     ) -> Result<(), NotCaughtUp> {
+        let remembered = token.is_none();
         let token = token.or_else(|| {
             let user_id = user_id?;
             let writes = self.last_writes.lock().ok()?;
             writes.get(&(user_id, projection)).cloned()
         });
         let Some(token) = token else { return Ok(()) };
+        self.wait_for(projection, &token).await?;
+        // Once the read model has the caller's last write it keeps it (versions
+        // never go back), so later token-less queries need not ask again.
+        if let (true, Some(user_id)) = (remembered, user_id) {
+            if let Ok(mut writes) = self.last_writes.lock() {
+                if writes.get(&(user_id, projection)) == Some(&token) {
+                    writes.remove(&(user_id, projection));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn wait_for(
+        &self,
+        projection: &'static str,
+        token: &ConsistencyToken,
+    ) -> Result<(), NotCaughtUp> {
         if projection_for(&token.aggregate_type) != Some(projection) {
             return Ok(());
         }
@@ -143,7 +162,7 @@ impl Consistency {
             tokio::pin!(notified);
             notified.as_mut().enable();
             if self
-                .reached(projection, &token)
+                .reached(projection, token)
                 .await
                 .map_err(|_| NotCaughtUp)?
             {

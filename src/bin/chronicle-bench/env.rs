@@ -139,7 +139,8 @@ impl Server {
     /// Starts the server and waits until `/ready` answers 200.
     pub async fn start(world: &World) -> anyhow::Result<Self> {
         let addr = free_addr()?;
-        let log = std::fs::File::create(world.out_dir.join("server.log"))?;
+        let log =
+            std::fs::File::create(world.out_dir.join(format!("{}.server.log", world.database)))?;
         let mut command = Command::new(&world.chronicle);
         command
             .args(["serve", "--all"])
@@ -177,7 +178,7 @@ impl Server {
                 return Ok(server);
             }
             if Instant::now() > deadline {
-                bail!("the server did not become ready in 60 s (see server.log)");
+                bail!("the server did not become ready in 60 s (see its server.log in the output directory)");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -45,6 +45,10 @@ struct Args {
     /// Keep the benchmark databases and stream afterwards.
     #[arg(long)]
     keep: bool,
+    /// Also run every scenario against this (older) chronicle binary first,
+    /// and add a before/after table: the effect of a change, measured in one run.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
     /// Run only these scenarios (comma list of ceiling, create, history, hot,
     /// lag, read, rebuild); memory and integrity are always reported.
     #[arg(long, value_delimiter = ',')]
@@ -99,32 +103,86 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let world = World::new(chronicle, args.out.clone(), &run_id)?;
     let mut machine = machine_info(&world, &args).await;
 
+    // The baseline first, then this build: both under the same conditions.
+    let baseline = match &args.baseline {
+        Some(path) => {
+            let base_world = World::new(path.clone(), args.out.clone(), &format!("{run_id}_base"))?;
+            say(format!("baseline {}", path.display()));
+            Some(suite(&args, &base_world, sizes).await?)
+        }
+        None => None,
+    };
+    let (rows, details, series) = suite(&args, &world, sizes).await?;
+    let rows = rows.0;
+
+    machine["load_after"] = json!(env::read_trimmed("/proc/loadavg"));
+    machine["seconds"] = json!(started.elapsed().as_secs_f64());
+    let title = format!("Chronicle benchmark {run_id}");
+    let mut markdown = report::markdown(&rows, &machine, &title);
+    let mut json = json!({
+        "run": run_id,
+        "machine": machine,
+        "rows": rows.iter().map(Row::to_json).collect::<Vec<_>>(),
+        "scenarios": details,
+    });
+    if let (Some((base_rows, base_details, _)), Some(path)) = (&baseline, &args.baseline) {
+        markdown.push_str(&report::comparison(
+            &base_rows.0,
+            &rows,
+            &path.display().to_string(),
+        ));
+        json["baseline"] = json!({
+            "chronicle": path.display().to_string(),
+            "rows": base_rows.0.iter().map(Row::to_json).collect::<Vec<_>>(),
+            "scenarios": base_details,
+        });
+    }
+    report::write(
+        &args.out,
+        "report.json",
+        &serde_json::to_string_pretty(&json)?,
+    )?;
+    report::write(&args.out, "report.md", &markdown)?;
+    report::write(&args.out, "latency.svg", &report::latency_svg(&series))?;
+    println!("{markdown}");
     say(format!(
-        "run {run_id} ({} mode): database {}, stream {}",
+        "wrote {0}/report.json, {0}/report.md, {0}/latency.svg in {1:.0} s",
+        args.out.display(),
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
+/// Every scenario against the `chronicle` binary of `world`, with its own
+/// database and stream, which are removed afterwards (unless `--keep`).
+async fn suite(args: &Args, world: &World, sizes: Sizes) -> anyhow::Result<Outcome> {
+    let run_id = &world.database;
+    say(format!(
+        "run {run_id} ({} mode, {}): database {}, stream {}",
         if args.quick { "quick" } else { "full" },
+        world.chronicle.display(),
         world.database,
         world.stream
     ));
-    env::create_database(&world, &world.database).await?;
+    env::create_database(world, &world.database).await?;
     let pool = env::pool(&world.database_url).await?;
     let nats = async_nats::connect(&world.nats_url)
         .await
         .context("connecting to NATS")?;
     let jetstream = async_nats::jetstream::new(nats);
-    let server = Server::start(&world).await?;
+    let server = Server::start(world).await?;
     say(format!("server pid {} on {}", server.pid, server.addr));
 
-    let result =
-        scenarios_with_server(&args, &world, &server, pool.clone(), &jetstream, sizes).await;
+    let result = scenarios_with_server(args, world, &server, pool.clone(), &jetstream, sizes).await;
     let rss_peak_mb = server.rss.peak_mib() * 1.048_576;
     let rss_end_mb = server.rss.current_mib() * 1.048_576;
     server.stop().await.ok();
     let (mut rows, mut details, series) = result?;
 
-    if wanted(&args, "rebuild") {
+    if wanted(args, "rebuild") {
         say(format!("rebuild: {} events", sizes.rebuild_events));
         match scenarios::rebuild(
-            &world,
+            world,
             sizes.rebuild_events,
             sizes.rebuild_timeout,
             args.keep,
@@ -189,34 +247,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if !args.keep {
         jetstream.delete_stream(&world.stream).await.ok();
         pool.close().await;
-        env::drop_database(&world, &world.database).await.ok();
+        env::drop_database(world, &world.database).await.ok();
     }
 
-    machine["load_after"] = json!(env::read_trimmed("/proc/loadavg"));
-    machine["seconds"] = json!(started.elapsed().as_secs_f64());
-    let title = format!("Chronicle benchmark {run_id}");
-    let rows = rows.0;
-    let markdown = report::markdown(&rows, &machine, &title);
-    let json = json!({
-        "run": run_id,
-        "machine": machine,
-        "rows": rows.iter().map(Row::to_json).collect::<Vec<_>>(),
-        "scenarios": details,
-    });
-    report::write(
-        &args.out,
-        "report.json",
-        &serde_json::to_string_pretty(&json)?,
-    )?;
-    report::write(&args.out, "report.md", &markdown)?;
-    report::write(&args.out, "latency.svg", &report::latency_svg(&series))?;
-    println!("{markdown}");
-    say(format!(
-        "wrote {0}/report.json, {0}/report.md, {0}/latency.svg in {1:.0} s",
-        args.out.display(),
-        started.elapsed().as_secs_f64()
-    ));
-    Ok(())
+    Ok((rows, details, series))
 }
 
 /// The table so far; every row is also printed as soon as it is known.

@@ -106,6 +106,37 @@ pub fn markdown(rows: &[Row], machine: &Value, title: &str) -> String {
     out
 }
 
+/// The same figures from a baseline binary and from this build, side by side.
+pub fn comparison(before: &[Row], after: &[Row], baseline: &str) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\n## Before / after in this run\n\nBefore: `{baseline}`, run first; after: this build. Same machine, minutes apart.\n"
+    );
+    let _ = writeln!(out, "| scenario | figure | before | after | target |");
+    let _ = writeln!(out, "|---|---|---:|---:|---|");
+    for row in after {
+        let Some(old) = before
+            .iter()
+            .find(|b| b.scenario == row.scenario && b.figure == row.figure)
+        else {
+            continue;
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} {} | {} {} | {} |",
+            row.scenario,
+            row.figure,
+            old.value,
+            old.verdict(),
+            row.value,
+            row.verdict(),
+            row.target
+        );
+    }
+    out
+}
+
 /// Percentile curves (x: 0 to 99.99 % on a "nines" scale, y: latency on a log scale).
 pub fn latency_svg(series: &[(String, Histogram<u64>)]) -> String {
     const W: f64 = 900.0;
