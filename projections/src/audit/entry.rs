@@ -5,7 +5,7 @@
 //! projection ran), so a rebuild from the store gives byte-identical hashes.
 
 use chronicle_nats::EventEnvelope;
-use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
+use chrono::{DateTime, Datelike, SecondsFormat, SubsecRound, Timelike, Utc};
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::postgres::PgRow;
@@ -118,6 +118,191 @@ pub fn format_time(time: &DateTime<Utc>) -> String {
     time.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
+/// [`format_time`] appended to `out` without formatting machinery (the
+/// verifier writes four times per entry). Falls back to chrono outside
+/// years 0–9999 and for leap seconds.
+pub fn write_time(time: &DateTime<Utc>, out: &mut Vec<u8>) {
+    let naive = time.naive_utc();
+    let year = naive.year();
+    let nanos = naive.nanosecond();
+    if !(0..=9999).contains(&year) || nanos >= 1_000_000_000 {
+        out.extend_from_slice(format_time(time).as_bytes());
+        return;
+    }
+    fn digits(value: u32, width: usize, out: &mut Vec<u8>) {
+        let mut buffer = [b'0'; 6];
+        let mut rest = value;
+        for slot in buffer[..width].iter_mut().rev() {
+            *slot = b'0' + (rest % 10) as u8;
+            rest /= 10;
+        }
+        out.extend_from_slice(&buffer[..width]);
+    }
+    digits(year as u32, 4, out);
+    out.push(b'-');
+    digits(naive.month(), 2, out);
+    out.push(b'-');
+    digits(naive.day(), 2, out);
+    out.push(b'T');
+    digits(naive.hour(), 2, out);
+    out.push(b':');
+    digits(naive.minute(), 2, out);
+    out.push(b':');
+    digits(naive.second(), 2, out);
+    out.push(b'.');
+    digits(nanos / 1_000, 6, out);
+    out.push(b'Z');
+}
+
+/// Every field of an entry but `hash`, borrowed: what the hash covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryFields<'a> {
+    pub seq: i64,
+    pub global_position: i64,
+    pub occurred_at: Option<DateTime<Utc>>,
+    pub recorded_at: DateTime<Utc>,
+    pub actor_id: Option<&'a str>,
+    pub actor_roles: Vec<&'a str>,
+    pub actor_ip: Option<&'a str>,
+    pub actor_user_agent: Option<&'a str>,
+    pub action: &'a str,
+    pub event_version: &'a str,
+    pub aggregate_type: &'a str,
+    pub aggregate_id: &'a str,
+    pub aggregate_sequence: i64,
+    pub request_id: Option<&'a str>,
+    pub correlation_id: Option<&'a str>,
+    pub causation_id: Option<&'a str>,
+    pub payload_digest: &'a str,
+    pub metadata_digest: &'a str,
+    pub prev_hash: &'a str,
+}
+
+impl EntryFields<'_> {
+    /// Appends the RFC 8785 canonical JSON of the entry without `hash`:
+    /// `{"action","actor":{"id","ip","roles","user_agent"},"aggregate":{"id","sequence","type"},
+    /// "causation_id","correlation_id","event_version","global_position","metadata_digest",
+    /// "occurred_at","payload_digest","prev_hash","recorded_at","request_id","seq"}`, times as
+    /// [`format_time`] writes them, absent values as `null`. Written by hand (keys in
+    /// sorted order) because the verifier does this for every entry; a test checks it
+    /// against the generic canonicaliser.
+    pub fn write_canonical(&self, out: &mut Vec<u8>) {
+        fn opt(value: Option<&str>, out: &mut Vec<u8>) {
+            match value {
+                Some(text) => write_string(text, out),
+                None => out.extend_from_slice(b"null"),
+            }
+        }
+        fn time(value: Option<&DateTime<Utc>>, out: &mut Vec<u8>) {
+            match value {
+                Some(time) => {
+                    out.push(b'"');
+                    write_time(time, out);
+                    out.push(b'"');
+                }
+                None => out.extend_from_slice(b"null"),
+            }
+        }
+        out.extend_from_slice(b"{\"action\":");
+        write_string(self.action, out);
+        out.extend_from_slice(b",\"actor\":{\"id\":");
+        opt(self.actor_id, out);
+        out.extend_from_slice(b",\"ip\":");
+        opt(self.actor_ip, out);
+        out.extend_from_slice(b",\"roles\":[");
+        for (index, role) in self.actor_roles.iter().enumerate() {
+            if index > 0 {
+                out.push(b',');
+            }
+            write_string(role, out);
+        }
+        out.extend_from_slice(b"],\"user_agent\":");
+        opt(self.actor_user_agent, out);
+        out.extend_from_slice(b"},\"aggregate\":{\"id\":");
+        write_string(self.aggregate_id, out);
+        out.extend_from_slice(b",\"sequence\":");
+        out.extend_from_slice(self.aggregate_sequence.to_string().as_bytes());
+        out.extend_from_slice(b",\"type\":");
+        write_string(self.aggregate_type, out);
+        out.extend_from_slice(b"},\"causation_id\":");
+        opt(self.causation_id, out);
+        out.extend_from_slice(b",\"correlation_id\":");
+        opt(self.correlation_id, out);
+        out.extend_from_slice(b",\"event_version\":");
+        write_string(self.event_version, out);
+        out.extend_from_slice(b",\"global_position\":");
+        out.extend_from_slice(self.global_position.to_string().as_bytes());
+        out.extend_from_slice(b",\"metadata_digest\":");
+        write_string(self.metadata_digest, out);
+        out.extend_from_slice(b",\"occurred_at\":");
+        time(self.occurred_at.as_ref(), out);
+        out.extend_from_slice(b",\"payload_digest\":");
+        write_string(self.payload_digest, out);
+        out.extend_from_slice(b",\"prev_hash\":");
+        write_string(self.prev_hash, out);
+        out.extend_from_slice(b",\"recorded_at\":");
+        time(Some(&self.recorded_at), out);
+        out.extend_from_slice(b",\"request_id\":");
+        opt(self.request_id, out);
+        out.extend_from_slice(b",\"seq\":");
+        out.extend_from_slice(self.seq.to_string().as_bytes());
+        out.push(b'}');
+    }
+
+    /// The first field in which the two differ, for messages.
+    pub fn first_difference(&self, other: &EntryFields<'_>) -> Option<&'static str> {
+        let checks: [(&'static str, bool); 17] = [
+            ("seq", self.seq == other.seq),
+            (
+                "global_position",
+                self.global_position == other.global_position,
+            ),
+            ("action", self.action == other.action),
+            ("event_version", self.event_version == other.event_version),
+            (
+                "aggregate",
+                (
+                    self.aggregate_type,
+                    self.aggregate_id,
+                    self.aggregate_sequence,
+                ) == (
+                    other.aggregate_type,
+                    other.aggregate_id,
+                    other.aggregate_sequence,
+                ),
+            ),
+            (
+                "payload_digest",
+                self.payload_digest == other.payload_digest,
+            ),
+            (
+                "metadata_digest",
+                self.metadata_digest == other.metadata_digest,
+            ),
+            ("recorded_at", self.recorded_at == other.recorded_at),
+            ("occurred_at", self.occurred_at == other.occurred_at),
+            ("actor.id", self.actor_id == other.actor_id),
+            ("actor.roles", self.actor_roles == other.actor_roles),
+            ("actor.ip", self.actor_ip == other.actor_ip),
+            (
+                "actor.user_agent",
+                self.actor_user_agent == other.actor_user_agent,
+            ),
+            ("request_id", self.request_id == other.request_id),
+            (
+                "correlation_id",
+                self.correlation_id == other.correlation_id,
+            ),
+            ("causation_id", self.causation_id == other.causation_id),
+            ("prev_hash", self.prev_hash == other.prev_hash),
+        ];
+        checks
+            .into_iter()
+            .find(|(_, same)| !same)
+            .map(|(field, _)| field)
+    }
+}
+
 impl AuditEntry {
     /// The entry at `seq` for `event`, chained to `prev_hash`.
     pub fn derive(seq: i64, prev_hash: &str, event: EventView<'_>) -> Self {
@@ -176,115 +361,44 @@ impl AuditEntry {
         sha256_hex(&self.canonical_bytes())
     }
 
-    /// The RFC 8785 canonical JSON of every field but `hash`:
-    /// `{"action","actor":{"id","ip","roles","user_agent"},"aggregate":{"id","sequence","type"},
-    /// "causation_id","correlation_id","event_version","global_position","metadata_digest",
-    /// "occurred_at","payload_digest","prev_hash","recorded_at","request_id","seq"}`, times as
-    /// [`format_time`] writes them, absent values as `null`. Written by hand (keys in
-    /// sorted order) because the verifier does this for every entry; a test checks it
-    /// against the generic canonicaliser.
+    /// The RFC 8785 canonical JSON of every field but `hash`
+    /// (see [`EntryFields::write_canonical`]).
     pub fn canonical_bytes(&self) -> Vec<u8> {
-        fn opt(value: &Option<String>, out: &mut Vec<u8>) {
-            match value {
-                Some(text) => write_string(text, out),
-                None => out.extend_from_slice(b"null"),
-            }
-        }
-        fn time(value: Option<&DateTime<Utc>>, out: &mut Vec<u8>) {
-            match value {
-                Some(time) => write_string(&format_time(time), out),
-                None => out.extend_from_slice(b"null"),
-            }
-        }
         let mut out = Vec::with_capacity(768);
-        out.extend_from_slice(b"{\"action\":");
-        write_string(&self.action, &mut out);
-        out.extend_from_slice(b",\"actor\":{\"id\":");
-        opt(&self.actor.id, &mut out);
-        out.extend_from_slice(b",\"ip\":");
-        opt(&self.actor.ip, &mut out);
-        out.extend_from_slice(b",\"roles\":[");
-        for (index, role) in self.actor.roles.iter().enumerate() {
-            if index > 0 {
-                out.push(b',');
-            }
-            write_string(role, &mut out);
-        }
-        out.extend_from_slice(b"],\"user_agent\":");
-        opt(&self.actor.user_agent, &mut out);
-        out.extend_from_slice(b"},\"aggregate\":{\"id\":");
-        write_string(&self.aggregate.id, &mut out);
-        out.extend_from_slice(b",\"sequence\":");
-        out.extend_from_slice(self.aggregate.sequence.to_string().as_bytes());
-        out.extend_from_slice(b",\"type\":");
-        write_string(&self.aggregate.aggregate_type, &mut out);
-        out.extend_from_slice(b"},\"causation_id\":");
-        opt(&self.causation_id, &mut out);
-        out.extend_from_slice(b",\"correlation_id\":");
-        opt(&self.correlation_id, &mut out);
-        out.extend_from_slice(b",\"event_version\":");
-        write_string(&self.event_version, &mut out);
-        out.extend_from_slice(b",\"global_position\":");
-        out.extend_from_slice(self.global_position.to_string().as_bytes());
-        out.extend_from_slice(b",\"metadata_digest\":");
-        write_string(&self.metadata_digest, &mut out);
-        out.extend_from_slice(b",\"occurred_at\":");
-        time(self.occurred_at.as_ref(), &mut out);
-        out.extend_from_slice(b",\"payload_digest\":");
-        write_string(&self.payload_digest, &mut out);
-        out.extend_from_slice(b",\"prev_hash\":");
-        write_string(&self.prev_hash, &mut out);
-        out.extend_from_slice(b",\"recorded_at\":");
-        time(Some(&self.recorded_at), &mut out);
-        out.extend_from_slice(b",\"request_id\":");
-        opt(&self.request_id, &mut out);
-        out.extend_from_slice(b",\"seq\":");
-        out.extend_from_slice(self.seq.to_string().as_bytes());
-        out.push(b'}');
+        self.fields().write_canonical(&mut out);
         out
+    }
+
+    /// Every field but `hash`, borrowed.
+    pub fn fields(&self) -> EntryFields<'_> {
+        EntryFields {
+            seq: self.seq,
+            global_position: self.global_position,
+            occurred_at: self.occurred_at,
+            recorded_at: self.recorded_at,
+            actor_id: self.actor.id.as_deref(),
+            actor_roles: self.actor.roles.iter().map(String::as_str).collect(),
+            actor_ip: self.actor.ip.as_deref(),
+            actor_user_agent: self.actor.user_agent.as_deref(),
+            action: &self.action,
+            event_version: &self.event_version,
+            aggregate_type: &self.aggregate.aggregate_type,
+            aggregate_id: &self.aggregate.id,
+            aggregate_sequence: self.aggregate.sequence,
+            request_id: self.request_id.as_deref(),
+            correlation_id: self.correlation_id.as_deref(),
+            causation_id: self.causation_id.as_deref(),
+            payload_digest: &self.payload_digest,
+            metadata_digest: &self.metadata_digest,
+            prev_hash: &self.prev_hash,
+        }
     }
 
     /// The first field in which `self` and `other` differ, for messages.
     pub fn first_difference(&self, other: &Self) -> Option<&'static str> {
-        let checks: [(&'static str, bool); 18] = [
-            ("seq", self.seq == other.seq),
-            (
-                "global_position",
-                self.global_position == other.global_position,
-            ),
-            ("action", self.action == other.action),
-            ("event_version", self.event_version == other.event_version),
-            ("aggregate", self.aggregate == other.aggregate),
-            (
-                "payload_digest",
-                self.payload_digest == other.payload_digest,
-            ),
-            (
-                "metadata_digest",
-                self.metadata_digest == other.metadata_digest,
-            ),
-            ("recorded_at", self.recorded_at == other.recorded_at),
-            ("occurred_at", self.occurred_at == other.occurred_at),
-            ("actor.id", self.actor.id == other.actor.id),
-            ("actor.roles", self.actor.roles == other.actor.roles),
-            ("actor.ip", self.actor.ip == other.actor.ip),
-            (
-                "actor.user_agent",
-                self.actor.user_agent == other.actor.user_agent,
-            ),
-            ("request_id", self.request_id == other.request_id),
-            (
-                "correlation_id",
-                self.correlation_id == other.correlation_id,
-            ),
-            ("causation_id", self.causation_id == other.causation_id),
-            ("prev_hash", self.prev_hash == other.prev_hash),
-            ("hash", self.hash == other.hash),
-        ];
-        checks
-            .into_iter()
-            .find(|(_, same)| !same)
-            .map(|(field, _)| field)
+        self.fields()
+            .first_difference(&other.fields())
+            .or((self.hash != other.hash).then_some("hash"))
     }
 
     /// Decodes the [`ENTRY_COLUMNS`] of a row, starting at column `offset`
@@ -428,6 +542,21 @@ mod tests {
         let relinked = AuditEntry::from_envelope(7, &"1".repeat(64), &envelope());
         assert_ne!(relinked.hash, base.hash);
         assert_eq!(relinked.first_difference(&base), Some("prev_hash"));
+    }
+
+    #[test]
+    fn times_are_written_with_six_digits_without_chrono_formatting() {
+        for raw in [
+            "2026-03-01T10:00:00.123456Z",
+            "1999-12-31T23:59:59Z",
+            "0001-01-01T00:00:00.000001Z",
+            "9999-12-31T23:59:59.999999Z",
+        ] {
+            let time: DateTime<Utc> = raw.parse().unwrap();
+            let mut out = Vec::new();
+            write_time(&time, &mut out);
+            assert_eq!(String::from_utf8(out).unwrap(), format_time(&time));
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 pub mod canonical;
 pub mod entry;
+pub mod json;
 pub mod verify;
 
 use std::sync::{Arc, Mutex};

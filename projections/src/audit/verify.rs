@@ -15,14 +15,14 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use futures::{StreamExt, TryStreamExt};
-use serde_json::Value;
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 
-use super::current_head;
-use super::entry::{entry_select_list, untagged, AuditEntry, EventView, GENESIS_HASH};
+use super::canonical::sha256_hex_into;
+use super::entry::{entry_select_list, EntryFields, GENESIS_HASH};
+use super::{current_head, json};
 
 /// Entries per chunk.
 const CHUNK: i64 = 25_000;
@@ -117,44 +117,85 @@ pub async fn verify_chain(
     })
 }
 
-/// An event joined to its entry: the columns after the entry's.
-struct JoinedEvent {
-    cursor: (u64, i64),
-    aggregate_type: String,
-    aggregate_id: String,
-    sequence: i64,
-    event_type: String,
-    event_version: String,
-    recorded_at: DateTime<Utc>,
-    payload: Value,
-    metadata: Value,
-}
-
+/// The columns after the entry's: its event, if the store still has it.
 const EVENT_OFFSET: usize = 20;
 
-fn joined_event(row: &PgRow) -> Result<Option<JoinedEvent>, sqlx::Error> {
+/// An event joined to its entry, borrowed from the row.
+struct JoinedEvent<'r> {
+    cursor: (u64, i64),
+    aggregate_type: &'r str,
+    aggregate_id: &'r str,
+    sequence: i64,
+    event_type: &'r str,
+    event_version: &'r str,
+    recorded_at: DateTime<Utc>,
+    /// JSON text, as stored.
+    payload: &'r str,
+    metadata: &'r str,
+}
+
+// Columns are read by index and without type checks: the query is ours and
+// the verifier reads every row of the trail.
+fn joined_event(row: &PgRow) -> Result<Option<JoinedEvent<'_>>, sqlx::Error> {
     let at = |n: usize| EVENT_OFFSET + n;
-    let Some(global_position) = row.try_get::<Option<i64>, _>(at(0))? else {
+    let Some(global_position) = row.try_get_unchecked::<Option<i64>, _>(at(0))? else {
         return Ok(None);
     };
-    let transaction_id: String = row.try_get(at(1))?;
+    let transaction_id: &str = row.try_get_unchecked(at(1))?;
     Ok(Some(JoinedEvent {
         cursor: (transaction_id.parse().unwrap_or(0), global_position),
-        aggregate_type: row.try_get(at(2))?,
-        aggregate_id: row.try_get(at(3))?,
-        sequence: row.try_get(at(4))?,
-        event_type: row.try_get(at(5))?,
-        event_version: row.try_get(at(6))?,
-        recorded_at: row.try_get(at(7))?,
-        payload: row.try_get(at(8))?,
-        metadata: row.try_get(at(9))?,
+        aggregate_type: row.try_get_unchecked(at(2))?,
+        aggregate_id: row.try_get_unchecked(at(3))?,
+        sequence: row.try_get_unchecked(at(4))?,
+        event_type: row.try_get_unchecked(at(5))?,
+        event_version: row.try_get_unchecked(at(6))?,
+        recorded_at: row.try_get_unchecked(at(7))?,
+        payload: row.try_get_unchecked(at(8))?,
+        metadata: row.try_get_unchecked(at(9))?,
     }))
+}
+
+/// An entry as stored, borrowed from the row (`roles` decoded beside it).
+fn stored_entry<'r>(
+    row: &'r PgRow,
+    roles: &'r [String],
+) -> Result<(EntryFields<'r>, &'r str), sqlx::Error> {
+    let fields = EntryFields {
+        seq: row.try_get_unchecked(0)?,
+        global_position: row.try_get_unchecked(1)?,
+        occurred_at: row.try_get_unchecked(2)?,
+        recorded_at: row.try_get_unchecked(3)?,
+        actor_id: row.try_get_unchecked(4)?,
+        actor_roles: roles.iter().map(String::as_str).collect(),
+        actor_ip: row.try_get_unchecked(6)?,
+        actor_user_agent: row.try_get_unchecked(7)?,
+        action: row.try_get_unchecked(8)?,
+        event_version: row.try_get_unchecked(9)?,
+        aggregate_type: row.try_get_unchecked(10)?,
+        aggregate_id: row.try_get_unchecked(11)?,
+        aggregate_sequence: row.try_get_unchecked(12)?,
+        request_id: row.try_get_unchecked(13)?,
+        correlation_id: row.try_get_unchecked(14)?,
+        causation_id: row.try_get_unchecked(15)?,
+        payload_digest: row.try_get_unchecked(16)?,
+        metadata_digest: row.try_get_unchecked(17)?,
+        prev_hash: row.try_get_unchecked(18)?,
+    };
+    Ok((fields, row.try_get_unchecked(19)?))
 }
 
 struct Previous {
     seq: i64,
     hash: String,
     cursor: Option<(u64, i64)>,
+}
+
+/// Buffers reused from one entry to the next.
+#[derive(Default)]
+struct Scratch {
+    stored: Vec<u8>,
+    expected: Vec<u8>,
+    json: Vec<u8>,
 }
 
 /// Checks entries `lo..=hi`; returns the first failure among them.
@@ -167,17 +208,28 @@ async fn verify_chunk(
 ) -> Result<Option<Failure>, sqlx::Error> {
     let sql = format!(
         "select {}, e.global_position, e.transaction_id::text, e.aggregate_type, e.aggregate_id, \
-           e.sequence, e.event_type, e.event_version, e.recorded_at, e.payload, e.metadata \
+           e.sequence, e.event_type, e.event_version, e.recorded_at, e.payload::text, e.metadata::text \
          from audit.entries a left join events e on e.global_position = a.global_position \
          where a.generation = $1 and a.seq between $2 and $3 order by a.seq",
         entry_select_list("a")
     );
+    // Walk the primary key in seq order and look each event up: no sort
+    // (which spills to disk at this row width) and no parallel workers (the
+    // chunks are the parallelism). Settings last for this transaction only.
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "select set_config('enable_sort', 'off', true), \
+                set_config('enable_bitmapscan', 'off', true), \
+                set_config('max_parallel_workers_per_gather', '0', true)",
+    )
+    .execute(&mut *tx)
+    .await?;
     let mut rows = sqlx::query(&sql)
         .bind(generation)
         .bind(lo - 1)
         .bind(hi)
         .persistent(false)
-        .fetch(pool);
+        .fetch(&mut *tx);
     let mut previous = (lo == 1).then(|| Previous {
         seq: 0,
         hash: GENESIS_HASH.to_string(),
@@ -186,13 +238,15 @@ async fn verify_chunk(
     let (mut seen, mut reported) = (0u64, 0u64);
     let mut last_seq = lo - 1;
     let mut failure = None;
+    let mut scratch = Scratch::default();
     while let Some(row) = rows.try_next().await? {
-        let stored = AuditEntry::from_row(&row, 0)?;
+        let roles: Vec<String> = row.try_get_unchecked(5)?;
+        let (stored, hash) = stored_entry(&row, &roles)?;
         let event = joined_event(&row)?;
         if stored.seq < lo {
             previous = Some(Previous {
                 seq: stored.seq,
-                hash: stored.hash,
+                hash: hash.to_string(),
                 cursor: event.map(|e| e.cursor),
             });
             continue;
@@ -203,17 +257,36 @@ async fn verify_chunk(
             progress.done.fetch_add(seen - reported, Ordering::Relaxed);
             reported = seen;
         }
-        if let Some(found) = check_entry(&stored, event.as_ref(), previous.as_ref(), lo) {
+        if let Some(found) = check_entry(
+            &stored,
+            hash,
+            event.as_ref(),
+            previous.as_ref(),
+            lo,
+            &mut scratch,
+        ) {
             failure = Some(found);
             break;
         }
-        previous = Some(Previous {
-            seq: stored.seq,
-            hash: stored.hash,
-            cursor: event.map(|e| e.cursor),
-        });
+        let cursor = event.map(|e| e.cursor);
+        match &mut previous {
+            Some(previous) => {
+                previous.seq = stored.seq;
+                previous.hash.clear();
+                previous.hash.push_str(hash);
+                previous.cursor = cursor;
+            }
+            None => {
+                previous = Some(Previous {
+                    seq: stored.seq,
+                    hash: hash.to_string(),
+                    cursor,
+                })
+            }
+        }
     }
     drop(rows);
+    tx.rollback().await?;
     if failure.is_none() && last_seq < hi {
         failure = Some(Failure::new(
             last_seq + 1,
@@ -227,11 +300,36 @@ async fn verify_chunk(
     Ok(failure)
 }
 
+fn sha256_matches(bytes: &[u8], hash: &str) -> bool {
+    let mut hex = [0u8; 64];
+    sha256_hex_into(bytes, &mut hex);
+    hex.as_slice() == hash.as_bytes()
+}
+
+/// The digest of a JSON text's canonical form (as published, for a payload).
+fn json_digest(
+    text: &str,
+    untag: Option<&str>,
+    scratch: &mut Vec<u8>,
+    hex: &mut [u8; 64],
+) -> Result<(), String> {
+    let json = json::parse(text)?;
+    scratch.clear();
+    match untag {
+        Some(event_type) => json.untagged(event_type).write_canonical(scratch)?,
+        None => json.write_canonical(scratch)?,
+    }
+    sha256_hex_into(scratch, hex);
+    Ok(())
+}
+
 fn check_entry(
-    stored: &AuditEntry,
-    event: Option<&JoinedEvent>,
+    stored: &EntryFields<'_>,
+    hash: &str,
+    event: Option<&JoinedEvent<'_>>,
     previous: Option<&Previous>,
     lo: i64,
+    scratch: &mut Scratch,
 ) -> Option<Failure> {
     let seq = stored.seq;
     if let Some(previous) = previous {
@@ -256,41 +354,97 @@ fn check_entry(
             format!("entry {lo} is missing from the trail"),
         ));
     }
-    let altered = || stored.compute_hash() != stored.hash;
+    scratch.stored.clear();
+    stored.write_canonical(&mut scratch.stored);
+    let altered = |scratch: &Scratch| {
+        (!sha256_matches(&scratch.stored, hash)).then(|| {
+            Failure::new(
+                seq,
+                format!("entry {seq} was altered: its hash does not match its content"),
+            )
+        })
+    };
     let Some(event) = event else {
-        return Some(Failure::new(
-            seq,
-            if altered() {
-                format!("entry {seq} was altered: its hash does not match its content")
-            } else {
+        return altered(scratch).or_else(|| {
+            Some(Failure::new(
+                seq,
                 format!(
                     "entry {seq}: event at global position {} is not in the event store",
                     stored.global_position
-                )
-            },
-        ));
+                ),
+            ))
+        });
     };
-    let expected = AuditEntry::derive(
-        seq,
-        &stored.prev_hash,
-        EventView {
-            global_position: event.cursor.1,
-            aggregate_type: &event.aggregate_type,
-            aggregate_id: &event.aggregate_id,
-            sequence: event.sequence,
-            event_type: &event.event_type,
-            event_version: &event.event_version,
-            recorded_at: event.recorded_at,
-            metadata: &event.metadata,
-            payload: untagged(&event.payload, &event.event_type),
-        },
+    let unreadable = |what: &str, err: String| {
+        Some(Failure::new(
+            seq,
+            format!(
+                "entry {seq}: the {what} of event {}:{}:{} in the store is not readable JSON ({err})",
+                event.aggregate_type, event.aggregate_id, event.sequence
+            ),
+        ))
+    };
+    let (mut payload_digest, mut metadata_digest) = ([0u8; 64], [0u8; 64]);
+    if let Err(err) = json_digest(
+        event.payload,
+        Some(event.event_type),
+        &mut scratch.json,
+        &mut payload_digest,
+    ) {
+        return unreadable("payload", err);
+    }
+    let metadata = match json::parse(event.metadata) {
+        Ok(metadata) => metadata,
+        Err(err) => return unreadable("metadata", err),
+    };
+    scratch.json.clear();
+    if let Err(err) = metadata.write_canonical(&mut scratch.json) {
+        return unreadable("metadata", err);
+    }
+    sha256_hex_into(&scratch.json, &mut metadata_digest);
+    let text = |key: &str| metadata.get_str(key);
+    let (actor_id, roles, ip, user_agent) = (
+        text("actor_id"),
+        text("actor_roles"),
+        text("client_ip"),
+        text("user_agent"),
     );
-    if &expected != stored {
-        if altered() {
-            return Some(Failure::new(
-                seq,
-                format!("entry {seq} was altered: its hash does not match its content"),
-            ));
+    let (request_id, correlation_id, causation_id) = (
+        text("request_id"),
+        text("correlation_id"),
+        text("causation_id"),
+    );
+    let expected = EntryFields {
+        seq,
+        global_position: event.cursor.1,
+        occurred_at: text("occurred_at")
+            .and_then(|raw| DateTime::parse_from_rfc3339(&raw).ok())
+            .map(|time| time.with_timezone(&Utc).trunc_subsecs(6)),
+        recorded_at: event.recorded_at.trunc_subsecs(6),
+        actor_id: actor_id.as_deref(),
+        actor_roles: roles
+            .as_deref()
+            .map(|roles| roles.split(',').filter(|role| !role.is_empty()).collect())
+            .unwrap_or_default(),
+        actor_ip: ip.as_deref(),
+        actor_user_agent: user_agent.as_deref(),
+        action: event.event_type,
+        event_version: event.event_version,
+        aggregate_type: event.aggregate_type,
+        aggregate_id: event.aggregate_id,
+        aggregate_sequence: event.sequence,
+        request_id: request_id.as_deref(),
+        correlation_id: correlation_id.as_deref(),
+        causation_id: causation_id.as_deref(),
+        payload_digest: std::str::from_utf8(&payload_digest).unwrap_or_default(),
+        metadata_digest: std::str::from_utf8(&metadata_digest).unwrap_or_default(),
+        prev_hash: stored.prev_hash,
+    };
+    scratch.expected.clear();
+    expected.write_canonical(&mut scratch.expected);
+    if scratch.expected != scratch.stored {
+        if let Some(failure) = altered(scratch) {
+            return Some(failure);
         }
         let field = expected.first_difference(stored).unwrap_or("hash");
         let what = match field {
@@ -305,6 +459,9 @@ fn check_entry(
                 event.aggregate_type, event.aggregate_id, event.sequence
             ),
         ));
+    }
+    if let Some(failure) = altered(scratch) {
+        return Some(failure);
     }
     if let (Some(before), Some(previous)) = (previous.and_then(|p| p.cursor), previous) {
         if event.cursor <= before {
