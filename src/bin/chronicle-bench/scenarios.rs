@@ -259,7 +259,7 @@ impl Plan for PatchPlan {
                 0,
                 &self.large[(worker + iteration as usize) % self.large.len()],
             )
-        } else if iteration % 2 == 0 {
+        } else if iteration.is_multiple_of(2) {
             (0, &self.small[(iteration / 2) as usize % self.small.len()])
         } else {
             (1, &self.large[(iteration / 2) as usize % self.large.len()])
