@@ -212,6 +212,15 @@ pub async fn analytics(State(state): State<AppState>, user: AuthUser) -> Result<
     })))
 }
 
+/// name, stream sequence, last recorded_at applied, failure, updated_at
+type ProjectionRow = (
+    String,
+    i64,
+    Option<DateTime<Utc>>,
+    Option<String>,
+    DateTime<Utc>,
+);
+
 /// Each component, the projections' positions and lags, and the relay's position.
 #[utoipa::path(get, path = "/v1/debug/health/detailed", tag = "admin", security(("bearer" = [])), responses(
     (status = 200, description = "Component details"), (status = 403),
@@ -225,13 +234,7 @@ pub async fn detailed_health(
         .fetch_one(&state.pool)
         .await
         .is_ok();
-    let projections: Vec<(
-        String,
-        i64,
-        Option<DateTime<Utc>>,
-        Option<String>,
-        DateTime<Utc>,
-    )> = sqlx::query_as(
+    let projections: Vec<ProjectionRow> = sqlx::query_as(
         "select projection, stream_sequence, last_recorded_at, failure, updated_at \
          from read.projection_checkpoints order by projection",
     )

@@ -91,7 +91,7 @@ async fn resolve(state: &AppState, credential: &str) -> Result<Option<AuthUser>,
     .bind(claims.sub)
     .fetch_one(&state.pool)
     .await?;
-    Ok(live.then(|| AuthUser {
+    Ok(live.then_some(AuthUser {
         id: claims.sub,
         roles: claims.roles,
         session_id: Some(claims.sid),
