@@ -177,6 +177,19 @@ pub fn decode_event<E: serde::de::DeserializeOwned>(
     serde_json::from_value(tagged).map_err(|err| ProjectionError::poison(event.message_id(), err))
 }
 
+/// First statement of every projection transaction (live batch or rebuild):
+/// marks it as one that writes no events, so the relay's commit horizon does
+/// not wait for it (migration 0100, which also refuses event inserts from a
+/// transaction so marked), then takes the projection's lock (`$1`, [`lock_key`]).
+///
+/// It also commits without waiting for the WAL flush: a read model is derived
+/// data, and its checkpoint is in the same transaction, so a batch lost in a
+/// crash is simply consumed and applied again (the version guard keeps that
+/// exact). Commands, which write the source of truth, keep durable commits.
+pub const MARK_AND_LOCK: &str =
+    "select set_config('application_name', 'chronicle projection', true), \
+     set_config('synchronous_commit', 'off', true), pg_advisory_xact_lock($1)";
+
 /// The advisory-lock key that serialises a projection's live batches and its rebuild.
 pub fn lock_key(projection: &str) -> i64 {
     // FNV-1a: stable across builds, unlike std's hasher.

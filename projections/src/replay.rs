@@ -12,8 +12,7 @@ use chronicle_nats::stored_event::read_committed_after;
 use chronicle_nats::{EventCursor, EventEnvelope};
 use sqlx::PgPool;
 
-use crate::projection::lock_key;
-use crate::projection::VersionGuard;
+use crate::projection::{lock_key, VersionGuard, MARK_AND_LOCK};
 use crate::{Projection, ProjectionError, PROJECTED_CHANNEL};
 
 const REPLAY_BATCH: i64 = 2_000;
@@ -32,7 +31,7 @@ pub async fn rebuild(
         .map(|t| t.to_string())
         .collect();
     let mut tx = pool.begin().await?;
-    sqlx::query("select pg_advisory_xact_lock($1)")
+    sqlx::query(MARK_AND_LOCK)
         .bind(lock_key(name))
         .execute(&mut *tx)
         .await?;

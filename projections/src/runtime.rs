@@ -13,7 +13,7 @@ use futures::StreamExt;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::projection::{lock_key, VersionGuard};
+use crate::projection::{lock_key, VersionGuard, MARK_AND_LOCK};
 use crate::{Projection, ProjectionError, PROJECTED_CHANNEL};
 
 /// What a running projection reports to `/ready` and `/metrics`.
@@ -215,7 +215,7 @@ impl ProjectionRunner {
             .collect();
 
         let mut tx = self.pool.begin().await?;
-        sqlx::query("select pg_advisory_xact_lock($1)")
+        sqlx::query(MARK_AND_LOCK)
             .bind(lock_key(name))
             .execute(&mut *tx)
             .await?;

@@ -601,16 +601,14 @@ async fn scenarios_with_server(
                 ));
                 rows.push(Row::info(
                     "read",
-                    &format!(
-                        "GET /v1/tasks?limit=20 c16 (user with {} tasks)",
-                        run.tasks_of_user
-                    ),
+                    "GET /v1/tasks?limit=20 c16",
                     format!(
-                        "{:.0} req/s, p50 {:.2} / p99 {:.2} ms, {} errors",
+                        "{:.0} req/s, p50 {:.2} / p99 {:.2} ms, {} errors (user with {} tasks)",
                         run.list.throughput(),
                         run.list.ms(0.5),
                         run.list.ms(0.99),
-                        run.list.error_count()
+                        run.list.error_count(),
+                        run.tasks_of_user
                     ),
                 ));
                 rows.push(integrity_row("read", &integrity));
