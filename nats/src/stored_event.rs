@@ -37,6 +37,10 @@ pub struct StoredEvent {
 }
 
 /// Columns selected by every reader of the events table, in one place.
+///
+/// `transaction_id` comes out as text, under its own name: an `order by
+/// transaction_id` next to it sorts by that text (`"10" < "9"`), which is
+/// neither the index order nor commit order. Order by `events.transaction_id`.
 pub const EVENT_COLUMNS: &str = "global_position, transaction_id::text as transaction_id, \
      aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, recorded_at";
 
@@ -93,7 +97,7 @@ pub async fn read_committed_after(
          where (transaction_id, global_position) > ($1::text::xid8, $2) \
            and transaction_id < (select events_commit_horizon()) \
            and (cardinality($4::text[]) = 0 or aggregate_type = any($4)) \
-         order by transaction_id, global_position \
+         order by events.transaction_id, events.global_position \
          limit $3"
     );
     let rows = sqlx::query(&sql)

@@ -676,14 +676,24 @@ async fn rebuild_in(
     };
     let replay_seconds = started.elapsed().as_secs_f64();
     let (stdout, stderr) = reader.await.unwrap_or_default();
+    std::fs::write(
+        world.out_dir.join("replay.log"),
+        format!("{stdout}{stderr}"),
+    )
+    .ok();
     match status {
         None => bail!(
-            "chronicle replay did not finish within {} s; finished before that: {}",
+            "chronicle replay did not finish within {} s; finished before that: [{}] (see replay.log)",
             timeout.as_secs(),
-            stdout.trim().replace('\n', "; ")
+            stdout
+                .lines()
+                .filter(|line| line.contains(" events in "))
+                .collect::<Vec<_>>()
+                .join("; ")
         ),
         Some(status) if !status.success() => {
-            bail!("chronicle replay failed: {stdout}{stderr}")
+            let last = stderr.lines().last().unwrap_or_default().to_string();
+            bail!("chronicle replay failed: {last} (see replay.log)")
         }
         Some(_) => {}
     }
