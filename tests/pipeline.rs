@@ -721,3 +721,40 @@ async fn a_relay_that_lost_its_checkpoint_republishes_without_duplicating() {
     assert_read_models_equal_rebuild(&app.pool).await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn events_are_read_in_numeric_transaction_order_across_a_digit_boundary() {
+    let app = TestApp::spawn().await;
+    // Explicit, old transaction ids on either side of a digit boundary: in
+    // text order "100" sorts before "99", which would skip the 99 row.
+    for (transaction_id, id) in [("100", "second"), ("99", "first")] {
+        sqlx::query(
+            "insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, transaction_id) \
+             values ('Probe', $1, 1, 'ProbeHappened', '1.0', '{\"ProbeHappened\": {}}', '{}', $2::text::xid8)",
+        )
+        .bind(id)
+        .bind(transaction_id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    }
+    let mut conn = app.pool.acquire().await.unwrap();
+    let mut cursor = chronicle_nats::EventCursor::default();
+    let mut order = Vec::new();
+    loop {
+        let batch = chronicle_nats::stored_event::read_committed_after(
+            &mut conn,
+            cursor,
+            1,
+            &["Probe".to_string()],
+        )
+        .await
+        .unwrap();
+        let Some(event) = batch.first() else { break };
+        order.push(event.aggregate_id.clone());
+        cursor = event.cursor;
+    }
+    assert_eq!(order, ["first", "second"], "one row per read, none skipped");
+    drop(conn);
+    app.stop().await;
+}

@@ -38,17 +38,17 @@ pub struct StoredEvent {
 
 /// Columns selected by every reader of the events table, in one place.
 ///
-/// `transaction_id` comes out as text, under its own name: an `order by
-/// transaction_id` next to it sorts by that text (`"10" < "9"`), which is
-/// neither the index order nor commit order. Order by `events.transaction_id`.
-pub const EVENT_COLUMNS: &str = "global_position, transaction_id::text as transaction_id, \
+/// `transaction_id` comes out as text under another name: an alias named
+/// like the column would make `order by transaction_id` sort by that text
+/// (`"10" < "9"`), which is neither the index order nor commit order.
+pub const EVENT_COLUMNS: &str = "global_position, transaction_id::text as transaction_id_text, \
      aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, recorded_at";
 
 impl StoredEvent {
     /// Decodes a row selected with [`EVENT_COLUMNS`].
     pub fn from_row(row: &sqlx::postgres::PgRow) -> Result<Self, NatsError> {
         let global_position: i64 = row.try_get("global_position")?;
-        let transaction_id: String = row.try_get("transaction_id")?;
+        let transaction_id: String = row.try_get("transaction_id_text")?;
         let transaction_id = transaction_id.parse::<u64>().map_err(|err| {
             NatsError::MalformedEvent(global_position.to_string(), err.to_string())
         })?;
@@ -97,7 +97,7 @@ pub async fn read_committed_after(
          where (transaction_id, global_position) > ($1::text::xid8, $2) \
            and transaction_id < (select events_commit_horizon()) \
            and (cardinality($4::text[]) = 0 or aggregate_type = any($4)) \
-         order by events.transaction_id, events.global_position \
+         order by transaction_id, global_position \
          limit $3"
     );
     let rows = sqlx::query(&sql)
