@@ -758,3 +758,23 @@ async fn events_are_read_in_numeric_transaction_order_across_a_digit_boundary() 
     drop(conn);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_transaction_marked_as_a_projection_cannot_write_events() {
+    let app = TestApp::spawn().await;
+    let mut tx = app.pool.begin().await.unwrap();
+    sqlx::query("select set_config('application_name', 'chronicle projection', true)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let refused = sqlx::query(
+        "insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+         values ('Probe', 'marked', 1, 'ProbeHappened', '1.0', '{\"ProbeHappened\": {}}', '{}')",
+    )
+    .execute(&mut *tx)
+    .await
+    .expect_err("the commit horizon skips marked transactions, so they must not write events");
+    assert!(refused.to_string().contains("projection"), "{refused}");
+    tx.rollback().await.unwrap();
+    app.stop().await;
+}
