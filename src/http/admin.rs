@@ -127,26 +127,11 @@ pub async fn set_roles(
     Json(request): Json<SetRolesRequest>,
 ) -> Result<(HeaderMap, axum::Json<AdminUser>)> {
     admin.require_any_role(&["admin"])?;
-    let executed = state
-        .users
-        .execute(
-            &id.to_string(),
-            UserCommand::SetRoles {
-                roles: request.roles,
-                at: now(),
-            },
-            context.metadata(admin.id, &admin.roles),
-        )
-        .await
-        .map_err(|err| match user_error(err) {
-            ApiError::InvalidCredentials => ApiError::NotFound,
-            other => other,
-        })?;
-    await_projection(&state, executed.token.as_ref()).await?;
-    Ok((
-        consistency_header(executed.token.as_ref()),
-        axum::Json(admin_user(&state, id).await?),
-    ))
+    let command = UserCommand::SetRoles {
+        roles: request.roles,
+        at: now(),
+    };
+    administer(&state, &admin, &context, id, command).await
 }
 
 /// Lifts a lockout.
@@ -160,22 +145,42 @@ pub async fn unlock_user(
     IdPath(id): IdPath,
 ) -> Result<(HeaderMap, axum::Json<AdminUser>)> {
     admin.require_any_role(&["admin"])?;
+    administer(
+        &state,
+        &admin,
+        &context,
+        id,
+        UserCommand::Unlock { at: now() },
+    )
+    .await
+}
+
+/// Runs `command` on user `id` on behalf of `admin`, and answers with the
+/// user as administrators see it once the read model has the change.
+async fn administer(
+    state: &AppState,
+    admin: &AuthUser,
+    context: &RequestContext,
+    id: Uuid,
+    command: UserCommand,
+) -> Result<(HeaderMap, axum::Json<AdminUser>)> {
     let executed = state
         .users
         .execute(
             &id.to_string(),
-            UserCommand::Unlock { at: now() },
+            command,
             context.metadata(admin.id, &admin.roles),
         )
         .await
         .map_err(|err| match user_error(err) {
+            // No such account: for an administrator that is a 404.
             ApiError::InvalidCredentials => ApiError::NotFound,
             other => other,
         })?;
-    await_projection(&state, executed.token.as_ref()).await?;
+    await_projection(state, executed.token.as_ref()).await?;
     Ok((
         consistency_header(executed.token.as_ref()),
-        axum::Json(admin_user(&state, id).await?),
+        axum::Json(admin_user(state, id).await?),
     ))
 }
 

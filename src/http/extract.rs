@@ -9,6 +9,7 @@ use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
 use uuid::Uuid;
 
 use crate::consistency::ConsistencyToken;
@@ -199,4 +200,19 @@ impl<S: Send + Sync> FromRequestParts<S> for ConsistencyHeader {
                 ApiError::invalid_field(CONSISTENCY_HEADER, "is not a token this server issued")
             })
     }
+}
+
+/// Makes an `Option` field required while still accepting `null`
+/// (`#[serde(deserialize_with = "present_or_null")]`).
+pub fn present_or_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    Option::<T>::deserialize(d)
+}
+
+/// Tells "absent" (outer `None`, with `#[serde(default)]`) from "null" (`Some(None)`).
+pub fn some_or_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
 }

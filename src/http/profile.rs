@@ -9,7 +9,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use chronicle_aggregates::user::{PhotoInfo, UserCommand};
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
@@ -74,20 +74,14 @@ pub struct ProfileResponse {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateProfileRequest {
-    #[serde(default, deserialize_with = "some_or_null")]
+    #[serde(default, deserialize_with = "crate::http::extract::some_or_null")]
     #[schema(value_type = Option<String>)]
     pub username: Option<Option<String>>,
-    #[serde(default, deserialize_with = "some_or_null")]
+    #[serde(default, deserialize_with = "crate::http::extract::some_or_null")]
     #[schema(value_type = Option<String>)]
     pub name: Option<Option<String>>,
     #[serde(default)]
     pub preferences: Option<Value>,
-}
-
-fn some_or_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
-    d: D,
-) -> Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(d).map(Some)
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -325,20 +319,27 @@ pub async fn upload_photo(
         size_bytes: bytes.len() as u64,
         sha256,
     };
+    set_photo(&state, &user, &context, Some(info)).await?;
+    Ok(axum::Json(load_profile(&state, user.id).await?))
+}
+
+/// Records the caller's new photo (or none) and waits until the profile shows it.
+async fn set_photo(
+    state: &AppState,
+    user: &AuthUser,
+    context: &RequestContext,
+    photo: Option<PhotoInfo>,
+) -> Result<()> {
     let executed = state
         .users
         .execute(
             &user.id.to_string(),
-            UserCommand::SetPhoto {
-                photo: Some(info),
-                at: now(),
-            },
+            UserCommand::SetPhoto { photo, at: now() },
             context.metadata(user.id, &user.roles),
         )
         .await
         .map_err(user_error)?;
-    await_projection(&state, executed.token.as_ref()).await?;
-    Ok(axum::Json(load_profile(&state, user.id).await?))
+    await_projection(state, executed.token.as_ref()).await
 }
 
 fn multipart_error(err: axum::extract::multipart::MultipartError) -> ApiError {
@@ -372,23 +373,11 @@ pub async fn delete_photo(
     user: AuthUser,
     context: RequestContext,
 ) -> Result<StatusCode> {
-    let executed = state
-        .users
-        .execute(
-            &user.id.to_string(),
-            UserCommand::SetPhoto {
-                photo: None,
-                at: now(),
-            },
-            context.metadata(user.id, &user.roles),
-        )
-        .await
-        .map_err(user_error)?;
+    set_photo(&state, &user, &context, None).await?;
     sqlx::query("delete from profile_photos where user_id = $1")
         .bind(user.id)
         .execute(&state.pool)
         .await?;
-    await_projection(&state, executed.token.as_ref()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

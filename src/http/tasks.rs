@@ -7,7 +7,7 @@ use axum::Router;
 use chronicle_aggregates::task::{Task, TaskCommand, TaskError};
 use chrono::{DateTime, Utc};
 use cqrs_es::AggregateError;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -87,11 +87,11 @@ pub struct CreateTaskRequest {
 #[serde(deny_unknown_fields)]
 pub struct ReplaceTaskRequest {
     pub title: String,
-    #[serde(deserialize_with = "present_or_null")]
+    #[serde(deserialize_with = "crate::http::extract::present_or_null")]
     pub description: Option<String>,
-    #[serde(deserialize_with = "present_or_null")]
+    #[serde(deserialize_with = "crate::http::extract::present_or_null")]
     pub project_id: Option<Uuid>,
-    #[serde(deserialize_with = "present_or_null")]
+    #[serde(deserialize_with = "crate::http::extract::present_or_null")]
     pub due_at: Option<DateTime<Utc>>,
     pub completed: bool,
 }
@@ -100,16 +100,16 @@ pub struct ReplaceTaskRequest {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchTaskRequest {
-    #[serde(default, deserialize_with = "some_or_null")]
+    #[serde(default, deserialize_with = "crate::http::extract::some_or_null")]
     #[schema(value_type = Option<String>)]
     pub title: Option<Option<String>>,
-    #[serde(default, deserialize_with = "some_or_null")]
+    #[serde(default, deserialize_with = "crate::http::extract::some_or_null")]
     #[schema(value_type = Option<String>)]
     pub description: Option<Option<String>>,
-    #[serde(default, deserialize_with = "some_or_null")]
+    #[serde(default, deserialize_with = "crate::http::extract::some_or_null")]
     #[schema(value_type = Option<Uuid>)]
     pub project_id: Option<Option<Uuid>>,
-    #[serde(default, deserialize_with = "some_or_null")]
+    #[serde(default, deserialize_with = "crate::http::extract::some_or_null")]
     #[schema(value_type = Option<DateTime<Utc>>)]
     pub due_at: Option<Option<DateTime<Utc>>>,
     #[serde(default)]
@@ -120,20 +120,6 @@ pub struct PatchTaskRequest {
 #[serde(deny_unknown_fields)]
 pub struct CompleteTaskRequest {
     pub completed: bool,
-}
-
-/// Makes an `Option` field required while still accepting `null`.
-fn present_or_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
-    d: D,
-) -> Result<Option<T>, D::Error> {
-    Option::<T>::deserialize(d)
-}
-
-/// Tells "absent" (outer `None`, via `default`) from "null" (`Some(None)`).
-fn some_or_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
-    d: D,
-) -> Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(d).map(Some)
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema, PartialEq, Eq)]
