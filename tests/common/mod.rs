@@ -148,24 +148,7 @@ impl TestApp {
     }
 
     pub async fn spawn_with(settings: Settings) -> Self {
-        init_test_logging();
-        let app = Application::build(settings.clone(), Components::ALL)
-            .await
-            .expect("build app");
-        let addr = app.local_addr().expect("api address");
-        let shutdown = app.shutdown_token();
-        let pool = app.state().pool.clone();
-        let handle = tokio::spawn(app.run());
-        let nats = async_nats::connect(&settings.nats.url).await.expect("nats");
-        Self {
-            base: format!("http://{addr}"),
-            client: reqwest::Client::new(),
-            pool,
-            nats,
-            settings,
-            shutdown,
-            handle: Some(handle),
-        }
+        Self::spawn_components(settings, Components::ALL).await
     }
 
     /// Stops the application gracefully and waits for it.
