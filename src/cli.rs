@@ -65,6 +65,11 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::audit::cli::AuditCommand,
     },
+    /// Inspect and release events parked by the relay or a projection.
+    DeadLetters {
+        #[command(subcommand)]
+        command: crate::dead_letters::DeadLettersCommand,
+    },
     /// Rebuild read models from the event store, then hand over to the live consumers.
     Replay {
         /// A projection name (`users`, `sessions`, `tasks`, …) or `all`.
@@ -135,6 +140,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Audit { command } => crate::audit::cli::run(&settings, command).await,
+        Command::DeadLetters { command } => {
+            let pool = connect_database(&settings).await?;
+            crate::dead_letters::run(&pool, command).await
+        }
         Command::Replay { projection } => replay(&settings, &projection).await,
     }
 }

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod consistency;
+pub mod dead_letters;
 pub mod http;
 pub mod startup;
 pub mod state;

@@ -12,7 +12,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy};
 use chronicle_nats::{EventEnvelope, StreamSettings};
 use common::{
-    assert_read_models_equal_rebuild, eventually, test_settings, wait_for_projections, TestApp,
+    assert_read_models_equal_rebuild, eventually, free_port, test_settings, wait_for_port,
+    wait_for_projections, OwnNats, TestApp,
 };
 use futures::StreamExt;
 use reqwest::{Method, StatusCode};
@@ -321,80 +322,6 @@ async fn read_models_equal_a_rebuild_and_the_live_consumer_carries_on_after_it()
         .await;
     assert_eq!(listed.len(), 7, "10 created, 4 purged, 1 more");
     app.stop().await;
-}
-
-/// A nats-server of the test's own, so stopping it disturbs no other test.
-struct OwnNats {
-    port: u16,
-    store: std::path::PathBuf,
-    child: Option<Child>,
-}
-
-impl OwnNats {
-    fn start(port: u16, store: std::path::PathBuf) -> Self {
-        let mut nats = Self {
-            port,
-            store,
-            child: None,
-        };
-        nats.restart();
-        nats
-    }
-
-    fn restart(&mut self) {
-        let binary =
-            std::env::var("CHRONICLE_NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into());
-        let child = Command::new(binary)
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-sd",
-            ])
-            .arg(&self.store)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nats-server (set CHRONICLE_NATS_SERVER_BIN)");
-        self.child = Some(child);
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").arg(child.id().to_string()).status();
-            let _ = child.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for OwnNats {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn wait_for_port(port: u16) {
-    eventually(Duration::from_secs(20), "the port to open", || async move {
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()
-            .map(|_| ())
-    })
-    .await;
 }
 
 /// Keeps creating tasks until `stop`; returns the ids that got a 201.
@@ -751,8 +678,8 @@ async fn events_are_read_in_numeric_transaction_order_across_a_digit_boundary() 
         .await
         .unwrap();
         let Some(event) = batch.first() else { break };
-        order.push(event.aggregate_id.clone());
-        cursor = event.cursor;
+        order.push(event.aggregate().1.to_string());
+        cursor = event.cursor();
     }
     assert_eq!(order, ["first", "second"], "one row per read, none skipped");
     drop(conn);

@@ -27,6 +27,11 @@ pub const PASSWORD_MIN_CHARS: usize = 8;
 /// in the password hasher.
 pub const PASSWORD_MAX_CHARS: usize = 128;
 
+/// Deepest nesting of a free-form JSON document (`preferences`).
+pub const JSON_MAX_DEPTH: usize = 16;
+/// Largest free-form JSON document, in bytes as Postgres stores it.
+pub const JSON_MAX_BYTES: usize = 16 * 1024;
+
 /// Passwords that meet the length rule but appear at the top of every leaked
 /// password list, so a credential-stuffing attack would guess them first.
 /// Compared case-insensitively.
@@ -100,6 +105,74 @@ pub fn describe(errors: &[FieldError]) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// Validates a free-form JSON object (e.g. a user's preferences): an object,
+/// nested at most [`JSON_MAX_DEPTH`] levels, at most [`JSON_MAX_BYTES`] as
+/// stored.
+///
+/// "As stored" matters: Postgres keeps numbers as decimals and writes them
+/// out in full, so `1e18` (4 bytes in the request) takes 19 in the event
+/// store and on the bus. Every event must stay readable by any JSON parser
+/// and publishable as one NATS message; these bounds keep it far from both.
+pub fn validate_json_object(
+    field: &'static str,
+    value: serde_json::Value,
+) -> Result<serde_json::Value, FieldError> {
+    if !value.is_object() {
+        return Err(FieldError::new(
+            field,
+            format!("{field} must be a JSON object"),
+        ));
+    }
+    let (depth, expansion) = json_shape(&value);
+    if depth > JSON_MAX_DEPTH {
+        return Err(FieldError::new(
+            field,
+            format!("{field} must be nested at most {JSON_MAX_DEPTH} levels deep"),
+        ));
+    }
+    let stored = serde_json::to_string(&value).map_or(usize::MAX, |text| text.len()) + expansion;
+    if stored > JSON_MAX_BYTES {
+        return Err(FieldError::new(
+            field,
+            format!("{field} must be at most {JSON_MAX_BYTES} bytes (numbers counted in full)"),
+        ));
+    }
+    Ok(value)
+}
+
+/// The nesting depth of `value`, and how many bytes its non-integer numbers
+/// may grow by when written out in full (an upper bound: 20 for sign, point
+/// and 17 significant digits, plus one per power of ten).
+fn json_shape(value: &serde_json::Value) -> (usize, usize) {
+    use serde_json::Value;
+    // Iterative, so that no input can exhaust the stack.
+    let (mut deepest, mut expansion) = (0, 0usize);
+    let mut stack = vec![(value, 0usize)];
+    while let Some((value, depth)) = stack.pop() {
+        match value {
+            Value::Array(items) => {
+                deepest = deepest.max(depth + 1);
+                stack.extend(items.iter().map(|item| (item, depth + 1)));
+            }
+            Value::Object(fields) => {
+                deepest = deepest.max(depth + 1);
+                stack.extend(fields.values().map(|item| (item, depth + 1)));
+            }
+            Value::Number(number) if !number.is_i64() && !number.is_u64() => {
+                let magnitude = number.as_f64().map_or(0.0, f64::abs);
+                let exponent = if magnitude == 0.0 {
+                    0
+                } else {
+                    magnitude.log10().floor().abs() as usize
+                };
+                expansion = expansion.saturating_add(20 + exponent);
+            }
+            _ => {}
+        }
+    }
+    (deepest, expansion)
 }
 
 /// Validates a task title: trimmed, then 1 to 200 characters.
@@ -322,5 +395,28 @@ mod tests {
             FieldError::new("description", "too long"),
         ];
         assert_eq!(describe(&errors), "title: too long; description: too long");
+    }
+
+    #[test]
+    fn free_form_json_is_bounded_in_depth_and_in_size_as_stored() {
+        use serde_json::json;
+        assert!(
+            validate_json_object("preferences", json!({"theme": "dark", "n": [1, 2.5]})).is_ok()
+        );
+        assert!(validate_json_object("preferences", json!(["theme"])).is_err());
+        let mut deep = json!({});
+        for _ in 0..JSON_MAX_DEPTH {
+            deep = json!({ "a": deep });
+        }
+        assert!(validate_json_object("preferences", deep).is_err());
+        // 1,000 times `1e18`: about 5 KB in the request, 19 KB once Postgres
+        // writes each number out in full.
+        let numbers: Vec<f64> = vec![1e18; 1000];
+        let text_len = serde_json::to_string(&numbers).unwrap().len();
+        assert!(text_len < JSON_MAX_BYTES);
+        let refused = validate_json_object("preferences", json!({ "n": numbers })).unwrap_err();
+        assert!(refused.message.contains("bytes"), "{refused}");
+        let big = "x".repeat(JSON_MAX_BYTES);
+        assert!(validate_json_object("preferences", json!({ "s": big })).is_err());
     }
 }

@@ -3,6 +3,7 @@
 //! tails the Postgres event store in commit order and publishes what it finds.
 #![forbid(unsafe_code)]
 
+pub mod dead_letter;
 pub mod envelope;
 pub mod error;
 pub mod relay;
@@ -12,5 +13,5 @@ pub mod stream;
 pub use envelope::EventEnvelope;
 pub use error::NatsError;
 pub use relay::{Relay, RelayConfig};
-pub use stored_event::{EventCursor, StoredEvent};
+pub use stored_event::{EventCursor, ReadEvent, StoredEvent};
 pub use stream::StreamSettings;

@@ -14,15 +14,26 @@
 //! Only one relay is active: the leader holds a Postgres advisory lock on the
 //! connection it uses for all its reads and writes, so losing that connection
 //! also means losing leadership. Standbys poll for the lock.
+//!
+//! An event that cannot be published as it is (its JSON cannot be read,
+//! nests deeper than consumers can parse, or is larger than NATS takes) is
+//! parked in `dead_letters` with every later event of its aggregate, and the
+//! relay carries on with the others (see [`crate::dead_letter`]).
 
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, context::PublishErrorKind};
+use async_nats::HeaderMap;
+use bytes::Bytes;
 use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
-use crate::stored_event::{has_in_flight_after, read_committed_after};
+use crate::dead_letter::{
+    self, json_depth, AggregateKey, Blocked, Parked, DEAD_LETTERS_CHANNEL, MAX_PUBLISHED_DEPTH,
+    RELAY_STAGE,
+};
+use crate::stored_event::{has_in_flight_after, read_committed_after, ReadEvent, EVENT_COLUMNS};
 use crate::stream::ensure_stream;
 use crate::{EventCursor, EventEnvelope, NatsError, StoredEvent, StreamSettings};
 
@@ -30,6 +41,23 @@ use crate::{EventCursor, EventEnvelope, NatsError, StoredEvent, StreamSettings};
 pub const EVENTS_CHANNEL: &str = "chronicle_events";
 /// Advisory lock key held by the active relay ("chronicle relay").
 const RELAY_LOCK_KEY: i64 = 0x6368_726f_6e72_6c79;
+/// Room left for the headers when comparing a body with NATS's `max_payload`
+/// (ours take about 400 bytes).
+const HEADER_ALLOWANCE: usize = 1024;
+
+/// One event, encoded and checked, ready to publish.
+struct Outgoing {
+    subject: String,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// A batch sorted into what goes to the stream and what is parked.
+#[derive(Default)]
+struct Sorted {
+    outgoing: Vec<Outgoing>,
+    parked: Vec<Parked>,
+}
 
 /// Tunables of the relay.
 #[derive(Debug, Clone)]
@@ -136,10 +164,14 @@ impl Relay {
         shutdown: &CancellationToken,
     ) -> Result<(), NatsError> {
         let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener.listen(EVENTS_CHANNEL).await?;
+        listener
+            .listen_all([EVENTS_CHANNEL, DEAD_LETTERS_CHANNEL])
+            .await?;
         let stream = ensure_stream(&self.jetstream, &self.stream).await?;
         let mut last_stream_sequence = stream_last_sequence(stream).await?;
         let mut cursor = self.load_checkpoint(conn).await?;
+        let mut blocked = Blocked::load(conn, RELAY_STAGE).await?;
+        self.release_requested(conn, &mut blocked).await?;
         let mut retry_soon = Duration::from_millis(1);
 
         while !shutdown.is_cancelled() {
@@ -156,28 +188,156 @@ impl Relay {
                 };
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    notification = listener.recv() => { notification?; }
+                    notification = listener.recv() => {
+                        if notification?.channel() == DEAD_LETTERS_CHANNEL {
+                            self.release_requested(conn, &mut blocked).await?;
+                        }
+                    }
                     _ = tokio::time::sleep(wait) => {}
                 }
                 continue;
             }
             retry_soon = Duration::from_millis(1);
             let started = Instant::now();
-            last_stream_sequence = self.publish_batch(&batch, last_stream_sequence).await?;
-            let last = batch.last().map(|event| event.cursor).unwrap_or(cursor);
-            self.save_checkpoint(conn, last).await?;
+            let sorted = self.sort(&batch, &mut blocked);
+            last_stream_sequence = self
+                .publish_batch(&sorted.outgoing, last_stream_sequence)
+                .await?;
+            let last = batch.last().map(ReadEvent::cursor).unwrap_or(cursor);
+            self.save_checkpoint(conn, last, &sorted.parked).await?;
             cursor = last;
-            record_batch_metrics(&batch, started);
+            record_batch_metrics(&batch, sorted.outgoing.len(), started);
+            // A release asked for while busy is taken between batches.
+            let mut release = false;
+            while let Some(notification) = listener.next_buffered() {
+                release |= notification.channel() == DEAD_LETTERS_CHANNEL;
+            }
+            if release {
+                self.release_requested(conn, &mut blocked).await?;
+            }
         }
         Ok(())
+    }
+
+    /// Encodes each event of `batch`, in order, unless its aggregate is held
+    /// back or the event cannot be published: those are parked.
+    fn sort(&self, batch: &[ReadEvent], blocked: &mut Blocked) -> Sorted {
+        let mut sorted = Sorted::default();
+        for read in batch {
+            let (aggregate_type, aggregate_id) = read.aggregate();
+            let parked = match (blocked.held_behind(aggregate_type, aggregate_id), read) {
+                (Some(reason), ReadEvent::Event(event)) => event.parked(reason),
+                (Some(reason), ReadEvent::Unreadable { parked, .. }) => Parked {
+                    reason,
+                    ..parked.clone()
+                },
+                (None, ReadEvent::Unreadable { parked, .. }) => parked.clone(),
+                (None, ReadEvent::Event(event)) => match self.encode(event) {
+                    Ok(outgoing) => {
+                        sorted.outgoing.push(outgoing);
+                        continue;
+                    }
+                    Err(reason) => event.parked(reason),
+                },
+            };
+            blocked.block(&parked);
+            sorted.parked.push(parked);
+        }
+        sorted
+    }
+
+    /// The message for `event`, or why it cannot be published as it is.
+    fn encode(&self, event: &StoredEvent) -> Result<Outgoing, String> {
+        for (part, value) in [("payload", &event.payload), ("metadata", &event.metadata)] {
+            let depth = json_depth(value);
+            if depth > MAX_PUBLISHED_DEPTH {
+                return Err(format!(
+                    "{part} nests {depth} levels deep; at most {MAX_PUBLISHED_DEPTH} are published"
+                ));
+            }
+        }
+        let envelope = EventEnvelope::from(event);
+        let body = serde_json::to_vec(&envelope)
+            .map_err(|err| format!("the envelope cannot be encoded: {err}"))?;
+        let max_payload = self.jetstream.client().max_payload();
+        if body.len() + HEADER_ALLOWANCE > max_payload {
+            return Err(format!(
+                "the message of {} bytes exceeds what NATS takes ({max_payload} bytes with headers)",
+                body.len()
+            ));
+        }
+        Ok(Outgoing {
+            subject: envelope.subject(&self.stream.subject_prefix),
+            headers: envelope.headers(),
+            body: body.into(),
+        })
+    }
+
+    /// Publishes the parked events of every aggregate whose release was
+    /// asked for, in sequence order, unless one of them still fails.
+    async fn release_requested(
+        &self,
+        conn: &mut PgConnection,
+        blocked: &mut Blocked,
+    ) -> Result<(), NatsError> {
+        for key in dead_letter::release_requests(conn, RELAY_STAGE).await? {
+            let outgoing = match self.encode_parked(conn, &key).await? {
+                Ok(outgoing) => outgoing,
+                Err((sequence, reason)) => {
+                    dead_letter::refuse_release(conn, RELAY_STAGE, &key, sequence, &reason).await?;
+                    continue;
+                }
+            };
+            self.publish_one_by_one(&outgoing).await?;
+            dead_letter::mark_released(conn, RELAY_STAGE, &key).await?;
+            blocked.unblock(&key);
+            tracing::info!(aggregate_type = %key.0, aggregate_id = %key.1, events = outgoing.len(), "parked events released");
+        }
+        Ok(())
+    }
+
+    /// The parked events of `key`, encoded in order, or the first that still
+    /// cannot be published and why.
+    async fn encode_parked(
+        &self,
+        conn: &mut PgConnection,
+        key: &AggregateKey,
+    ) -> Result<Result<Vec<Outgoing>, (i64, String)>, NatsError> {
+        let sequences = dead_letter::parked_sequences(conn, RELAY_STAGE, key).await?;
+        let rows = sqlx::query(&format!(
+            "select {EVENT_COLUMNS} from events \
+             where aggregate_type = $1 and aggregate_id = $2 and sequence = any($3) \
+             order by sequence"
+        ))
+        .bind(&key.0)
+        .bind(&key.1)
+        .bind(&sequences)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut outgoing = Vec::with_capacity(rows.len());
+        for row in &rows {
+            match StoredEvent::read_row(row)? {
+                ReadEvent::Event(event) => match self.encode(&event) {
+                    Ok(message) => outgoing.push(message),
+                    Err(reason) => return Ok(Err((event.sequence, reason))),
+                },
+                ReadEvent::Unreadable { parked, .. } => {
+                    return Ok(Err((parked.sequence, parked.reason)))
+                }
+            }
+        }
+        Ok(Ok(outgoing))
     }
 
     /// Publishes a batch and returns the stream's last sequence afterwards.
     async fn publish_batch(
         &self,
-        batch: &[StoredEvent],
+        batch: &[Outgoing],
         last_stream_sequence: u64,
     ) -> Result<u64, NatsError> {
+        if batch.is_empty() {
+            return Ok(last_stream_sequence);
+        }
         match self.publish_pipelined(batch, last_stream_sequence).await {
             Ok(last) => Ok(last),
             Err(err) => {
@@ -189,13 +349,13 @@ impl Relay {
 
     async fn publish_pipelined(
         &self,
-        batch: &[StoredEvent],
+        batch: &[Outgoing],
         last_stream_sequence: u64,
     ) -> Result<u64, NatsError> {
         let mut pending = Vec::with_capacity(batch.len());
-        for (offset, event) in batch.iter().enumerate() {
+        for (offset, message) in batch.iter().enumerate() {
             let expected = last_stream_sequence + offset as u64;
-            pending.push(self.publish(event, expected).await?);
+            pending.push(self.publish(message, expected).await?);
         }
         let mut last = last_stream_sequence;
         // Every message is already on the wire; awaiting the acks in order
@@ -214,12 +374,12 @@ impl Relay {
 
     /// The slow, always-correct path: learn the stream's real last sequence
     /// and publish each event only after the previous one was acknowledged.
-    async fn publish_one_by_one(&self, batch: &[StoredEvent]) -> Result<u64, NatsError> {
+    async fn publish_one_by_one(&self, batch: &[Outgoing]) -> Result<u64, NatsError> {
         let stream = ensure_stream(&self.jetstream, &self.stream).await?;
         let mut last = stream_last_sequence(stream).await?;
-        for event in batch {
+        for message in batch {
             let ack = self
-                .publish(event, last)
+                .publish(message, last)
                 .await?
                 .await
                 .map_err(|err| NatsError::jetstream("publish ack", err));
@@ -234,23 +394,16 @@ impl Relay {
 
     async fn publish(
         &self,
-        event: &StoredEvent,
+        message: &Outgoing,
         expected_last_sequence: u64,
     ) -> Result<jetstream::context::PublishAckFuture, NatsError> {
-        let envelope = EventEnvelope::from(event);
-        let mut headers = envelope.headers();
+        let mut headers = message.headers.clone();
         headers.insert(
             "Nats-Expected-Last-Sequence",
             expected_last_sequence.to_string().as_str(),
         );
-        let body = serde_json::to_vec(&envelope)
-            .map_err(|err| NatsError::MalformedEvent(envelope.message_id(), err.to_string()))?;
         self.jetstream
-            .publish_with_headers(
-                envelope.subject(&self.stream.subject_prefix),
-                headers,
-                body.into(),
-            )
+            .publish_with_headers(message.subject.clone(), headers, message.body.clone())
             .await
             .map_err(|err| match err.kind() {
                 PublishErrorKind::StreamNotFound => {
@@ -279,11 +432,17 @@ impl Relay {
         })
     }
 
+    /// Stores the checkpoint, and the batch's parked events with it: a crash
+    /// before this commit republishes the batch (JetStream drops the copies)
+    /// and parks the same events again.
     async fn save_checkpoint(
         &self,
         conn: &mut PgConnection,
         cursor: EventCursor,
+        parked: &[Parked],
     ) -> Result<(), NatsError> {
+        let mut tx = conn.begin().await?;
+        dead_letter::park(&mut tx, RELAY_STAGE, parked).await?;
         sqlx::query(
             "insert into relay_checkpoints (name, transaction_id, global_position, updated_at) \
              values ($1, $2::text::xid8, $3, now()) \
@@ -293,8 +452,9 @@ impl Relay {
         .bind(&self.config.name)
         .bind(cursor.transaction_id.to_string())
         .bind(cursor.global_position)
-        .execute(conn)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 }
@@ -307,13 +467,15 @@ async fn stream_last_sequence(mut stream: jetstream::stream::Stream) -> Result<u
     Ok(info.state.last_sequence)
 }
 
-fn record_batch_metrics(batch: &[StoredEvent], started: Instant) {
-    metrics::counter!("chronicle_relay_published_events_total").increment(batch.len() as u64);
+fn record_batch_metrics(batch: &[ReadEvent], published: usize, started: Instant) {
+    metrics::counter!("chronicle_relay_published_events_total").increment(published as u64);
     metrics::histogram!("chronicle_relay_batch_seconds").record(started.elapsed().as_secs_f64());
     if let Some(last) = batch.last() {
-        let lag = chrono::Utc::now() - last.recorded_at;
-        metrics::gauge!("chronicle_relay_lag_seconds")
-            .set(lag.num_microseconds().unwrap_or(0) as f64 / 1e6);
-        metrics::gauge!("chronicle_relay_position").set(last.cursor.global_position as f64);
+        if let ReadEvent::Event(event) = last {
+            let lag = chrono::Utc::now() - event.recorded_at;
+            metrics::gauge!("chronicle_relay_lag_seconds")
+                .set(lag.num_microseconds().unwrap_or(0) as f64 / 1e6);
+        }
+        metrics::gauge!("chronicle_relay_position").set(last.cursor().global_position as f64);
     }
 }

@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{PgConnection, Row};
 
+use crate::dead_letter::Parked;
 use crate::NatsError;
 
 /// A position in commit order: the inserting transaction and the row's global position.
@@ -41,31 +42,90 @@ pub struct StoredEvent {
 /// `transaction_id` comes out as text under another name: an alias named
 /// like the column would make `order by transaction_id` sort by that text
 /// (`"10" < "9"`), which is neither the index order nor commit order.
+///
+/// `payload` and `metadata` come out as text too and are parsed here, one
+/// row at a time: a row that the JSON parser refuses (nested deeper than its
+/// limit) is then one bad event instead of a failed batch.
 pub const EVENT_COLUMNS: &str = "global_position, transaction_id::text as transaction_id_text, \
-     aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, recorded_at";
+     aggregate_type, aggregate_id, sequence, event_type, event_version, \
+     payload::text as payload_text, metadata::text as metadata_text, recorded_at";
 
 impl StoredEvent {
-    /// Decodes a row selected with [`EVENT_COLUMNS`].
+    /// Decodes a row selected with [`EVENT_COLUMNS`]; an unreadable payload
+    /// or metadata is an error naming the event.
     pub fn from_row(row: &sqlx::postgres::PgRow) -> Result<Self, NatsError> {
+        match Self::read_row(row)? {
+            ReadEvent::Event(event) => Ok(event),
+            ReadEvent::Unreadable { parked, .. } => Err(NatsError::MalformedEvent(
+                parked.message_id(),
+                parked.reason,
+            )),
+        }
+    }
+
+    /// Decodes a row selected with [`EVENT_COLUMNS`]. The error is a
+    /// database failure; an event whose JSON cannot be read comes back as
+    /// [`ReadEvent::Unreadable`], ready to be parked.
+    pub fn read_row(row: &sqlx::postgres::PgRow) -> Result<ReadEvent, NatsError> {
         let global_position: i64 = row.try_get("global_position")?;
         let transaction_id: String = row.try_get("transaction_id_text")?;
         let transaction_id = transaction_id.parse::<u64>().map_err(|err| {
             NatsError::MalformedEvent(global_position.to_string(), err.to_string())
         })?;
-        Ok(Self {
-            cursor: EventCursor {
-                transaction_id,
-                global_position,
-            },
-            aggregate_type: row.try_get("aggregate_type")?,
-            aggregate_id: row.try_get("aggregate_id")?,
-            sequence: row.try_get("sequence")?,
-            event_type: row.try_get("event_type")?,
+        let aggregate_type: String = row.try_get("aggregate_type")?;
+        let aggregate_id: String = row.try_get("aggregate_id")?;
+        let sequence: i64 = row.try_get("sequence")?;
+        let event_type: String = row.try_get("event_type")?;
+        let payload_text: &str = row.try_get("payload_text")?;
+        let metadata_text: &str = row.try_get("metadata_text")?;
+        let json = serde_json::from_str::<Value>(payload_text)
+            .map_err(|err| format!("payload is not readable JSON: {err}"))
+            .and_then(|payload| {
+                serde_json::from_str::<Value>(metadata_text)
+                    .map(|metadata| (payload, metadata))
+                    .map_err(|err| format!("metadata is not readable JSON: {err}"))
+            });
+        let cursor = EventCursor {
+            transaction_id,
+            global_position,
+        };
+        let (payload, metadata) = match json {
+            Ok(json) => json,
+            Err(reason) => {
+                let parked = Parked {
+                    aggregate_type,
+                    aggregate_id,
+                    sequence,
+                    global_position,
+                    event_type,
+                    reason,
+                };
+                return Ok(ReadEvent::Unreadable { cursor, parked });
+            }
+        };
+        Ok(ReadEvent::Event(Self {
+            cursor,
+            aggregate_type,
+            aggregate_id,
+            sequence,
+            event_type,
             event_version: row.try_get("event_version")?,
-            payload: row.try_get("payload")?,
-            metadata: row.try_get("metadata")?,
+            payload,
+            metadata,
             recorded_at: row.try_get("recorded_at")?,
-        })
+        }))
+    }
+
+    /// This event as a dead letter, parked for `reason`.
+    pub fn parked(&self, reason: String) -> Parked {
+        Parked {
+            aggregate_type: self.aggregate_type.clone(),
+            aggregate_id: self.aggregate_id.clone(),
+            sequence: self.sequence,
+            global_position: self.cursor.global_position,
+            event_type: self.event_type.clone(),
+            reason,
+        }
     }
 
     /// The payload without cqrs-es's enum tag: stored payloads look like
@@ -81,6 +141,30 @@ impl StoredEvent {
     }
 }
 
+/// One row read in commit order: an event, or one whose JSON cannot be read.
+#[derive(Debug, Clone)]
+pub enum ReadEvent {
+    Event(StoredEvent),
+    Unreadable { cursor: EventCursor, parked: Parked },
+}
+
+impl ReadEvent {
+    pub fn cursor(&self) -> EventCursor {
+        match self {
+            Self::Event(event) => event.cursor,
+            Self::Unreadable { cursor, .. } => *cursor,
+        }
+    }
+
+    /// `(aggregate_type, aggregate_id)`.
+    pub fn aggregate(&self) -> (&str, &str) {
+        match self {
+            Self::Event(event) => (&event.aggregate_type, &event.aggregate_id),
+            Self::Unreadable { parked, .. } => (&parked.aggregate_type, &parked.aggregate_id),
+        }
+    }
+}
+
 /// Reads up to `limit` committed events after `after`, in commit order.
 ///
 /// Only rows below the oldest in-flight transaction are returned (see the
@@ -91,7 +175,7 @@ pub async fn read_committed_after(
     after: EventCursor,
     limit: i64,
     aggregate_types: &[String],
-) -> Result<Vec<StoredEvent>, NatsError> {
+) -> Result<Vec<ReadEvent>, NatsError> {
     let sql = format!(
         "select {EVENT_COLUMNS} from events \
          where (transaction_id, global_position) > ($1::text::xid8, $2) \
@@ -107,7 +191,7 @@ pub async fn read_committed_after(
         .bind(aggregate_types)
         .fetch_all(conn)
         .await?;
-    rows.iter().map(StoredEvent::from_row).collect()
+    rows.iter().map(StoredEvent::read_row).collect()
 }
 
 /// True when rows exist after `after` that are not yet readable because a

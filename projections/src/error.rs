@@ -9,16 +9,29 @@ pub enum ProjectionError {
     /// Transient: the consumer is recreated after a pause.
     #[error("jetstream: {0}")]
     Stream(String),
-    /// Permanent: this event can never be applied as it is. The projection
-    /// stops and says so (metric, `/ready`, log) rather than skip it.
+    /// Permanent for this event: it can never be applied as it is. The
+    /// runtime parks it, with every later event of its aggregate, in
+    /// `dead_letters`, and goes on with the other aggregates.
     #[error("event {message_id} cannot be applied: {reason}")]
     Poison { message_id: String, reason: String },
+    /// Permanent for the projection, whatever the event (a signer that
+    /// fails, a read model that disagrees with its own versions): it stops
+    /// and says so (metric, `/ready`, log) until fixed and replayed.
+    #[error("{what}: {reason}")]
+    Halt { what: String, reason: String },
 }
 
 impl ProjectionError {
     pub fn poison(message_id: impl Into<String>, reason: impl std::fmt::Display) -> Self {
         Self::Poison {
             message_id: message_id.into(),
+            reason: reason.to_string(),
+        }
+    }
+
+    pub fn halt(what: impl Into<String>, reason: impl std::fmt::Display) -> Self {
+        Self::Halt {
+            what: what.into(),
             reason: reason.to_string(),
         }
     }

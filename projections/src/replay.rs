@@ -7,9 +7,17 @@
 //! it does not see is committed later and reaches the live consumer through
 //! the stream, where the version guard applies it exactly once. No gap, no
 //! double.
+//!
+//! Events parked in `dead_letters` (by the relay, which never published
+//! them, or by this projection) and the events behind them are left out, as
+//! the live projection left them out; an event whose JSON cannot be read is
+//! left out with its aggregate's later events, as the relay parks it.
 
+use std::collections::HashMap;
+
+use chronicle_nats::dead_letter::{AggregateKey, RELAY_STAGE};
 use chronicle_nats::stored_event::read_committed_after;
-use chronicle_nats::{EventCursor, EventEnvelope};
+use chronicle_nats::{EventCursor, EventEnvelope, ReadEvent};
 use sqlx::PgPool;
 
 use crate::projection::{lock_key, VersionGuard, MARK_AND_LOCK};
@@ -50,6 +58,18 @@ pub async fn rebuild(
     // The read model and its versions were just emptied, so the guard starts
     // from nothing and lives in memory: one round trip per event (the
     // projection's own write) plus one per batch for the versions.
+    // Per aggregate, the first sequence the live side parked.
+    let mut parked_from: HashMap<AggregateKey, i64> = sqlx::query_as(
+        "select aggregate_type, aggregate_id, min(sequence) from dead_letters \
+         where stage in ($1, $2) and released_at is null group by 1, 2",
+    )
+    .bind(name)
+    .bind(RELAY_STAGE)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .map(|(kind, id, sequence): (String, String, i64)| ((kind, id), sequence))
+    .collect();
     let mut guard = VersionGuard::empty(name);
     let mut cursor = EventCursor::default();
     let mut done = 0u64;
@@ -58,8 +78,22 @@ pub async fn rebuild(
             .await
             .map_err(|err| ProjectionError::Stream(err.to_string()))?;
         let Some(last) = batch.last() else { break };
-        cursor = last.cursor;
-        for event in &batch {
+        cursor = last.cursor();
+        for read in &batch {
+            let event = match read {
+                ReadEvent::Event(event) => event,
+                ReadEvent::Unreadable { parked, .. } => {
+                    parked_from.entry(parked.key()).or_insert(parked.sequence);
+                    continue;
+                }
+            };
+            let held = !parked_from.is_empty()
+                && parked_from
+                    .get(&(event.aggregate_type.clone(), event.aggregate_id.clone()))
+                    .is_some_and(|first| event.sequence >= *first);
+            if held {
+                continue;
+            }
             guard
                 .apply(projection, &mut tx, &EventEnvelope::from(event))
                 .await?;

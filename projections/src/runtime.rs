@@ -1,5 +1,9 @@
 //! The live side of a projection: a durable JetStream consumer feeding batches
 //! into one Postgres transaction each, acknowledged only after commit.
+//!
+//! An event the projection cannot apply is parked in `dead_letters` with
+//! every later event of its aggregate (`chronicle_nats::dead_letter`); the
+//! batch is applied again without it and the other aggregates flow on.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -7,10 +11,13 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::{self, Message};
+use chronicle_nats::dead_letter::{self, AggregateKey, Blocked, Parked, DEAD_LETTERS_CHANNEL};
+use chronicle_nats::stored_event::EVENT_COLUMNS;
 use chronicle_nats::stream::ensure_stream;
-use chronicle_nats::{EventEnvelope, StreamSettings};
+use chronicle_nats::{EventEnvelope, ReadEvent, StoredEvent, StreamSettings};
 use futures::StreamExt;
-use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
 use crate::projection::{lock_key, VersionGuard, MARK_AND_LOCK};
@@ -71,7 +78,8 @@ impl ProjectionRunner {
     }
 
     /// Consumes until `shutdown`; transient failures are retried, a poison
-    /// event stops the projection until it is fixed and replayed.
+    /// event is parked, and a failure of the projection itself
+    /// ([`ProjectionError::Halt`]) stops it until it is fixed and replayed.
     pub async fn run(self, shutdown: CancellationToken) {
         let name = self.projection.name();
         if let Err(err) = self.clear_failure().await {
@@ -81,8 +89,8 @@ impl ProjectionRunner {
         loop {
             match self.consume(&shutdown).await {
                 Ok(()) => return,
-                Err(ProjectionError::Poison { message_id, reason }) => {
-                    self.mark_failed(&message_id, &reason).await;
+                Err(ProjectionError::Halt { what, reason }) => {
+                    self.mark_failed(&what, &reason).await;
                     shutdown.cancelled().await;
                     return;
                 }
@@ -140,6 +148,10 @@ impl ProjectionRunner {
             })
             .await
             .map_err(|err| ProjectionError::Stream(err.to_string()))?;
+        let mut blocked = Blocked::load(&mut *self.pool.acquire().await?, name).await?;
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(DEAD_LETTERS_CHANNEL).await?;
+        self.release_requested(&mut blocked).await?;
         let messages = consumer
             .messages()
             .await
@@ -150,6 +162,12 @@ impl ProjectionRunner {
         loop {
             let chunk = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
+                notification = listener.recv() => {
+                    if notification?.payload() == name {
+                        self.release_requested(&mut blocked).await?;
+                    }
+                    continue;
+                }
                 chunk = batches.next() => chunk,
             };
             let Some(chunk) = chunk else {
@@ -159,7 +177,8 @@ impl ProjectionRunner {
                 .into_iter()
                 .collect::<Result<Vec<Message>, _>>()
                 .map_err(|err| ProjectionError::Stream(err.to_string()))?;
-            self.apply_with_retry(&batch, shutdown).await?;
+            self.apply_with_retry(&batch, &mut blocked, shutdown)
+                .await?;
             if let Some(last) = batch.last() {
                 // AckPolicy::All: acknowledging the last acknowledges the batch.
                 last.ack()
@@ -172,11 +191,12 @@ impl ProjectionRunner {
     async fn apply_with_retry(
         &self,
         batch: &[Message],
+        blocked: &mut Blocked,
         shutdown: &CancellationToken,
     ) -> Result<(), ProjectionError> {
         let mut backoff = Duration::from_millis(50);
         loop {
-            match self.apply_batch(batch).await {
+            match self.apply_batch(batch, blocked).await {
                 Err(ProjectionError::Database(err)) if !shutdown.is_cancelled() => {
                     tracing::warn!(projection = self.projection.name(), error = %err, "batch failed, retrying");
                     tokio::time::sleep(backoff).await;
@@ -187,26 +207,44 @@ impl ProjectionRunner {
         }
     }
 
-    async fn apply_batch(&self, batch: &[Message]) -> Result<(), ProjectionError> {
+    /// Applies a batch; a poison event is parked (with its aggregate held
+    /// back) and the batch applied again without it.
+    async fn apply_batch(
+        &self,
+        batch: &[Message],
+        blocked: &mut Blocked,
+    ) -> Result<(), ProjectionError> {
         let started = Instant::now();
         let name = self.projection.name();
         // Decode before taking the lock: a poison message needs no transaction.
         let mut decoded = Vec::with_capacity(batch.len());
+        let mut unreadable = Vec::new();
         for message in batch {
             let stream_sequence = message
                 .info()
                 .map(|info| info.stream_sequence)
-                .map_err(|err| ProjectionError::poison("?", err))?;
-            let envelope: EventEnvelope = serde_json::from_slice(&message.payload)
-                .map_err(|err| ProjectionError::poison(format!("stream#{stream_sequence}"), err))?;
-            decoded.push((stream_sequence, envelope));
+                .map_err(|err| ProjectionError::Stream(err.to_string()))?;
+            match serde_json::from_slice::<EventEnvelope>(&message.payload) {
+                Ok(envelope) => decoded.push((stream_sequence, envelope)),
+                // Not ours to read: it names no aggregate to hold back.
+                Err(err) => unreadable.push(Parked {
+                    aggregate_type: "(unreadable message)".into(),
+                    aggregate_id: format!("stream#{stream_sequence}"),
+                    sequence: stream_sequence as i64,
+                    global_position: 0,
+                    event_type: String::new(),
+                    reason: format!("not an event envelope: {err}"),
+                }),
+            }
         }
-        let Some((stream_sequence, last_recorded_at)) = decoded
+        let Some(stream_sequence) = batch
             .last()
-            .map(|(sequence, envelope)| (*sequence, envelope.recorded_at))
+            .and_then(|message| message.info().ok())
+            .map(|info| info.stream_sequence)
         else {
             return Ok(());
         };
+        let last_recorded_at = decoded.last().map(|(_, envelope)| envelope.recorded_at);
         let types = self.projection.aggregate_types();
         let wanted: Vec<&EventEnvelope> = decoded
             .iter()
@@ -214,6 +252,53 @@ impl ProjectionRunner {
             .filter(|e| types.is_empty() || types.contains(&e.aggregate_type.as_str()))
             .collect();
 
+        let applied = loop {
+            match self
+                .apply_in_transaction(
+                    &wanted,
+                    blocked,
+                    &unreadable,
+                    stream_sequence,
+                    last_recorded_at,
+                )
+                .await?
+            {
+                Ok(applied) => break applied,
+                Err(poison) => {
+                    // Park it on its own: the batch's transaction is gone.
+                    let mut conn = self.pool.acquire().await?;
+                    dead_letter::park(&mut conn, name, std::slice::from_ref(&poison)).await?;
+                    blocked.block(&poison);
+                }
+            }
+        };
+
+        self.status
+            .stream_sequence
+            .store(stream_sequence, Ordering::Relaxed);
+        metrics::counter!("chronicle_projection_events_total", "projection" => name)
+            .increment(applied as u64);
+        metrics::histogram!("chronicle_projection_batch_seconds", "projection" => name)
+            .record(started.elapsed().as_secs_f64());
+        if let Some(recorded_at) = last_recorded_at {
+            let lag = chrono::Utc::now() - recorded_at;
+            metrics::gauge!("chronicle_projection_lag_seconds", "projection" => name)
+                .set(lag.num_microseconds().unwrap_or(0) as f64 / 1e6);
+        }
+        Ok(())
+    }
+
+    /// One attempt at a batch. The inner error is the first event that turned
+    /// out to be poison; the transaction is then rolled back, nothing applied.
+    async fn apply_in_transaction(
+        &self,
+        wanted: &[&EventEnvelope],
+        blocked: &Blocked,
+        unreadable: &[Parked],
+        stream_sequence: u64,
+        last_recorded_at: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Result<usize, Parked>, ProjectionError> {
+        let name = self.projection.name();
         let mut tx = self.pool.begin().await?;
         sqlx::query(MARK_AND_LOCK)
             .bind(lock_key(name))
@@ -222,19 +307,39 @@ impl ProjectionRunner {
         // The version guard for the whole batch: one read and one write of
         // `read.aggregate_versions` instead of two per event.
         let mut guard = VersionGuard::load(&mut tx, name, wanted.iter().copied()).await?;
-        for envelope in &wanted {
-            guard
+        let mut parked = unreadable.to_vec();
+        let mut held = blocked.clone();
+        let mut applied = 0;
+        for envelope in wanted {
+            if let Some(reason) = held.held_behind(&envelope.aggregate_type, &envelope.aggregate_id)
+            {
+                parked.push(parked_envelope(envelope, reason));
+                continue;
+            }
+            match guard
                 .apply(self.projection.as_ref(), &mut tx, envelope)
-                .await?;
+                .await
+            {
+                Ok(_) => applied += 1,
+                Err(ProjectionError::Poison { reason, .. }) => {
+                    return Ok(Err(parked_envelope(envelope, reason)))
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        for event in &parked {
+            held.block(event);
         }
         guard.store(&mut tx).await?;
+        dead_letter::park(&mut tx, name, &parked).await?;
         // Checkpoint and wake-up of waiting queries in one round trip.
         sqlx::query(
             "with checkpoint as ( \
                insert into read.projection_checkpoints (projection, stream_sequence, last_recorded_at, updated_at) \
                values ($1, $2, $3, now()) \
                on conflict (projection) do update set stream_sequence = excluded.stream_sequence, \
-                 last_recorded_at = excluded.last_recorded_at, updated_at = excluded.updated_at \
+                 last_recorded_at = coalesce(excluded.last_recorded_at, read.projection_checkpoints.last_recorded_at), \
+                 updated_at = excluded.updated_at \
                returning 1) \
              select pg_notify($4, $1) from checkpoint",
         )
@@ -245,18 +350,65 @@ impl ProjectionRunner {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        Ok(Ok(applied))
+    }
 
-        self.status
-            .stream_sequence
-            .store(stream_sequence, Ordering::Relaxed);
-        let lag = chrono::Utc::now() - last_recorded_at;
-        metrics::counter!("chronicle_projection_events_total", "projection" => name)
-            .increment(batch.len() as u64);
-        metrics::histogram!("chronicle_projection_batch_seconds", "projection" => name)
-            .record(started.elapsed().as_secs_f64());
-        metrics::gauge!("chronicle_projection_lag_seconds", "projection" => name)
-            .set(lag.num_microseconds().unwrap_or(0) as f64 / 1e6);
+    /// Applies the parked events of every aggregate whose release was asked
+    /// for, read from the event store in sequence order, unless one of them
+    /// is still poison.
+    async fn release_requested(&self, blocked: &mut Blocked) -> Result<(), ProjectionError> {
+        let name = self.projection.name();
+        let mut conn = self.pool.acquire().await?;
+        for key in dead_letter::release_requests(&mut conn, name).await? {
+            match self.apply_parked(&key).await? {
+                Ok(count) => {
+                    blocked.unblock(&key);
+                    tracing::info!(projection = name, aggregate_type = %key.0, aggregate_id = %key.1, events = count, "parked events released");
+                }
+                Err((sequence, reason)) => {
+                    dead_letter::refuse_release(&mut conn, name, &key, sequence, &reason).await?;
+                }
+            }
+        }
         Ok(())
+    }
+
+    async fn apply_parked(
+        &self,
+        key: &AggregateKey,
+    ) -> Result<Result<usize, (i64, String)>, ProjectionError> {
+        let name = self.projection.name();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(MARK_AND_LOCK)
+            .bind(lock_key(name))
+            .execute(&mut *tx)
+            .await?;
+        let envelopes = match parked_envelopes(&mut tx, name, key).await? {
+            Ok(envelopes) => envelopes,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        let mut guard = VersionGuard::load(&mut tx, name, envelopes.iter()).await?;
+        for envelope in &envelopes {
+            match guard
+                .apply(self.projection.as_ref(), &mut tx, envelope)
+                .await
+            {
+                Ok(_) => {}
+                Err(ProjectionError::Poison { reason, .. }) => {
+                    return Ok(Err((envelope.sequence, reason)))
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        guard.store(&mut tx).await?;
+        dead_letter::mark_released(&mut tx, name, key).await?;
+        sqlx::query("select pg_notify($1, $2)")
+            .bind(PROJECTED_CHANNEL)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Ok(envelopes.len()))
     }
 
     async fn mark_failed(&self, message_id: &str, reason: &str) {
@@ -296,4 +448,45 @@ impl ProjectionRunner {
         .await?;
         Ok(())
     }
+}
+
+fn parked_envelope(envelope: &EventEnvelope, reason: String) -> Parked {
+    Parked {
+        aggregate_type: envelope.aggregate_type.clone(),
+        aggregate_id: envelope.aggregate_id.clone(),
+        sequence: envelope.sequence,
+        global_position: envelope.global_position,
+        event_type: envelope.event_type.clone(),
+        reason,
+    }
+}
+
+/// The parked events of `key` at `stage`, from the event store, in order;
+/// or the first whose JSON cannot be read.
+async fn parked_envelopes(
+    conn: &mut PgConnection,
+    stage: &str,
+    key: &AggregateKey,
+) -> Result<Result<Vec<EventEnvelope>, (i64, String)>, ProjectionError> {
+    let sequences = dead_letter::parked_sequences(conn, stage, key).await?;
+    let rows = sqlx::query(&format!(
+        "select {EVENT_COLUMNS} from events \
+         where aggregate_type = $1 and aggregate_id = $2 and sequence = any($3) \
+         order by sequence"
+    ))
+    .bind(&key.0)
+    .bind(&key.1)
+    .bind(&sequences)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut envelopes = Vec::with_capacity(rows.len());
+    for row in &rows {
+        match StoredEvent::read_row(row).map_err(|err| ProjectionError::Stream(err.to_string()))? {
+            ReadEvent::Event(event) => envelopes.push(EventEnvelope::from(&event)),
+            ReadEvent::Unreadable { parked, .. } => {
+                return Ok(Err((parked.sequence, parked.reason)))
+            }
+        }
+    }
+    Ok(Ok(envelopes))
 }

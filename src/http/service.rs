@@ -79,6 +79,7 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>> {
         for (name, failure) in stopped {
             problems.push(json!({"component": format!("projection {name}"), "message": failure}));
         }
+        problems.extend(parked_events(&state).await?);
         problems.extend(projection_backlogs(&state).await);
     }
     if problems.is_empty() {
@@ -86,6 +87,28 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>> {
     } else {
         Err(ApiError::Unavailable(format!("not ready: {}", problems.len())).with_details(problems))
     }
+}
+
+/// Open dead letters: events that a stage parked and nobody released yet.
+/// Everything else flows meanwhile, but an operator must look.
+async fn parked_events(state: &AppState) -> Result<Vec<Value>> {
+    let parked: Vec<(String, i64, String)> = sqlx::query_as(
+        "select stage, count(*), (array_agg(aggregate_type || ':' || aggregate_id || ':' || sequence \
+           || ' ' || reason order by id))[1] \
+         from dead_letters where released_at is null group by stage order by stage",
+    )
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(parked
+        .into_iter()
+        .map(|(stage, count, first)| {
+            metrics::gauge!("chronicle_dead_letters_open", "stage" => stage.clone()).set(count as f64);
+            json!({
+                "component": format!("dead letters ({stage})"),
+                "message": format!("{count} event(s) parked, first {first}; see `chronicle dead-letters list`"),
+            })
+        })
+        .collect())
 }
 
 async fn projection_backlogs(state: &AppState) -> Vec<Value> {

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -457,4 +458,103 @@ pub async fn assert_audit_rebuild_identical(pool: &PgPool, live: &[String]) {
         live,
         "the rebuilt audit trail differs from the live one"
     );
+}
+
+/// A nats-server of the test's own, so stopping it disturbs no other test.
+pub struct OwnNats {
+    port: u16,
+    store: std::path::PathBuf,
+    /// Extra server configuration (nats-server's config file syntax).
+    config: Option<String>,
+    child: Option<Child>,
+}
+
+impl OwnNats {
+    pub fn start(port: u16, store: std::path::PathBuf) -> Self {
+        Self::start_with_config(port, store, None)
+    }
+
+    /// Starts it with `config` (e.g. `max_payload: 65536`) as its config file.
+    pub fn start_with_config(port: u16, store: std::path::PathBuf, config: Option<String>) -> Self {
+        let mut nats = Self {
+            port,
+            store,
+            config,
+            child: None,
+        };
+        nats.restart();
+        nats
+    }
+
+    /// Replaces the configuration used by the next [`OwnNats::restart`].
+    pub fn set_config(&mut self, config: Option<String>) {
+        self.config = config;
+    }
+
+    pub fn restart(&mut self) {
+        let binary =
+            std::env::var("CHRONICLE_NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into());
+        let child = Command::new(binary)
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(&self.store)
+            .args(self.config_file())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server (set CHRONICLE_NATS_SERVER_BIN)");
+        self.child = Some(child);
+    }
+
+    fn config_file(&self) -> Vec<std::ffi::OsString> {
+        let Some(config) = &self.config else {
+            return Vec::new();
+        };
+        std::fs::create_dir_all(&self.store).expect("nats store dir");
+        let path = self.store.join("test.conf");
+        std::fs::write(&path, config).expect("write nats config");
+        vec!["-c".into(), path.into_os_string()]
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OwnNats {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.store);
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub async fn wait_for_port(port: u16) {
+    eventually(Duration::from_secs(20), "the port to open", || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
 }

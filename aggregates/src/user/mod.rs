@@ -364,7 +364,13 @@ impl Aggregate for User {
             } => {
                 self.require_active()?;
                 let (username, name) = self.profile_after(username, name)?;
-                let preferences = preferences.unwrap_or_else(|| self.preferences.clone());
+                let preferences = match preferences {
+                    Some(preferences) => {
+                        crate::validation::validate_json_object("preferences", preferences)
+                            .map_err(|err| UserError::Invalid(vec![err]))?
+                    }
+                    None => self.preferences.clone(),
+                };
                 if username != self.username || name != self.name || preferences != self.preferences
                 {
                     sink.write(

@@ -106,7 +106,7 @@ impl AuditProjection {
             .map_err(|err| match err {
                 CheckpointError::Database(err) => ProjectionError::Database(err),
                 // A signer that fails now fails on retry too; stop visibly.
-                CheckpointError::Signing(reason) => ProjectionError::poison(
+                CheckpointError::Signing(reason) => ProjectionError::halt(
                     format!("audit checkpoint {}", entry.seq),
                     format!("signing failed: {reason}"),
                 ),
@@ -150,7 +150,7 @@ impl Projection for AuditProjection {
         }
         // Right after a reload the seq is free, so only the event itself can
         // be in this generation already: the version guard and the trail disagree.
-        Err(ProjectionError::poison(
+        Err(ProjectionError::halt(
             event.message_id(),
             "the event already has an audit entry in this generation (run `chronicle replay --projection audit`)",
         ))
