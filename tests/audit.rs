@@ -702,7 +702,7 @@ async fn an_export_of_100k_events_streams_with_flat_memory_and_parses_as_csv() {
     wait_for_projections(&app.pool).await;
     wait_for_audit(&app.pool).await;
     let settings = app.settings.clone();
-    app.stop().await;
+    app.stop_keeping_data().await;
     let pool = PgPool::connect(secrecy::ExposeSecret::expose_secret(&settings.database.url))
         .await
         .unwrap();

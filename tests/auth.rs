@@ -877,7 +877,7 @@ async fn a_rotated_signing_key_keeps_older_tokens_valid() {
     settings.auth.private_key_pem = None;
     let app = TestApp::spawn_with(settings.clone()).await;
     let user = app.register("rotation@example.com").await;
-    app.stop().await;
+    app.stop_keeping_data().await;
 
     chronicle::auth::keys::rotate(&settings.data_dir).unwrap();
     let app = TestApp::spawn_with(settings).await;
@@ -909,7 +909,7 @@ async fn a_login_rehashes_a_password_stored_with_old_parameters() {
     let settings = test_settings().await;
     let app = TestApp::spawn_with(settings.clone()).await;
     let user = app.register("rehash@example.com").await;
-    app.stop().await;
+    app.stop_keeping_data().await;
     let mut stronger = settings;
     stronger.auth.argon2.memory_kib = 2048;
     let app = TestApp::spawn_with(stronger).await;

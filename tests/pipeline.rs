@@ -12,8 +12,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy};
 use chronicle_nats::{EventEnvelope, StreamSettings};
 use common::{
-    assert_read_models_equal_rebuild, eventually, free_port, test_settings, wait_for_port,
-    wait_for_projections, OwnNats, TestApp,
+    assert_read_models_equal_rebuild, eventually, free_port, remove_test_resources, test_settings,
+    wait_for_port, wait_for_projections, OwnNats, TestApp,
 };
 use futures::StreamExt;
 use reqwest::{Method, StatusCode};
@@ -618,6 +618,8 @@ async fn a_server_killed_mid_stream_loses_no_acknowledged_command() {
     wait_for_projections(&pool).await;
     assert_read_models_equal_rebuild(&pool).await;
     drop(server);
+    pool.close().await;
+    remove_test_resources(&settings).await;
 }
 
 #[tokio::test]
@@ -630,7 +632,7 @@ async fn a_relay_that_lost_its_checkpoint_republishes_without_duplicating() {
     assert_stream_matches_store(&app.pool, &app.nats, &app.settings.nats.stream).await;
     let settings = app.settings.clone();
     let pool = app.pool.clone();
-    app.stop().await;
+    app.stop_keeping_data().await;
 
     // As if the relay died after publishing but before storing its checkpoint.
     let pool = PgPool::connect_with(pool.connect_options().as_ref().clone())

@@ -129,6 +129,8 @@ pub struct TestApp {
     pub settings: Settings,
     shutdown: CancellationToken,
     handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// Whether dropping or stopping it removes its database, stream and data dir.
+    owns_resources: bool,
 }
 
 /// The password of every user [`TestApp::register`] creates.
@@ -152,8 +154,24 @@ impl TestApp {
         Self::spawn_components(settings, Components::ALL).await
     }
 
-    /// Stops the application gracefully and waits for it.
+    /// Stops the application gracefully and waits for it, then removes its
+    /// database, stream and data dir.
     pub async fn stop(mut self) {
+        self.stop_running().await;
+        if std::mem::take(&mut self.owns_resources) {
+            remove_test_resources(&self.settings).await;
+        }
+    }
+
+    /// Stops the application but keeps its database, stream and data dir,
+    /// for a test that starts it again with the same settings (that
+    /// application then owns them).
+    pub async fn stop_keeping_data(mut self) {
+        self.owns_resources = false;
+        self.stop_running().await;
+    }
+
+    async fn stop_running(&mut self) {
         self.shutdown.cancel();
         if let Some(handle) = self.handle.take() {
             handle.await.expect("app task").expect("app run");
@@ -269,6 +287,58 @@ impl TestApp {
     }
 }
 
+/// A test that ends without [`TestApp::stop`] (a failed assertion) still
+/// removes what it created.
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if !self.owns_resources {
+            return;
+        }
+        let settings = self.settings.clone();
+        // Drop cannot await, and may run inside the test's runtime.
+        let cleanup = std::thread::spawn(move || {
+            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                runtime.block_on(remove_test_resources(&settings));
+            }
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// Removes a test's database, JetStream stream and data dir; what is
+/// already gone is fine.
+pub async fn remove_test_resources(settings: &Settings) {
+    use secrecy::ExposeSecret;
+    let connected = tokio::time::timeout(
+        Duration::from_secs(5),
+        async_nats::connect(&settings.nats.url),
+    )
+    .await;
+    if let Ok(Ok(client)) = connected {
+        let jetstream = async_nats::jetstream::new(client);
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            jetstream.delete_stream(&settings.nats.stream.name),
+        )
+        .await;
+    }
+    let url = settings.database.url.expose_secret();
+    if let Some((_, name)) = url.rsplit_once('/') {
+        if name.starts_with("test_") {
+            if let Ok(mut admin) = PgConnection::connect(&admin_database_url()).await {
+                let _ = sqlx::query(&format!("drop database if exists {name} with (force)"))
+                    .execute(&mut admin)
+                    .await;
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&settings.data_dir);
+}
+
 /// Polls until the read models have applied every event in the store.
 pub async fn wait_for_projections(pool: &PgPool) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -370,6 +440,7 @@ impl TestApp {
             settings,
             shutdown,
             handle: Some(handle),
+            owns_resources: true,
         }
     }
 
