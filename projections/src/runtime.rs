@@ -308,10 +308,10 @@ impl ProjectionRunner {
         // `read.aggregate_versions` instead of two per event.
         let mut guard = VersionGuard::load(&mut tx, name, wanted.iter().copied()).await?;
         let mut parked = unreadable.to_vec();
-        let mut held = blocked.clone();
         let mut applied = 0;
         for envelope in wanted {
-            if let Some(reason) = held.held_behind(&envelope.aggregate_type, &envelope.aggregate_id)
+            if let Some(reason) =
+                blocked.held_behind(&envelope.aggregate_type, &envelope.aggregate_id)
             {
                 parked.push(parked_envelope(envelope, reason));
                 continue;
@@ -326,9 +326,6 @@ impl ProjectionRunner {
                 }
                 Err(err) => return Err(err),
             }
-        }
-        for event in &parked {
-            held.block(event);
         }
         guard.store(&mut tx).await?;
         dead_letter::park(&mut tx, name, &parked).await?;

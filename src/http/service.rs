@@ -102,7 +102,6 @@ async fn parked_events(state: &AppState) -> Result<Vec<Value>> {
     Ok(parked
         .into_iter()
         .map(|(stage, count, first)| {
-            metrics::gauge!("chronicle_dead_letters_open", "stage" => stage.clone()).set(count as f64);
             json!({
                 "component": format!("dead letters ({stage})"),
                 "message": format!("{count} event(s) parked, first {first}; see `chronicle dead-letters list`"),
