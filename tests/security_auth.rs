@@ -59,9 +59,7 @@ async fn a_demoted_admin_is_refused_on_her_very_next_request_and_cannot_regrant_
     );
 
     // Alice's token still lists `admin`; her very next request is refused.
-    let listed = app
-        .send(Method::GET, "/v1/admin/users", &alice, None)
-        .await;
+    let listed = app.send(Method::GET, "/v1/admin/users", &alice, None).await;
     assert_eq!(
         error_of(listed).await,
         (StatusCode::FORBIDDEN, "FORBIDDEN".into())
@@ -105,8 +103,7 @@ async fn wrong_current_passwords_lock_the_account_like_failed_logins() {
     let user = app.register("oracle@example.com").await;
     for attempt in 1..=5 {
         assert_eq!(
-            error_of(change_password(&app, &user, &format!("guess number {attempt}")).await)
-                .await,
+            error_of(change_password(&app, &user, &format!("guess number {attempt}")).await).await,
             (StatusCode::UNAUTHORIZED, "INVALID_CREDENTIALS".into()),
             "attempt {attempt}"
         );
@@ -186,7 +183,11 @@ async fn a_claim_left_by_a_registration_that_never_committed_does_not_block_the_
         "a claim within its grace period still holds"
     );
     let late = register_named(&app, "late@example.com", "stale_claim").await;
-    assert_eq!(late.status(), StatusCode::CREATED, "the stale claim is taken over");
+    assert_eq!(
+        late.status(),
+        StatusCode::CREATED,
+        "the stale claim is taken over"
+    );
     let body: Value = late.json().await.unwrap();
     assert_eq!(body["user"]["username"], "stale_claim");
     assert_eq!(login_by_username(&app, "stale_claim").await, StatusCode::OK);
@@ -221,12 +222,26 @@ async fn two_users_renaming_to_one_name_at_once_get_one_winner_and_the_loser_kee
         }
         let wanted = json!({"username": format!("wanted_{round}")});
         let (first, second) = tokio::join!(
-            app.send(Method::PUT, "/v1/user/profile", &users[0], Some(wanted.clone())),
-            app.send(Method::PUT, "/v1/user/profile", &users[1], Some(wanted.clone())),
+            app.send(
+                Method::PUT,
+                "/v1/user/profile",
+                &users[0],
+                Some(wanted.clone())
+            ),
+            app.send(
+                Method::PUT,
+                "/v1/user/profile",
+                &users[1],
+                Some(wanted.clone())
+            ),
         );
         let mut statuses = [first.status(), second.status()];
         statuses.sort();
-        assert_eq!(statuses, [StatusCode::OK, StatusCode::CONFLICT], "round {round}");
+        assert_eq!(
+            statuses,
+            [StatusCode::OK, StatusCode::CONFLICT],
+            "round {round}"
+        );
         let (winner, loser, loser_side) = if first.status() == StatusCode::OK {
             (&users[0], &users[1], "b")
         } else {
@@ -284,18 +299,19 @@ fn rename(username: &str) -> UserCommand {
 async fn the_event_store_moves_username_claims_with_the_event_itself() {
     let app = TestApp::spawn().await;
     assert_eq!(
-        register_named(&app, "mover@example.com", "before_move").await.status(),
+        register_named(&app, "mover@example.com", "before_move")
+            .await
+            .status(),
         StatusCode::CREATED
     );
     assert_eq!(
-        register_named(&app, "holder@example.com", "held_name").await.status(),
+        register_named(&app, "holder@example.com", "held_name")
+            .await
+            .status(),
         StatusCode::CREATED
     );
     let passwords = PasswordService::new(app.pool.clone(), app.settings.auth.argon2).unwrap();
-    let users = CommandExecutor::<User>::new(
-        app.pool.clone(),
-        passwords as Arc<dyn UserServices>,
-    );
+    let users = CommandExecutor::<User>::new(app.pool.clone(), passwords as Arc<dyn UserServices>);
     let mover = chronicle_aggregates::user::user_id_for_email("mover@example.com").to_string();
 
     // A rename whose request died right after the commit: no claim taken
@@ -306,7 +322,9 @@ async fn the_event_store_moves_username_claims_with_the_event_itself() {
         .expect("rename");
     app.wait_for_projections().await;
     assert_eq!(
-        register_named(&app, "newcomer@example.com", "before_move").await.status(),
+        register_named(&app, "newcomer@example.com", "before_move")
+            .await
+            .status(),
         StatusCode::CREATED,
         "the old name is free at once"
     );
@@ -375,12 +393,30 @@ async fn an_api_key_may_be_given_a_lifetime_and_stops_working_when_it_ends() {
     let user = app.register("expiry@example.com").await;
 
     for (body, expected) in [
-        (Some(r#"{"expires_in_days": 0}"#), (StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR")),
-        (Some(r#"{"expires_in_days": 366}"#), (StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR")),
-        (Some(r#"{"expires_in_days": -3}"#), (StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR")),
-        (Some(r#"{"expires_in_days": "soon"}"#), (StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR")),
-        (Some(r#"{"expires_in": 3}"#), (StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR")),
-        (Some("[1]"), (StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR")),
+        (
+            Some(r#"{"expires_in_days": 0}"#),
+            (StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"),
+        ),
+        (
+            Some(r#"{"expires_in_days": 366}"#),
+            (StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"),
+        ),
+        (
+            Some(r#"{"expires_in_days": -3}"#),
+            (StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"),
+        ),
+        (
+            Some(r#"{"expires_in_days": "soon"}"#),
+            (StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"),
+        ),
+        (
+            Some(r#"{"expires_in": 3}"#),
+            (StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"),
+        ),
+        (
+            Some("[1]"),
+            (StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"),
+        ),
         (Some("not json"), (StatusCode::BAD_REQUEST, "BAD_REQUEST")),
     ] {
         assert_eq!(
@@ -390,7 +426,12 @@ async fn an_api_key_may_be_given_a_lifetime_and_stops_working_when_it_ends() {
         );
     }
 
-    for body in [None, Some(""), Some("{}"), Some(r#"{"expires_in_days": null}"#)] {
+    for body in [
+        None,
+        Some(""),
+        Some("{}"),
+        Some(r#"{"expires_in_days": null}"#),
+    ] {
         let response = reset_api_key(&app, &user, body).await;
         assert_eq!(response.status(), StatusCode::OK, "{body:?}");
         let issued: Value = response.json().await.unwrap();
@@ -445,14 +486,20 @@ async fn the_openapi_description_of_the_changed_routes_is_exact() {
     );
     assert!(reset["requestBody"]["content"]["application/json"].is_object());
     for status in ["200", "400", "401", "422"] {
-        assert!(reset["responses"][status].is_object(), "reset-api-key {status}");
+        assert!(
+            reset["responses"][status].is_object(),
+            "reset-api-key {status}"
+        );
     }
     let schemas = &spec["components"]["schemas"];
     assert!(schemas["ApiKeyResponse"]["properties"]["expires_at"].is_object());
     assert!(schemas["ResetApiKeyRequest"]["properties"]["expires_in_days"].is_object());
     let change = &spec["paths"]["/v1/auth/change-password"]["post"];
     for status in ["204", "401", "422", "423"] {
-        assert!(change["responses"][status].is_object(), "change-password {status}");
+        assert!(
+            change["responses"][status].is_object(),
+            "change-password {status}"
+        );
     }
     app.stop().await;
 }
@@ -490,7 +537,13 @@ async fn an_address_past_its_limit_is_refused_on_every_path_before_any_credentia
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap();
-    for path in ["/", "/openapi.json", "/ready", "/no/such/route", "/v1/tasks"] {
+    for path in [
+        "/",
+        "/openapi.json",
+        "/ready",
+        "/no/such/route",
+        "/v1/tasks",
+    ] {
         let response = client
             .get(app.url(path))
             .header("x-api-key", random_key())

@@ -291,7 +291,10 @@ mod tests {
         finish_tx.send(()).unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while hasher.permits.available_permits() < CONCURRENT_HASHES {
-            assert!(std::time::Instant::now() < deadline, "permit never returned");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "permit never returned"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     }

@@ -337,12 +337,11 @@ pub async fn claim_username(
     if taken.is_some() {
         return Ok(Some(username.to_string()));
     }
-    let owner: Option<Uuid> = sqlx::query_scalar(
-        "select user_id from username_claims where username = $1 and confirmed",
-    )
-    .bind(username)
-    .fetch_optional(&state.pool)
-    .await?;
+    let owner: Option<Uuid> =
+        sqlx::query_scalar("select user_id from username_claims where username = $1 and confirmed")
+            .bind(username)
+            .fetch_optional(&state.pool)
+            .await?;
     match owner {
         Some(owner) if owner == user_id => Ok(None),
         _ => Err(ApiError::Conflict("this username is taken".into())),
@@ -466,12 +465,12 @@ async fn resolve_login(state: &AppState, login: &str) -> Result<Option<Uuid>> {
     }
     let username = login.trim().to_ascii_lowercase();
     // Only a confirmed claim names a user; a provisional one may never be.
-    Ok(sqlx::query_scalar(
-        "select user_id from username_claims where username = $1 and confirmed",
+    Ok(
+        sqlx::query_scalar("select user_id from username_claims where username = $1 and confirmed")
+            .bind(username)
+            .fetch_optional(&state.pool)
+            .await?,
     )
-    .bind(username)
-    .fetch_optional(&state.pool)
-    .await?)
 }
 
 /// Spends a refresh token for a new pair. A spent token presented again
