@@ -15,7 +15,8 @@ use crate::config::Argon2Settings;
 /// The actor recorded for changes made from the command line.
 pub const OPERATOR_ACTOR: &str = "operator-cli";
 
-/// Adds `role` to the user with `email`; takes effect at their next login or refresh.
+/// Adds `role` to the user with `email`; takes effect on their next request
+/// once the users projection has applied it.
 pub async fn grant_role(
     pool: &PgPool,
     argon2: Argon2Settings,

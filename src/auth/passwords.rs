@@ -36,20 +36,32 @@ pub struct PasswordService {
 
 /// Bounded, reusable argon2 working memory.
 struct Hasher {
-    permits: Semaphore,
+    /// Shared so that an owned permit can travel into the blocking task.
+    permits: Arc<Semaphore>,
     /// Idle working memories; never more than `CONCURRENT_HASHES`.
     memories: Mutex<Vec<Vec<Block>>>,
 }
 
 impl Hasher {
     /// Runs `work` on the blocking pool with a working memory of its own.
+    ///
+    /// The permit is owned by the blocking task, not by this future: a
+    /// cancelled request (client gone, timeout) drops the future, but
+    /// `spawn_blocking` cannot be stopped and keeps hashing, and the bound
+    /// must keep counting it until it is done.
     async fn run<T: Send + 'static>(
         self: &Arc<Self>,
         work: impl FnOnce(&mut Vec<Block>) -> T + Send + 'static,
     ) -> Result<T, ServiceFailure> {
-        let _permit = self.permits.acquire().await.map_err(failure)?;
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(failure)?;
         let hasher = self.clone();
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let mut memory = hasher
                 .memories
                 .lock()
@@ -141,7 +153,7 @@ impl PasswordService {
             pool,
             params,
             hasher: Arc::new(Hasher {
-                permits: Semaphore::new(CONCURRENT_HASHES),
+                permits: Arc::new(Semaphore::new(CONCURRENT_HASHES)),
                 memories: Mutex::new(vec![memory]),
             }),
             dummy_hash,
@@ -243,6 +255,48 @@ mod tests {
         assert!(verify_with(&theirs, "battery staple", &mut memory));
         assert!(!verify_with(&theirs, "battery stapler", &mut memory));
         assert!(!verify_with("not a hash", "battery staple", &mut memory));
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_hash_keeps_its_permit_until_the_blocking_work_ends() {
+        let hasher = Arc::new(Hasher {
+            permits: Arc::new(Semaphore::new(CONCURRENT_HASHES)),
+            memories: Mutex::new(Vec::new()),
+        });
+        let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+        let (finish_tx, finish_rx) = std::sync::mpsc::channel::<()>();
+        let running = tokio::spawn({
+            let hasher = hasher.clone();
+            async move {
+                hasher
+                    .run(move |_memory| {
+                        started_tx.send(()).unwrap();
+                        // Stands in for a long hash: runs until told to stop.
+                        finish_rx.recv().unwrap();
+                    })
+                    .await
+            }
+        });
+        tokio::task::spawn_blocking(move || started_rx.recv().unwrap())
+            .await
+            .unwrap();
+        // The request goes away mid-hash.
+        running.abort();
+        assert!(running.await.unwrap_err().is_cancelled());
+        assert_eq!(
+            hasher.permits.available_permits(),
+            CONCURRENT_HASHES - 1,
+            "the hash still runs, so it still counts against the bound"
+        );
+        finish_tx.send(()).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while hasher.permits.available_permits() < CONCURRENT_HASHES {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "permit never returned"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 
     #[test]

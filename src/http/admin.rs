@@ -115,7 +115,12 @@ async fn admin_user(state: &AppState, id: Uuid) -> Result<AdminUser> {
         .ok_or(ApiError::NotFound)
 }
 
-/// Replaces a user's roles; they take effect at the user's next login or refresh.
+/// Replaces a user's roles; they take effect on the user's next request.
+///
+/// Requests are authorized with the roles in the users read model, and
+/// [`administer`] answers only once the read model has the change: a
+/// demoted administrator's very next request is refused, whatever roles
+/// her access token still lists.
 #[utoipa::path(post, path = "/v1/admin/users/{id}/roles", tag = "admin", security(("bearer" = [])), params(("id" = Uuid, Path)), request_body = SetRolesRequest, responses(
     (status = 200, body = AdminUser), (status = 403), (status = 404), (status = 422, description = "Unknown role"),
 ))]

@@ -156,8 +156,24 @@ pub fn user_error(err: AggregateError<UserError>) -> ApiError {
         AggregateError::UserError(UserError::Service(message)) => {
             ApiError::Internal(anyhow::anyhow!("user services: {message}"))
         }
+        AggregateError::UnexpectedError(ref cause) if username_taken(cause.as_ref()) => {
+            ApiError::Conflict("this username is taken".into())
+        }
         other => infrastructure_error(other),
     }
+}
+
+/// SQLSTATE raised by the `events` trigger of migration 0310 when a User
+/// event would give a user a username that someone else holds.
+const USERNAME_TAKEN_SQLSTATE: &str = "CU409";
+
+/// Whether the event store refused a commit because its username is taken.
+fn username_taken(cause: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    cause
+        .downcast_ref::<sqlx::Error>()
+        .and_then(sqlx::Error::as_database_error)
+        .and_then(|err| err.code())
+        .is_some_and(|code| code == USERNAME_TAKEN_SQLSTATE)
 }
 
 fn session_error(err: AggregateError<AuthSessionError>) -> ApiError {
@@ -241,9 +257,9 @@ pub async fn register(
     Json(request): Json<RegisterRequest>,
 ) -> Result<(StatusCode, HeaderMap, axum::Json<AuthResponse>)> {
     let user_id = user_id_for_email(&request.email);
-    // Usernames are claimed before the user exists; the claim is released if
-    // the registration does not go through. An invalid username is left to
-    // the aggregate, which reports every invalid field at once.
+    // A provisional claim first, so that a taken username is refused before
+    // the password is hashed (see `claim_username`). An invalid username is
+    // left to the aggregate, which reports every invalid field at once.
     let claimed = match request.username.as_deref().map(validate_username) {
         Some(Ok(username)) => claim_username(&state, &username, user_id).await?,
         _ => None,
@@ -281,25 +297,48 @@ pub async fn register(
     ))
 }
 
-/// Claims `username` for `user_id`: `Some(name)` when this call took it,
-/// `None` when the same user already held it, 409 when someone else does.
+/// How long a provisional username claim holds before another user may
+/// take it over. Longer than any request can live (the request timeout is
+/// 30 s by default), so it only ever frees claims of requests that died.
+pub const USERNAME_CLAIM_GRACE_SECS: f64 = 60.0;
+
+/// Claims `username` for `user_id` before the event that gives it to them:
+/// `Some(name)` when this call holds a provisional claim it should release
+/// if the command fails, `None` when the user already has this username,
+/// 409 when someone else holds it.
+///
+/// A claim is provisional until the user's `UserRegistered` or
+/// `ProfileUpdated` with that username is committed: the `events` trigger of
+/// migration 0310 confirms it in the very transaction that stores the event,
+/// and refuses the event if another user holds the name. So a claim left
+/// behind by a request that was cancelled between claim and commit (client
+/// gone, timeout, crash) is never confirmed, and once older than
+/// [`USERNAME_CLAIM_GRACE_SECS`] the next claimant takes it over here, in
+/// the same statement. Should the first request still commit after all, its
+/// event is refused (409) instead of giving one name to two users.
 pub async fn claim_username(
     state: &AppState,
     username: &str,
     user_id: Uuid,
 ) -> Result<Option<String>> {
-    let inserted = sqlx::query(
-        "insert into username_claims (username, user_id) values ($1, $2) on conflict (username) do nothing",
+    let taken: Option<Uuid> = sqlx::query_scalar(
+        "insert into username_claims as c (username, user_id) values ($1, $2) \
+         on conflict (username) do update set user_id = excluded.user_id, claimed_at = now() \
+           where not c.confirmed \
+             and (c.user_id = excluded.user_id \
+                  or c.claimed_at < now() - make_interval(secs => $3)) \
+         returning user_id",
     )
     .bind(username)
     .bind(user_id)
-    .execute(&state.pool)
+    .bind(USERNAME_CLAIM_GRACE_SECS)
+    .fetch_optional(&state.pool)
     .await?;
-    if inserted.rows_affected() == 1 {
+    if taken.is_some() {
         return Ok(Some(username.to_string()));
     }
     let owner: Option<Uuid> =
-        sqlx::query_scalar("select user_id from username_claims where username = $1")
+        sqlx::query_scalar("select user_id from username_claims where username = $1 and confirmed")
             .bind(username)
             .fetch_optional(&state.pool)
             .await?;
@@ -309,12 +348,16 @@ pub async fn claim_username(
     }
 }
 
+/// Gives up a provisional claim after the command that needed it failed.
+/// A confirmed claim is never released here: the event store owns it.
 pub async fn release_username(state: &AppState, username: &str, user_id: Uuid) {
-    let released = sqlx::query("delete from username_claims where username = $1 and user_id = $2")
-        .bind(username)
-        .bind(user_id)
-        .execute(&state.pool)
-        .await;
+    let released = sqlx::query(
+        "delete from username_claims where username = $1 and user_id = $2 and not confirmed",
+    )
+    .bind(username)
+    .bind(user_id)
+    .execute(&state.pool)
+    .await;
     if let Err(err) = released {
         tracing::warn!(error = %err, "could not release a username claim");
     }
@@ -365,6 +408,10 @@ pub async fn login(
     {
         return Err(ApiError::InvalidCredentials);
     }
+    // Requests are authorized with the roles in the users read model: wait
+    // until it has every change up to this login (a role granted just
+    // before it, say), so the new token's first request sees them.
+    await_projection(&state, executed.token.as_ref()).await?;
     let response = open_session(&state, user_id, &executed.aggregate, &context).await?;
     if let Some(token) = &executed.token {
         state.consistency.record_write(user_id, token);
@@ -417,8 +464,9 @@ async fn resolve_login(state: &AppState, login: &str) -> Result<Option<Uuid>> {
         return Ok(Some(user_id_for_email(login)));
     }
     let username = login.trim().to_ascii_lowercase();
+    // Only a confirmed claim names a user; a provisional one may never be.
     Ok(
-        sqlx::query_scalar("select user_id from username_claims where username = $1")
+        sqlx::query_scalar("select user_id from username_claims where username = $1 and confirmed")
             .bind(username)
             .fetch_optional(&state.pool)
             .await?,
@@ -558,11 +606,14 @@ pub async fn logout(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Changes the password; every other session of the user is revoked.
+/// Changes the password; every other session of the user is revoked, and
+/// the API key too. A wrong current password counts towards the lockout
+/// like a failed login; a locked account answers 423.
 #[utoipa::path(post, path = "/v1/auth/change-password", tag = "auth", security(("bearer" = [])), request_body = ChangePasswordRequest, responses(
     (status = 204, description = "Changed"),
-    (status = 401, description = "INVALID_CREDENTIALS: the current password is wrong"),
+    (status = 401, description = "INVALID_CREDENTIALS: the current password is wrong (counts towards the lockout); AUTH_REQUIRED or INVALID_TOKEN"),
     (status = 422, description = "The new password is too weak"),
+    (status = 423, description = "ACCOUNT_LOCKED: too many wrong passwords"),
 ))]
 pub async fn change_password(
     State(state): State<AppState>,
@@ -575,7 +626,7 @@ pub async fn change_password(
         new_password: request.new_password,
         at: now(),
     };
-    state
+    let executed = state
         .users
         .execute(
             &user.id.to_string(),
@@ -584,6 +635,34 @@ pub async fn change_password(
         )
         .await
         .map_err(user_error)?;
+    if executed
+        .events
+        .iter()
+        .any(|event| matches!(event, UserEvent::LoginFailed { .. }))
+    {
+        return Err(ApiError::InvalidCredentials);
+    }
+    // The new password is committed: what it revokes must be revoked even if
+    // the client leaves now, so a task that owns what it needs does it.
+    let revocations =
+        tokio::spawn(async move { revoke_after_password_change(&state, &user, &context).await });
+    revocations
+        .await
+        .map_err(|err| ApiError::Internal(anyhow::anyhow!("revocations task: {err}")))??;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Revokes the API key and every session but the caller's, and waits until
+/// the revocations are in the read model.
+async fn revoke_after_password_change(
+    state: &AppState,
+    user: &AuthUser,
+    context: &RequestContext,
+) -> Result<()> {
+    sqlx::query("delete from api_keys where user_id = $1")
+        .bind(user.id)
+        .execute(&state.pool)
+        .await?;
     let others: Vec<Uuid> = sqlx::query_scalar(
         "select id from read.auth_sessions where user_id = $1 and revoked_at is null \
            and ($2::uuid is null or id <> $2)",
@@ -593,9 +672,9 @@ pub async fn change_password(
     .fetch_all(&state.pool)
     .await?;
     for session_id in others {
-        revoke_session(&state, session_id, &user, &context, "password changed").await?;
+        revoke_session(state, session_id, user, context, "password changed").await?;
     }
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }
 
 /// Whether a token is currently accepted (signature, expiry, session, account).

@@ -1,6 +1,8 @@
 //! Who is calling, resolved once per request before any handler runs: an
 //! RS256 access token whose session and account are still live, or an API
-//! key. Rate limits are counted here too, per client IP and per user.
+//! key. Rate limits are counted here too, per client IP (before any
+//! credential is looked up) and per user. Roles come from the users read
+//! model on every request, never from the token.
 
 use std::net::SocketAddr;
 
@@ -67,7 +69,7 @@ async fn resolve(state: &AppState, credential: &str) -> Result<Option<AuthUser>,
     if credential.starts_with(API_KEY_PREFIX) {
         let row: Option<(Uuid, Vec<String>)> = sqlx::query_as(
             "select u.id, u.roles from api_keys k join read.users u on u.id = k.user_id \
-             where k.key_hash = $1 and u.active",
+             where k.key_hash = $1 and u.active and (k.expires_at is null or k.expires_at > now())",
         )
         .bind(token_hash(credential))
         .fetch_optional(&state.pool)
@@ -83,51 +85,75 @@ async fn resolve(state: &AppState, credential: &str) -> Result<Option<AuthUser>,
     };
     // A signature alone is not enough: the session must not be revoked
     // (logout, reuse, password change) and the account must be active.
-    let live: bool = sqlx::query_scalar(
-        "select exists(select 1 from read.auth_sessions s join read.users u on u.id = s.user_id \
-         where s.id = $1 and s.user_id = $2 and s.revoked_at is null and u.active)",
+    // The roles come from the same row, not from the token: a token
+    // outlives a demotion by up to its lifetime, the read model does not
+    // (the role change waits for it before answering).
+    let roles: Option<Vec<String>> = sqlx::query_scalar(
+        "select u.roles from read.auth_sessions s join read.users u on u.id = s.user_id \
+         where s.id = $1 and s.user_id = $2 and s.revoked_at is null and u.active",
     )
     .bind(claims.sid)
     .bind(claims.sub)
-    .fetch_one(&state.pool)
+    .fetch_optional(&state.pool)
     .await?;
-    Ok(live.then_some(AuthUser {
+    Ok(roles.map(|roles| AuthUser {
         id: claims.sub,
-        roles: claims.roles,
+        roles,
         session_id: Some(claims.sid),
     }))
 }
 
-/// Middleware: resolves the identity and enforces the rate limits of `/v1` routes.
+/// Paths no limit applies to and no credential is looked up for: a load
+/// balancer's liveness probe and a Prometheus scraper must never be locked
+/// out by the traffic they share an address with (behind a proxy, every
+/// client has the proxy's address), and both answer from memory, so they
+/// cost nothing worth limiting.
+const UNLIMITED_PATHS: [&str; 2] = ["/health", "/metrics"];
+
+fn client_ip(request: &Request) -> String {
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip().to_string())
+        .unwrap_or_default()
+}
+
+/// Middleware: enforces the rate limits and resolves the identity.
+///
+/// The per-IP limits are counted first, on every path, before any
+/// credential is looked at: a request refused by them costs no database
+/// query, whatever `Authorization` or `X-API-Key` it carries.
 pub async fn resolve_identity(
     State(state): State<AppState>,
     mut request: Request,
     next: Next,
 ) -> Response {
+    let path = request.uri().path().to_string();
+    if UNLIMITED_PATHS.contains(&path.as_str()) {
+        request.extensions_mut().insert(Identity::Anonymous);
+        return next.run(request).await;
+    }
+    let ip = client_ip(&request);
+    let by_address = ip_limits(&state, &path, &ip);
+    if let Some(refused) = by_address.filter(|d| !d.allowed) {
+        return rate_limited(refused);
+    }
     let identity = match presented_credential(request.headers()) {
         None => Identity::Anonymous,
         Some(credential) if credential.is_empty() => Identity::Invalid,
         Some(credential) => identify(&state, &credential).await,
     };
-    let path = request.uri().path().to_string();
-    let decision = if path.starts_with("/v1/") {
-        let ip = request
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| addr.ip().to_string())
-            .unwrap_or_default();
-        rate_limit(&state, &path, &ip, &identity)
-    } else {
-        None
+    let by_user = match &identity {
+        Identity::User(user) => check(
+            &state,
+            format!("user:{}", user.id),
+            state.settings.rate_limit.per_user_per_minute,
+        ),
+        _ => None,
     };
-    if let Some(decision) = decision.filter(|d| !d.allowed) {
-        metrics::counter!("chronicle_rate_limited_total").increment(1);
-        let mut response = ApiError::RateLimited {
-            retry_after_secs: decision.reset_secs,
-        }
-        .into_response();
-        add_rate_headers(response.headers_mut(), decision);
-        return response;
+    let decision = tightest([by_address, by_user]);
+    if let Some(refused) = decision.filter(|d| !d.allowed) {
+        return rate_limited(refused);
     }
     request.extensions_mut().insert(identity);
     let mut response = next.run(request).await;
@@ -137,20 +163,38 @@ pub async fn resolve_identity(
     response
 }
 
-/// Counts the request against every limit that applies; returns the tightest.
-fn rate_limit(state: &AppState, path: &str, ip: &str, identity: &Identity) -> Option<Decision> {
+fn rate_limited(decision: Decision) -> Response {
+    metrics::counter!("chronicle_rate_limited_total").increment(1);
+    let mut response = ApiError::RateLimited {
+        retry_after_secs: decision.reset_secs,
+    }
+    .into_response();
+    add_rate_headers(response.headers_mut(), decision);
+    response
+}
+
+/// Counts the request against the per-IP limits that apply to `path`;
+/// returns the tightest.
+fn ip_limits(state: &AppState, path: &str, ip: &str) -> Option<Decision> {
     let limits = state.settings.rate_limit;
-    let mut checks = vec![(format!("ip:{ip}"), limits.per_ip_per_minute)];
-    if AUTH_ROUTES.contains(&path) {
-        checks.push((format!("auth:{ip}"), limits.auth_per_ip_per_minute));
-    }
-    if let Identity::User(user) = identity {
-        checks.push((format!("user:{}", user.id), limits.per_user_per_minute));
-    }
-    checks
+    let general = check(state, format!("ip:{ip}"), limits.per_ip_per_minute);
+    let auth = AUTH_ROUTES
+        .contains(&path)
+        .then(|| check(state, format!("auth:{ip}"), limits.auth_per_ip_per_minute))
+        .flatten();
+    tightest([general, auth])
+}
+
+/// One limit; `None` when it is switched off (0).
+fn check(state: &AppState, key: String, limit: u32) -> Option<Decision> {
+    (limit > 0).then(|| state.rate_limiter.check(key, limit))
+}
+
+/// A refusal first, then the one with the fewest requests left.
+fn tightest(decisions: impl IntoIterator<Item = Option<Decision>>) -> Option<Decision> {
+    decisions
         .into_iter()
-        .filter(|(_, limit)| *limit > 0)
-        .map(|(key, limit)| state.rate_limiter.check(key, limit))
+        .flatten()
         .min_by_key(|decision| (decision.allowed, decision.remaining))
 }
 

@@ -9,6 +9,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use chronicle_aggregates::user::{PhotoInfo, UserCommand};
 use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -88,6 +89,43 @@ pub struct UpdateProfileRequest {
 pub struct ApiKeyResponse {
     /// Shown once; only its hash is kept.
     pub api_key: String,
+    /// When the key stops working; `null`: never (until reset, a password
+    /// change or deactivation).
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Optional body of `POST /v1/user/profile/reset-api-key`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResetApiKeyRequest {
+    /// 1–365; absent or `null`: the key does not expire.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 365)]
+    pub expires_in_days: Option<i64>,
+}
+
+/// Longest lifetime an expiring API key may be given.
+pub const MAX_API_KEY_DAYS: i64 = 365;
+
+/// A JSON body that may be left out: no body (or only whitespace) is
+/// `T::default()`; a body that is not JSON is a 400, one that is not an
+/// object or has the wrong fields a 422.
+fn optional_json<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|err| ApiError::BadRequest(format!("malformed JSON: {err}")))?;
+    if !value.is_object() {
+        return Err(ApiError::Validation {
+            message: "the body must be a JSON object".into(),
+            details: Vec::new(),
+        });
+    }
+    serde_json::from_value(value).map_err(|err| ApiError::Validation {
+        message: format!("invalid body: {err}"),
+        details: Vec::new(),
+    })
 }
 
 async fn load_profile(state: &AppState, user_id: Uuid) -> Result<ProfileResponse> {
@@ -195,12 +233,8 @@ pub async fn update_profile(
             return Err(user_error(err));
         }
     };
-    if let Some(old) = before
-        .username
-        .filter(|old| executed.aggregate.username.as_ref() != Some(old))
-    {
-        release_username(&state, &old, user.id).await;
-    }
+    // The old username was released, and the new one confirmed, by the
+    // event store in the transaction that stored the change (migration 0310).
     await_projection(&state, executed.token.as_ref()).await?;
     Ok((
         consistency_header(executed.token.as_ref()),
@@ -234,15 +268,30 @@ pub async fn deactivate_profile(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Issues a new API key; the previous one stops working at once.
-#[utoipa::path(post, path = "/v1/user/profile/reset-api-key", tag = "profile", security(("bearer" = [])), responses(
+/// Issues a new API key; the previous one stops working at once. With
+/// `{"expires_in_days": N}` (1–365) the new key stops working N days from
+/// now; without a body it does not expire.
+#[utoipa::path(post, path = "/v1/user/profile/reset-api-key", tag = "profile", security(("bearer" = [])), request_body(content = Option<ResetApiKeyRequest>, description = "Optional; no body: the key does not expire"), responses(
     (status = 200, body = ApiKeyResponse),
+    (status = 400, description = "The body is not JSON"),
+    (status = 401, description = "AUTH_REQUIRED or INVALID_TOKEN"),
+    (status = 422, description = "`expires_in_days` outside 1–365, not an object, or an unknown field"),
 ))]
 pub async fn reset_api_key(
     State(state): State<AppState>,
     user: AuthUser,
     context: RequestContext,
+    body: Bytes,
 ) -> Result<axum::Json<ApiKeyResponse>> {
+    let request: ResetApiKeyRequest = optional_json(&body)?;
+    if let Some(days) = request.expires_in_days {
+        if !(1..=MAX_API_KEY_DAYS).contains(&days) {
+            return Err(ApiError::invalid_field(
+                "expires_in_days",
+                format!("must be between 1 and {MAX_API_KEY_DAYS}"),
+            ));
+        }
+    }
     let api_key = new_token(API_KEY_PREFIX);
     let key_id = Uuid::new_v4();
     state
@@ -254,16 +303,23 @@ pub async fn reset_api_key(
         )
         .await
         .map_err(user_error)?;
-    sqlx::query(
-        "insert into api_keys (user_id, key_id, key_hash) values ($1, $2, $3) \
-         on conflict (user_id) do update set key_id = excluded.key_id, key_hash = excluded.key_hash, created_at = now()",
+    let expires_at: Option<DateTime<Utc>> = sqlx::query_scalar(
+        "insert into api_keys (user_id, key_id, key_hash, expires_at) \
+         values ($1, $2, $3, now() + make_interval(days => $4::int)) \
+         on conflict (user_id) do update set key_id = excluded.key_id, key_hash = excluded.key_hash, \
+           expires_at = excluded.expires_at, created_at = now() \
+         returning expires_at",
     )
     .bind(user.id)
     .bind(key_id)
     .bind(token_hash(&api_key))
-    .execute(&state.pool)
+    .bind(request.expires_in_days.map(|days| days as i32))
+    .fetch_one(&state.pool)
     .await?;
-    Ok(axum::Json(ApiKeyResponse { api_key }))
+    Ok(axum::Json(ApiKeyResponse {
+        api_key,
+        expires_at,
+    }))
 }
 
 /// The image type, judged from the bytes rather than the name or header.

@@ -158,26 +158,7 @@ impl User {
         if !valid {
             // Recorded, not refused: the failure must count. The caller
             // answers 401 when it sees `LoginFailed`.
-            let consecutive_failures = self.failures_counting_at(at) + 1;
-            sink.write(
-                UserEvent::LoginFailed {
-                    failed_at: at,
-                    consecutive_failures,
-                },
-                self,
-            )
-            .await;
-            if consecutive_failures >= MAX_FAILED_LOGINS {
-                let locked_until = at + chrono::Duration::minutes(LOCKOUT_MINUTES);
-                sink.write(
-                    UserEvent::AccountLocked {
-                        locked_at: at,
-                        locked_until,
-                    },
-                    self,
-                )
-                .await;
-            }
+            self.record_failed_password(at, sink).await;
             return Ok(());
         }
         sink.write(UserEvent::UserLoggedIn { logged_in_at: at }, self)
@@ -196,6 +177,37 @@ impl User {
         Ok(())
     }
 
+    /// A wrong password (at login or at a password change): one more
+    /// failure in a row, and the lock once there are enough of them.
+    async fn record_failed_password(&mut self, at: DateTime<Utc>, sink: &EventSink<Self>) {
+        let consecutive_failures = self.failures_counting_at(at) + 1;
+        sink.write(
+            UserEvent::LoginFailed {
+                failed_at: at,
+                consecutive_failures,
+            },
+            self,
+        )
+        .await;
+        if consecutive_failures >= MAX_FAILED_LOGINS {
+            let locked_until = at + chrono::Duration::minutes(LOCKOUT_MINUTES);
+            sink.write(
+                UserEvent::AccountLocked {
+                    locked_at: at,
+                    locked_until,
+                },
+                self,
+            )
+            .await;
+        }
+    }
+
+    /// A wrong current password counts towards the lockout exactly like a
+    /// wrong password at login (`LoginFailed`, then `AccountLocked`), and a
+    /// locked account refuses the change even with the right password:
+    /// otherwise whoever holds a token could guess the password here
+    /// without limit. Like `LogIn`, a wrong password is recorded rather than
+    /// refused; the caller answers 401 when it sees `LoginFailed`.
     async fn change_password(
         &mut self,
         current_password: String,
@@ -206,11 +218,15 @@ impl User {
     ) -> Result<(), UserError> {
         self.require_active()?;
         let credential_id = self.credential_id.ok_or(UserError::NotRegistered)?;
+        if let Some(until) = self.locked_until.filter(|until| *until > at) {
+            return Err(UserError::Locked { until });
+        }
         if !services
             .verify_password(credential_id, &current_password)
             .await?
         {
-            return Err(UserError::InvalidCredentials);
+            self.record_failed_password(at, sink).await;
+            return Ok(());
         }
         validate_password(&new_password)
             .map_err(|e| UserError::Invalid(vec![e.renamed("new_password")]))?;
@@ -837,17 +853,57 @@ mod tests {
             }]);
     }
 
+    fn change_password(current_password: &str) -> UserCommand {
+        UserCommand::ChangePassword {
+            current_password: current_password.into(),
+            new_password: "a brand new secret".into(),
+            at: at(60),
+        }
+    }
+
     #[test]
-    fn changing_the_password_needs_the_current_one() {
+    fn a_wrong_current_password_is_recorded_as_a_failed_login_and_changes_nothing() {
+        let credential = Uuid::from_u128(7);
+        let fake = FakePasswords::holding(credential, PASSWORD);
+        framework(&fake)
+            .given(vec![registered(credential)])
+            .when(change_password("wrong"))
+            .then_expect_events(vec![UserEvent::LoginFailed {
+                failed_at: at(60),
+                consecutive_failures: 1,
+            }]);
+        assert_eq!(fake.stored_count(), 1, "no new password stored");
+    }
+
+    #[test]
+    fn a_wrong_current_password_after_four_failed_logins_locks_the_account() {
+        let credential = Uuid::from_u128(7);
+        let mut history = vec![registered(credential)];
+        history.extend(failures(4));
+        framework(&FakePasswords::holding(credential, PASSWORD))
+            .given(history)
+            .when(change_password("wrong"))
+            .then_expect_events(vec![
+                UserEvent::LoginFailed {
+                    failed_at: at(60),
+                    consecutive_failures: 5,
+                },
+                UserEvent::AccountLocked {
+                    locked_at: at(60),
+                    locked_until: at(60 + 15 * 60),
+                },
+            ]);
+    }
+
+    #[test]
+    fn a_locked_account_refuses_a_password_change_even_with_the_right_password() {
         let credential = Uuid::from_u128(7);
         framework(&FakePasswords::holding(credential, PASSWORD))
-            .given(vec![registered(credential)])
-            .when(UserCommand::ChangePassword {
-                current_password: "wrong".into(),
-                new_password: "a brand new secret".into(),
-                at: at(60),
-            })
-            .then_expect_error(UserError::InvalidCredentials);
+            .given(locked(credential))
+            .when(change_password(PASSWORD))
+            .then_expect_error(UserError::Locked {
+                until: at(5 + 15 * 60),
+            });
     }
 
     #[test]
