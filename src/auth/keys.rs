@@ -14,7 +14,7 @@ use jsonwebtoken::{DecodingKey, EncodingKey};
 use rsa::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey, LineEnding};
 use rsa::traits::PublicKeyParts;
 use rsa::{RsaPrivateKey, RsaPublicKey};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretSlice};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -26,6 +26,8 @@ pub struct KeyPair {
     pub encoding: EncodingKey,
     pub decoding: DecodingKey,
     jwk: Value,
+    /// The private key (PKCS#8 DER), from which other secrets are derived.
+    private_der: SecretSlice<u8>,
 }
 
 impl KeyPair {
@@ -56,7 +58,24 @@ impl KeyPair {
                 .context("loading the verifying key")?,
             kid,
             jwk,
+            private_der: SecretSlice::from(
+                private
+                    .to_pkcs8_der()
+                    .context("encoding the private key")?
+                    .as_bytes()
+                    .to_vec(),
+            ),
         })
+    }
+
+    /// A 256-bit secret for one purpose: `SHA-256(context || private key DER)`.
+    /// Whoever holds the private key can derive it, nobody else; distinct
+    /// `context`s give unrelated secrets.
+    pub fn derive_secret(&self, context: &[u8]) -> [u8; 32] {
+        let mut digest = Sha256::new();
+        digest.update(context);
+        digest.update(self.private_der.expose_secret());
+        digest.finalize().into()
     }
 }
 
@@ -143,6 +162,17 @@ impl SigningKeys {
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
         header.kid = Some(self.current.kid.clone());
         jsonwebtoken::encode(&header, payload, &self.current.encoding).context("signing")
+    }
+
+    /// [`KeyPair::derive_secret`] of the signing key, and of every older key.
+    pub fn derive_secrets(&self, context: &[u8]) -> ([u8; 32], Vec<[u8; 32]>) {
+        (
+            self.current.derive_secret(context),
+            self.previous
+                .iter()
+                .map(|pair| pair.derive_secret(context))
+                .collect(),
+        )
     }
 
     /// `/.well-known/jwks.json`: the signing key first, then the older ones.
