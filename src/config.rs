@@ -253,6 +253,15 @@ impl Settings {
         if self.database.max_connections == 0 {
             return fail("CHRONICLE_DB_MAX_CONNECTIONS", "must be at least 1");
         }
+        if self.http.consistency_max_waiters == 0 {
+            return fail("CHRONICLE_CONSISTENCY_MAX_WAITERS", "must be at least 1");
+        }
+        if self.http.consistency_max_waiters_per_user == 0 {
+            return fail(
+                "CHRONICLE_CONSISTENCY_MAX_WAITERS_PER_USER",
+                "must be at least 1",
+            );
+        }
         if self.auth.access_token_ttl < Duration::from_secs(30) {
             return fail("CHRONICLE_ACCESS_TOKEN_TTL_SECS", "must be at least 30");
         }
