@@ -942,3 +942,87 @@ async fn a_consistency_token_is_honoured_for_the_caller_it_was_issued_to_and_nob
     reader.stop().await;
     writer.stop().await;
 }
+
+/// With the projections stopped, a user's honest token makes a query wait;
+/// one wait per user is allowed here, so a second one is refused at once.
+#[tokio::test]
+async fn a_wait_beyond_the_per_user_cap_is_refused_at_once_and_others_are_not_held_up() {
+    let mut settings = common::test_settings().await;
+    settings.http.consistency_wait = Duration::from_secs(2);
+    settings.http.consistency_max_waiters_per_user = 1;
+    let app = TestApp::spawn_with(settings.clone()).await;
+    let alice = app.register("alice-waits@example.com").await;
+    let bob = app.register("bob-waits@example.com").await;
+    app.stop().await;
+    let app = TestApp::spawn_components(
+        settings,
+        chronicle::Components {
+            api: true,
+            relay: true,
+            projections: false,
+        },
+    )
+    .await;
+    let response = app
+        .send(
+            Method::POST,
+            "/v1/tasks",
+            &alice,
+            Some(json!({"title": "never projected"})),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let token = response.headers()["x-consistency-token"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let timed = |user: &common::TestUser, token: Option<&str>| {
+        let mut request = app
+            .client
+            .get(app.url("/v1/tasks"))
+            .bearer_auth(&user.token);
+        if let Some(token) = token {
+            request = request.header("x-consistency-token", token);
+        }
+        async move {
+            let started = std::time::Instant::now();
+            let response = request.send().await.unwrap();
+            (
+                response.status(),
+                response.headers().contains_key("retry-after"),
+                started.elapsed(),
+            )
+        }
+    };
+    let (first, second, bob_reads) = tokio::join!(
+        timed(&alice, Some(&token)),
+        timed(&alice, Some(&token)),
+        timed(&bob, None),
+    );
+    let (mut waited, mut refused) = (first, second);
+    if refused.2 > waited.2 {
+        std::mem::swap(&mut waited, &mut refused);
+    }
+    assert_eq!(
+        (waited.0, waited.1),
+        (StatusCode::SERVICE_UNAVAILABLE, true)
+    );
+    assert!(
+        waited.2 >= Duration::from_millis(1900),
+        "one query waited: {waited:?}"
+    );
+    assert_eq!(
+        (refused.0, refused.1),
+        (StatusCode::SERVICE_UNAVAILABLE, true)
+    );
+    assert!(
+        refused.2 < Duration::from_secs(1),
+        "the other was refused at once: {refused:?}"
+    );
+    assert_eq!(bob_reads.0, StatusCode::OK);
+    assert!(
+        bob_reads.2 < Duration::from_secs(1),
+        "Bob was not held up: {bob_reads:?}"
+    );
+    app.stop().await;
+}
