@@ -316,11 +316,6 @@ impl Consistency {
         }))
     }
 
-    /// The keys that seal and open tokens.
-    pub fn keys(&self) -> &TokenKeys {
-        &self.keys
-    }
-
     /// The token in `X-Consistency-Token`, if `caller` may have it honoured;
     /// `Err` only when the text is not a token at all. A token issued to
     /// someone else, or forged, is `Ok(None)`: the query then behaves as if
