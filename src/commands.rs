@@ -15,7 +15,7 @@ use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventStore};
 use postgres_es::PostgresEventRepository;
 use sqlx::PgPool;
 
-use crate::consistency::ConsistencyToken;
+use crate::consistency::{ConsistencyToken, TokenKeys};
 
 /// How often a conflicting command is retried before it is answered 409.
 const CONFLICT_RETRIES: usize = 4;
@@ -57,7 +57,8 @@ pub struct Executed<A: Aggregate> {
     pub aggregate: A,
     /// The events the command wrote (empty when it changed nothing).
     pub events: Vec<A::Event>,
-    /// Names the last event written; `None` when the command changed nothing.
+    /// Names the last event written, sealed for the command's actor; `None`
+    /// when the command changed nothing.
     pub token: Option<ConsistencyToken>,
 }
 
@@ -66,6 +67,10 @@ pub struct CommandExecutor<A: Aggregate> {
     store: PersistedEventStore<PostgresEventRepository, A>,
     services: A::Services,
     turns: Turns,
+    /// Seals each token for the command's actor (the caller who gets the
+    /// answer); without them (command-line tools) tokens are left unsealed
+    /// and no query honours them.
+    token_keys: Option<TokenKeys>,
 }
 
 /// One async mutex per aggregate id with commands in flight; an entry lives
@@ -125,6 +130,35 @@ where
             store,
             services,
             turns: Turns::default(),
+            token_keys: None,
+        }
+    }
+
+    /// Seals the consistency tokens of accepted commands with `keys`.
+    pub fn issuing_tokens(mut self, keys: TokenKeys) -> Self {
+        self.token_keys = Some(keys);
+        self
+    }
+
+    /// The token naming `sequence`, sealed for the actor in `metadata`.
+    fn token(
+        &self,
+        aggregate_id: &str,
+        sequence: i64,
+        metadata: &HashMap<String, String>,
+    ) -> ConsistencyToken {
+        let token = ConsistencyToken {
+            aggregate_type: A::TYPE.to_string(),
+            aggregate_id: aggregate_id.to_string(),
+            sequence,
+            seal: None,
+        };
+        let actor = metadata
+            .get("actor_id")
+            .and_then(|id| id.parse::<uuid::Uuid>().ok());
+        match (&self.token_keys, actor) {
+            (Some(keys), Some(actor)) => keys.seal(actor, token),
+            _ => token,
         }
     }
 
@@ -196,11 +230,9 @@ where
                 Ok(committed) => {
                     metrics::counter!("chronicle_events_appended_total", "aggregate" => A::TYPE)
                         .increment(count);
-                    let token = committed.last().map(|event| ConsistencyToken {
-                        aggregate_type: A::TYPE.to_string(),
-                        aggregate_id: aggregate_id.to_string(),
-                        sequence: event.sequence as i64,
-                    });
+                    let token = committed
+                        .last()
+                        .map(|event| self.token(aggregate_id, event.sequence as i64, &metadata));
                     return Ok(Executed {
                         aggregate,
                         events,

@@ -29,6 +29,10 @@ pub struct HttpSettings {
     pub body_limit_bytes: usize,
     /// How long a query waits for the read model to reflect the caller's last command.
     pub consistency_wait: Duration,
+    /// Queries that may wait for a read model at once in this process; more answer 503.
+    pub consistency_max_waiters: usize,
+    /// Of those, queries of one user.
+    pub consistency_max_waiters_per_user: usize,
     pub request_timeout: Duration,
     /// Browser origins admitted by CORS.
     pub cors_origins: Vec<String>,
@@ -140,6 +144,14 @@ impl Settings {
                     "CHRONICLE_CONSISTENCY_WAIT_MS",
                     parse("CHRONICLE_CONSISTENCY_WAIT_MS", "5000")?,
                 )?),
+                consistency_max_waiters: number(
+                    "CHRONICLE_CONSISTENCY_MAX_WAITERS",
+                    parse("CHRONICLE_CONSISTENCY_MAX_WAITERS", "256")?,
+                )?,
+                consistency_max_waiters_per_user: number(
+                    "CHRONICLE_CONSISTENCY_MAX_WAITERS_PER_USER",
+                    parse("CHRONICLE_CONSISTENCY_MAX_WAITERS_PER_USER", "8")?,
+                )?,
                 request_timeout: Duration::from_secs(30),
                 cors_origins: parse(
                     "CHRONICLE_CORS_ORIGINS",
@@ -240,6 +252,15 @@ impl Settings {
         }
         if self.database.max_connections == 0 {
             return fail("CHRONICLE_DB_MAX_CONNECTIONS", "must be at least 1");
+        }
+        if self.http.consistency_max_waiters == 0 {
+            return fail("CHRONICLE_CONSISTENCY_MAX_WAITERS", "must be at least 1");
+        }
+        if self.http.consistency_max_waiters_per_user == 0 {
+            return fail(
+                "CHRONICLE_CONSISTENCY_MAX_WAITERS_PER_USER",
+                "must be at least 1",
+            );
         }
         if self.auth.access_token_ttl < Duration::from_secs(30) {
             return fail("CHRONICLE_ACCESS_TOKEN_TTL_SECS", "must be at least 30");

@@ -21,7 +21,7 @@ use chronicle_aggregates::user::UserServices;
 use crate::auth::{PasswordService, SigningKeys, TokenIssuer};
 use crate::commands::CommandExecutor;
 use crate::config::Settings;
-use crate::consistency::Consistency;
+use crate::consistency::{Consistency, TokenKeys, WaitLimits};
 use crate::state::AppState;
 use crate::telemetry::metrics_handle;
 
@@ -97,11 +97,17 @@ impl Application {
         );
         let signer: Arc<dyn CheckpointSigner> =
             Arc::new(crate::audit::ServerSigner::new(keys.clone()));
+        let token_keys = TokenKeys::derive(&keys);
         let tokens = TokenIssuer::new(keys, &settings.auth);
         let passwords = PasswordService::new(pool.clone(), settings.auth.argon2)?;
         let consistency = Consistency::start(
             pool.clone(),
-            settings.http.consistency_wait,
+            WaitLimits {
+                max_wait: settings.http.consistency_wait,
+                max_waiters: settings.http.consistency_max_waiters,
+                max_waiters_per_user: settings.http.consistency_max_waiters_per_user,
+            },
+            token_keys.clone(),
             shutdown.clone(),
         )
         .await?;
@@ -151,13 +157,19 @@ impl Application {
             .projections
             .then(|| (signer, settings.audit.checkpoint_interval));
         let state = AppState {
-            users: Arc::new(CommandExecutor::new(
-                pool.clone(),
-                passwords.clone() as Arc<dyn UserServices>,
-            )),
-            tasks: Arc::new(CommandExecutor::new(pool.clone(), ())),
-            sessions: Arc::new(CommandExecutor::new(pool.clone(), ())),
-            audit_queries: Arc::new(CommandExecutor::new(pool.clone(), ())),
+            users: Arc::new(
+                CommandExecutor::new(pool.clone(), passwords.clone() as Arc<dyn UserServices>)
+                    .issuing_tokens(token_keys.clone()),
+            ),
+            tasks: Arc::new(
+                CommandExecutor::new(pool.clone(), ()).issuing_tokens(token_keys.clone()),
+            ),
+            sessions: Arc::new(
+                CommandExecutor::new(pool.clone(), ()).issuing_tokens(token_keys.clone()),
+            ),
+            audit_queries: Arc::new(
+                CommandExecutor::new(pool.clone(), ()).issuing_tokens(token_keys),
+            ),
             rate_limiter: Arc::default(),
             settings,
             pool,

@@ -96,7 +96,7 @@ async fn forged_expired_and_revoked_tokens_all_get_invalid_token() {
     let hs256 = encode(
         &hs_header,
         &claims,
-        &EncodingKey::from_secret(public_pem.as_bytes()),
+        &EncodingKey::from_secret(public_pem.as_bytes()).unwrap(),
     )
     .unwrap();
     // a key we never published

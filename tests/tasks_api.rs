@@ -7,6 +7,7 @@ use std::time::Duration;
 use common::{eventually, TestApp};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+use uuid::Uuid;
 
 async fn event_count(app: &TestApp) -> i64 {
     sqlx::query_scalar("select count(*) from events")
@@ -832,5 +833,196 @@ async fn service_routes_describe_and_expose_the_server() {
     );
     assert!(metrics.contains("chronicle_events_appended_total"));
     assert!(metrics.contains("chronicle_commands_total"));
+    app.stop().await;
+}
+
+/// Two API replicas over one database with the projections stopped: a token
+/// names a write the read model will not reach, so honouring it is a 503 and
+/// ignoring it is a prompt 200.
+#[tokio::test]
+async fn a_consistency_token_is_honoured_for_the_caller_it_was_issued_to_and_nobody_else() {
+    let mut settings = common::test_settings().await;
+    settings.http.consistency_wait = Duration::from_secs(1);
+    let app = TestApp::spawn_with(settings.clone()).await;
+    let alice = app.register("alice-token@example.com").await;
+    let bob = app.register("bob-token@example.com").await;
+    app.stop().await;
+    let no_projections = chronicle::Components {
+        api: true,
+        relay: true,
+        projections: false,
+    };
+    let writer = TestApp::spawn_components(settings.clone(), no_projections).await;
+    let reader = TestApp::spawn_components(
+        settings,
+        chronicle::Components {
+            relay: false,
+            ..no_projections
+        },
+    )
+    .await;
+
+    let response = writer
+        .send(
+            Method::POST,
+            "/v1/tasks",
+            &alice,
+            Some(json!({"title": "never projected"})),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let token = response.headers()["x-consistency-token"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let get_tasks = |user: &common::TestUser, token: Option<&str>| {
+        let mut request = reader
+            .client
+            .get(reader.url("/v1/tasks"))
+            .bearer_auth(&user.token);
+        if let Some(token) = token {
+            request = request.header("x-consistency-token", token);
+        }
+        request.send()
+    };
+
+    // Its owner's token is honoured by the other replica: the read model
+    // lacks the write, so the answer is 503 rather than stale data.
+    let response = get_tasks(&alice, Some(&token)).await.unwrap();
+    assert_eq!(
+        error_code(response).await,
+        (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE".into())
+    );
+    // Without it, that replica knows of no write of hers.
+    assert_eq!(
+        get_tasks(&alice, None).await.unwrap().status(),
+        StatusCode::OK
+    );
+
+    // The same text from another account is ignored: no wait, no 503, so
+    // the answer tells Bob nothing about Alice's task.
+    let started = std::time::Instant::now();
+    let response = get_tasks(&bob, Some(&token)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.json::<Vec<Value>>().await.unwrap(),
+        Vec::<Value>::new()
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "Bob did not wait"
+    );
+
+    // Forged tokens naming Alice's account (its id is a UUID v5 of her
+    // email, so anyone can compute it), with or without a made-up seal, with
+    // a sequence it will never reach: no wait either.
+    for forged in [
+        format!("User:{}:999999999", alice.id),
+        format!("User:{}:999999999.AAAAAAAAAAAAAAAAAAAAAA", alice.id),
+        format!("User:{}:1", Uuid::new_v4()),
+    ] {
+        let started = std::time::Instant::now();
+        let response = reader
+            .client
+            .get(reader.url("/v1/auth/me"))
+            .bearer_auth(&bob.token)
+            .header("x-consistency-token", &forged)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{forged}");
+        assert!(started.elapsed() < Duration::from_millis(900), "{forged}");
+    }
+    // Text that is not a token at all is still a 422.
+    let response = get_tasks(&bob, Some("not a token")).await.unwrap();
+    assert_eq!(
+        error_code(response).await,
+        (StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR".into())
+    );
+    reader.stop().await;
+    writer.stop().await;
+}
+
+/// With the projections stopped, a user's honest token makes a query wait;
+/// one wait per user is allowed here, so a second one is refused at once.
+#[tokio::test]
+async fn a_wait_beyond_the_per_user_cap_is_refused_at_once_and_others_are_not_held_up() {
+    let mut settings = common::test_settings().await;
+    settings.http.consistency_wait = Duration::from_secs(2);
+    settings.http.consistency_max_waiters_per_user = 1;
+    let app = TestApp::spawn_with(settings.clone()).await;
+    let alice = app.register("alice-waits@example.com").await;
+    let bob = app.register("bob-waits@example.com").await;
+    app.stop().await;
+    let app = TestApp::spawn_components(
+        settings,
+        chronicle::Components {
+            api: true,
+            relay: true,
+            projections: false,
+        },
+    )
+    .await;
+    let response = app
+        .send(
+            Method::POST,
+            "/v1/tasks",
+            &alice,
+            Some(json!({"title": "never projected"})),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let token = response.headers()["x-consistency-token"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let timed = |user: &common::TestUser, token: Option<&str>| {
+        let mut request = app
+            .client
+            .get(app.url("/v1/tasks"))
+            .bearer_auth(&user.token);
+        if let Some(token) = token {
+            request = request.header("x-consistency-token", token);
+        }
+        async move {
+            let started = std::time::Instant::now();
+            let response = request.send().await.unwrap();
+            (
+                response.status(),
+                response.headers().contains_key("retry-after"),
+                started.elapsed(),
+            )
+        }
+    };
+    let (first, second, bob_reads) = tokio::join!(
+        timed(&alice, Some(&token)),
+        timed(&alice, Some(&token)),
+        timed(&bob, None),
+    );
+    let (mut waited, mut refused) = (first, second);
+    if refused.2 > waited.2 {
+        std::mem::swap(&mut waited, &mut refused);
+    }
+    assert_eq!(
+        (waited.0, waited.1),
+        (StatusCode::SERVICE_UNAVAILABLE, true)
+    );
+    assert!(
+        waited.2 >= Duration::from_millis(1900),
+        "one query waited: {waited:?}"
+    );
+    assert_eq!(
+        (refused.0, refused.1),
+        (StatusCode::SERVICE_UNAVAILABLE, true)
+    );
+    assert!(
+        refused.2 < Duration::from_secs(1),
+        "the other was refused at once: {refused:?}"
+    );
+    assert_eq!(bob_reads.0, StatusCode::OK);
+    assert!(
+        bob_reads.2 < Duration::from_secs(1),
+        "Bob was not held up: {bob_reads:?}"
+    );
     app.stop().await;
 }

@@ -99,3 +99,100 @@ impl TokenIssuer {
             .map_err(|e| InvalidToken(e.to_string()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    use jsonwebtoken::EncodingKey;
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::auth::keys::generate_private_key_pem;
+    use crate::config::Argon2Settings;
+
+    fn issuer() -> (TokenIssuer, String) {
+        let pem = generate_private_key_pem().unwrap();
+        let keys = Arc::new(SigningKeys::from_pems(&[&pem]).unwrap());
+        let settings = AuthSettings {
+            private_key_file: None,
+            private_key_pem: None,
+            issuer: "chronicle".into(),
+            audience: "chronicle-api".into(),
+            access_token_ttl: Duration::from_secs(900),
+            refresh_token_ttl: Duration::from_secs(3600),
+            argon2: Argon2Settings {
+                memory_kib: 1024,
+                iterations: 1,
+                parallelism: 1,
+            },
+        };
+        (TokenIssuer::new(keys, &settings), pem)
+    }
+
+    fn b64(part: &str) -> Vec<u8> {
+        URL_SAFE_NO_PAD.decode(part).unwrap()
+    }
+
+    #[test]
+    fn a_token_we_sign_verifies_with_ring_and_the_published_jwk() {
+        let (issuer, _) = issuer();
+        let user = Uuid::new_v4();
+        let token = issuer
+            .issue(user, Uuid::new_v4(), &["user".into()])
+            .unwrap();
+        let jwk = &issuer.keys().jwks()["keys"][0];
+        let (message, signature) = token.rsplit_once('.').unwrap();
+        let header: Value =
+            serde_json::from_slice(&b64(message.split('.').next().unwrap())).unwrap();
+        assert_eq!(header["alg"], "RS256");
+        assert_eq!(header["kid"], jwk["kid"]);
+        let public = ring::signature::RsaPublicKeyComponents {
+            n: b64(jwk["n"].as_str().unwrap()),
+            e: b64(jwk["e"].as_str().unwrap()),
+        };
+        public
+            .verify(
+                &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+                message.as_bytes(),
+                &b64(signature),
+            )
+            .expect("ring verifies our RS256 signature against the JWKS");
+        assert_eq!(issuer.verify(&token).unwrap().sub, user);
+        // One bit changed in the signature, and it no longer verifies.
+        let mut bent = b64(signature);
+        bent[100] ^= 1;
+        let forged = format!("{message}.{}", URL_SAFE_NO_PAD.encode(bent));
+        assert!(issuer.verify(&forged).is_err());
+    }
+
+    #[test]
+    fn algorithm_confusion_and_unsigned_tokens_are_refused() {
+        let (issuer, pem) = issuer();
+        let good = issuer.issue(Uuid::new_v4(), Uuid::new_v4(), &[]).unwrap();
+        let (_, payload, _) = {
+            let mut parts = good.split('.');
+            (parts.next(), parts.next().unwrap(), parts.next())
+        };
+        let kid = issuer.keys().kid().to_string();
+        let claims: Value = serde_json::from_slice(&b64(payload)).unwrap();
+        // HS256 keyed with what an attacker can know: the public JWK, or the PEM.
+        let jwk = issuer.keys().jwks()["keys"][0].to_string();
+        for secret in [jwk.as_bytes(), pem.as_bytes()] {
+            let mut header = Header::new(Algorithm::HS256);
+            header.kid = Some(kid.clone());
+            let hs256 =
+                encode(&header, &claims, &EncodingKey::from_secret(secret).unwrap()).unwrap();
+            assert!(issuer.verify(&hs256).is_err(), "HS256 refused");
+        }
+        let none_header = URL_SAFE_NO_PAD.encode(json!({"alg": "none", "kid": kid}).to_string());
+        for unsigned in [
+            format!("{none_header}.{payload}."),
+            format!("{none_header}.{payload}"),
+        ] {
+            assert!(issuer.verify(&unsigned).is_err(), "alg none refused");
+        }
+    }
+}

@@ -5,17 +5,18 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::extract::{ConnectInfo, FromRef, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 use uuid::Uuid;
 
-use crate::consistency::ConsistencyToken;
+use crate::consistency::{ConsistencyToken, NotAToken};
 use crate::http::error::ApiError;
 use crate::http::identity::Identity;
 use crate::http::request_id::RequestId;
+use crate::state::AppState;
 
 /// `axum::Json` with our error format: 415 without a JSON content type, 400
 /// for malformed JSON, 422 for wrong types, missing or unknown fields, 413
@@ -179,26 +180,36 @@ impl RequestContext {
     }
 }
 
-/// `X-Consistency-Token` sent back by a client; malformed is a 422.
+/// `X-Consistency-Token` sent back by a client: `Some` only for a token issued
+/// to this caller ([`crate::consistency::Consistency::accept`]). One issued to
+/// someone else, or forged, is treated as absent, never as an error: a
+/// different answer would tell the caller something about the token's
+/// aggregate. Text that is not a token at all is a 422.
 pub struct ConsistencyHeader(pub Option<ConsistencyToken>);
 
 pub const CONSISTENCY_HEADER: &str = "x-consistency-token";
 
-impl<S: Send + Sync> FromRequestParts<S> for ConsistencyHeader {
+impl<S: Send + Sync> FromRequestParts<S> for ConsistencyHeader
+where
+    AppState: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let Some(value) = parts.headers.get(CONSISTENCY_HEADER) else {
             return Ok(Self(None));
         };
+        let caller = match parts.extensions.get::<Identity>() {
+            Some(Identity::User(user)) => Some(user.id),
+            _ => None,
+        };
+        let state = AppState::from_ref(state);
         value
             .to_str()
-            .ok()
-            .and_then(|raw| raw.parse().ok())
-            .map(|token| Self(Some(token)))
-            .ok_or_else(|| {
-                ApiError::invalid_field(CONSISTENCY_HEADER, "is not a token this server issued")
-            })
+            .map_err(|_| NotAToken)
+            .and_then(|raw| state.consistency.accept(caller, raw))
+            .map(Self)
+            .map_err(|err| ApiError::invalid_field(CONSISTENCY_HEADER, err.to_string()))
     }
 }
 

@@ -76,6 +76,8 @@ pub async fn test_settings() -> Settings {
             addr: "127.0.0.1:0".parse().unwrap(),
             body_limit_bytes: 1024 * 1024,
             consistency_wait: Duration::from_secs(10),
+            consistency_max_waiters: 256,
+            consistency_max_waiters_per_user: 8,
             request_timeout: Duration::from_secs(30),
             cors_origins: vec!["capacitor://localhost".into(), "http://localhost".into()],
         },

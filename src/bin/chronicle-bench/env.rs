@@ -129,6 +129,9 @@ pub fn chronicle_env(world: &World, database_url: &str) -> Vec<(String, String)>
         ("CHRONICLE_RATE_LIMIT_USER_PER_MINUTE", "0".into()),
         ("CHRONICLE_RATE_LIMIT_IP_PER_MINUTE", "0".into()),
         ("CHRONICLE_RATE_LIMIT_AUTH_PER_MINUTE", "0".into()),
+        // Likewise the per-user cap on read-your-writes waits: a handful of
+        // users stand for many.
+        ("CHRONICLE_CONSISTENCY_MAX_WAITERS_PER_USER", "256".into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
