@@ -846,7 +846,7 @@ async fn a_consistency_token_is_honoured_for_the_caller_it_was_issued_to_and_nob
     let app = TestApp::spawn_with(settings.clone()).await;
     let alice = app.register("alice-token@example.com").await;
     let bob = app.register("bob-token@example.com").await;
-    app.stop().await;
+    app.stop_keeping_data().await;
     let no_projections = chronicle::Components {
         api: true,
         relay: true,
@@ -939,7 +939,7 @@ async fn a_consistency_token_is_honoured_for_the_caller_it_was_issued_to_and_nob
         error_code(response).await,
         (StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR".into())
     );
-    reader.stop().await;
+    reader.stop_keeping_data().await;
     writer.stop().await;
 }
 
@@ -953,7 +953,7 @@ async fn a_wait_beyond_the_per_user_cap_is_refused_at_once_and_others_are_not_he
     let app = TestApp::spawn_with(settings.clone()).await;
     let alice = app.register("alice-waits@example.com").await;
     let bob = app.register("bob-waits@example.com").await;
-    app.stop().await;
+    app.stop_keeping_data().await;
     let app = TestApp::spawn_components(
         settings,
         chronicle::Components {
