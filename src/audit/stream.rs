@@ -94,6 +94,9 @@ pub fn stream_rows(
     let abandoned = Arc::new(AtomicBool::new(false));
     let producer_abandoned = abandoned.clone();
     tokio::spawn(async move {
+        // The whole slot moves in (not only the field used below): its permit
+        // is held until the query ends, whatever becomes of the body.
+        let slot = slot;
         let deliver = |item| send(&sender, item, slot.send_timeout);
         let outcome = async {
             let mut rows = query.build().fetch(&pool);
