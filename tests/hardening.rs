@@ -171,7 +171,10 @@ async fn stalled_clients_filling_the_cap_are_dropped_by_the_header_timeout_and_h
         StatusCode::OK
     );
     assert!(started.elapsed() < Duration::from_secs(10));
-    app.stop().await;
+    drop(stalled);
+    tokio::time::timeout(Duration::from_secs(30), app.stop())
+        .await
+        .expect("the app stops");
 }
 
 #[tokio::test]
@@ -430,20 +433,6 @@ async fn more_unread_exports_than_the_pool_has_connections_leave_logins_working(
         statuses.push(status);
         open.push(stream);
     }
-    let streaming = statuses.iter().filter(|s| **s == 200).count();
-    assert_eq!(
-        streaming, 2,
-        "a quarter of the 8-connection pool streams: {statuses:?}"
-    );
-    assert!(
-        statuses.iter().all(|s| *s == 200 || *s == 503),
-        "{statuses:?}"
-    );
-    eventually(Duration::from_secs(10), "two stalled exports", || async {
-        (running_exports(&app.pool).await == 2).then_some(())
-    })
-    .await;
-
     let login = app
         .post_anonymous(
             "/v1/auth/login",
@@ -458,6 +447,20 @@ async fn more_unread_exports_than_the_pool_has_connections_leave_logins_working(
         )
         .await;
     assert_eq!(registration.status(), StatusCode::CREATED);
+    let streaming = statuses.iter().filter(|s| **s == 200).count();
+    assert_eq!(
+        streaming, 2,
+        "a quarter of the 8-connection pool streams: {statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 503),
+        "{statuses:?}"
+    );
+    eventually(Duration::from_secs(10), "two stalled exports", || async {
+        (running_exports(&app.pool).await == 2).then_some(())
+    })
+    .await;
+
     drop(open);
     app.stop().await;
 }
