@@ -36,6 +36,34 @@ pub struct HttpSettings {
     pub request_timeout: Duration,
     /// Browser origins admitted by CORS.
     pub cors_origins: Vec<String>,
+    /// How long a client has to send a complete request head, counted from
+    /// when the server starts waiting for it (so it also bounds the pause
+    /// before the next request on a kept-alive connection).
+    pub header_read_timeout: Duration,
+    /// A connection on which no byte moves either way for this long is closed
+    /// (a request body that stalls, a response its client does not read).
+    pub idle_timeout: Duration,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// After a shutdown signal, how long open connections may finish before
+    /// they are dropped.
+    pub shutdown_grace: Duration,
+    /// Streamed answers (exports, NDJSON) running at once, each holding a
+    /// database connection; `None`: a quarter of the pool, at least 1.
+    pub max_streams: Option<u32>,
+    /// A streamed answer whose reader takes no chunk for this long is abandoned.
+    pub stream_send_timeout: Duration,
+}
+
+impl Settings {
+    /// Streamed answers allowed at once (see [`HttpSettings::max_streams`]).
+    pub fn stream_slots(&self) -> usize {
+        let slots = self
+            .http
+            .max_streams
+            .unwrap_or(self.database.max_connections / 4);
+        slots.max(1) as usize
+    }
 }
 
 /// Requests per minute; 0 switches a limit off.
@@ -161,6 +189,29 @@ impl Settings {
                 .map(|origin| origin.trim().to_string())
                 .filter(|origin| !origin.is_empty())
                 .collect(),
+                header_read_timeout: Duration::from_secs(number(
+                    "CHRONICLE_HTTP_HEADER_READ_TIMEOUT_SECS",
+                    parse("CHRONICLE_HTTP_HEADER_READ_TIMEOUT_SECS", "10")?,
+                )?),
+                idle_timeout: Duration::from_secs(number(
+                    "CHRONICLE_HTTP_IDLE_TIMEOUT_SECS",
+                    parse("CHRONICLE_HTTP_IDLE_TIMEOUT_SECS", "60")?,
+                )?),
+                max_connections: number(
+                    "CHRONICLE_HTTP_MAX_CONNECTIONS",
+                    parse("CHRONICLE_HTTP_MAX_CONNECTIONS", "1024")?,
+                )?,
+                shutdown_grace: Duration::from_secs(number(
+                    "CHRONICLE_SHUTDOWN_GRACE_SECS",
+                    parse("CHRONICLE_SHUTDOWN_GRACE_SECS", "10")?,
+                )?),
+                max_streams: get("CHRONICLE_HTTP_MAX_STREAMS")
+                    .map(|raw| number("CHRONICLE_HTTP_MAX_STREAMS", raw))
+                    .transpose()?,
+                stream_send_timeout: Duration::from_secs(number(
+                    "CHRONICLE_HTTP_STREAM_SEND_TIMEOUT_SECS",
+                    parse("CHRONICLE_HTTP_STREAM_SEND_TIMEOUT_SECS", "30")?,
+                )?),
             },
             database: DatabaseSettings {
                 url: SecretString::from(database_url),
@@ -262,6 +313,39 @@ impl Settings {
                 "must be at least 1",
             );
         }
+        let http = &self.http;
+        if http.header_read_timeout.is_zero() {
+            return fail(
+                "CHRONICLE_HTTP_HEADER_READ_TIMEOUT_SECS",
+                "must be at least 1",
+            );
+        }
+        if http.idle_timeout < http.request_timeout {
+            // Otherwise a handler still working within its request timeout
+            // (no bytes moving yet) would lose its connection.
+            return fail(
+                "CHRONICLE_HTTP_IDLE_TIMEOUT_SECS",
+                "must be at least the request timeout (30)",
+            );
+        }
+        if http.max_connections == 0 || http.max_connections > u32::MAX as usize {
+            return fail("CHRONICLE_HTTP_MAX_CONNECTIONS", "must be at least 1");
+        }
+        if http
+            .max_streams
+            .is_some_and(|streams| streams == 0 || streams >= self.database.max_connections)
+        {
+            return fail(
+                "CHRONICLE_HTTP_MAX_STREAMS",
+                "must be at least 1 and less than CHRONICLE_DB_MAX_CONNECTIONS",
+            );
+        }
+        if http.stream_send_timeout.is_zero() {
+            return fail(
+                "CHRONICLE_HTTP_STREAM_SEND_TIMEOUT_SECS",
+                "must be at least 1",
+            );
+        }
         if self.auth.access_token_ttl < Duration::from_secs(30) {
             return fail("CHRONICLE_ACCESS_TOKEN_TTL_SECS", "must be at least 30");
         }
@@ -332,6 +416,48 @@ mod tests {
         assert_eq!(settings.http.addr.to_string(), "127.0.0.1:8080");
         assert_eq!(settings.nats.stream.name, "CHRONICLE_EVENTS");
         assert_eq!(settings.auth.access_token_ttl, Duration::from_secs(900));
+        assert_eq!(settings.http.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(settings.http.idle_timeout, Duration::from_secs(60));
+        assert_eq!(settings.http.max_connections, 1024);
+        assert_eq!(settings.http.shutdown_grace, Duration::from_secs(10));
+        assert_eq!(
+            settings.stream_slots(),
+            5,
+            "a quarter of the 20-connection pool"
+        );
+        assert_eq!(settings.http.stream_send_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn stream_slots_are_a_quarter_of_the_pool_at_least_one_or_as_configured() {
+        let small = settings(&[
+            ("DATABASE_URL", "postgres://x"),
+            ("CHRONICLE_DB_MAX_CONNECTIONS", "3"),
+        ])
+        .unwrap();
+        assert_eq!(small.stream_slots(), 1);
+        let configured = settings(&[
+            ("DATABASE_URL", "postgres://x"),
+            ("CHRONICLE_HTTP_MAX_STREAMS", "7"),
+        ])
+        .unwrap();
+        assert_eq!(configured.stream_slots(), 7);
+        let err = settings(&[
+            ("DATABASE_URL", "postgres://x"),
+            ("CHRONICLE_HTTP_MAX_STREAMS", "20"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.name, "CHRONICLE_HTTP_MAX_STREAMS");
+    }
+
+    #[test]
+    fn an_idle_timeout_shorter_than_the_request_timeout_is_refused() {
+        let err = settings(&[
+            ("DATABASE_URL", "postgres://x"),
+            ("CHRONICLE_HTTP_IDLE_TIMEOUT_SECS", "5"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.name, "CHRONICLE_HTTP_IDLE_TIMEOUT_SECS");
     }
 
     #[test]

@@ -18,10 +18,12 @@ use tokio_util::sync::CancellationToken;
 
 use chronicle_aggregates::user::UserServices;
 
+use crate::audit::stream::StreamBudget;
 use crate::auth::{PasswordService, SigningKeys, TokenIssuer};
 use crate::commands::CommandExecutor;
 use crate::config::Settings;
 use crate::consistency::{Consistency, TokenKeys, WaitLimits};
+use crate::http::server::{serve, ServerLimits};
 use crate::state::AppState;
 use crate::telemetry::metrics_handle;
 
@@ -171,6 +173,7 @@ impl Application {
                 CommandExecutor::new(pool.clone(), ()).issuing_tokens(token_keys),
             ),
             rate_limiter: Arc::default(),
+            streams: StreamBudget::new(settings.stream_slots(), settings.http.stream_send_timeout),
             settings,
             pool,
             nats,
@@ -206,7 +209,8 @@ impl Application {
     }
 
     /// Runs every component until the shutdown token is cancelled, then waits
-    /// for in-flight requests and batches to finish.
+    /// for in-flight requests (at most `CHRONICLE_SHUTDOWN_GRACE_SECS`) and
+    /// batches to finish.
     pub async fn run(mut self) -> anyhow::Result<()> {
         if let Some(relay) = self.relay.take() {
             self.tasks.spawn(relay.run(self.shutdown.clone()));
@@ -227,20 +231,14 @@ impl Application {
                 let router = crate::http::router(self.state.clone());
                 let shutdown = self.shutdown.clone();
                 tracing::info!(addr = %listener.local_addr()?, "api listening");
-                Some(tokio::spawn(async move {
-                    axum::serve(
-                        listener,
-                        router.into_make_service_with_connect_info::<SocketAddr>(),
-                    )
-                    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                    .await
-                }))
+                let limits = ServerLimits::from(&self.state.settings.http);
+                Some(tokio::spawn(serve(listener, router, limits, shutdown)))
             }
             None => None,
         };
         self.shutdown.cancelled().await;
         if let Some(server) = server {
-            server.await.context("api task")?.context("api server")?;
+            server.await.context("api task")?;
         }
         while self.tasks.join_next().await.is_some() {}
         self.state.pool.close().await;

@@ -10,6 +10,7 @@ use chronicle_projections::ProjectionStatus;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 
+use crate::audit::stream::StreamBudget;
 use crate::auth::{PasswordService, TokenIssuer};
 use crate::commands::CommandExecutor;
 use crate::config::Settings;
@@ -31,6 +32,8 @@ pub struct AppState {
     pub rate_limiter: Arc<RateLimiter>,
     pub consistency: Arc<Consistency>,
     pub metrics: PrometheusHandle,
+    /// Slots for streamed answers, each of which holds a database connection.
+    pub streams: StreamBudget,
     /// Projections running in this process, for `/ready`.
     pub projections: Arc<Vec<(&'static str, Arc<ProjectionStatus>)>>,
 }

@@ -219,7 +219,8 @@ async fn run_export(
         pool.clone(),
         filters,
         format,
-        limit
+        limit,
+        crate::audit::stream::StreamSlot::unbounded(),
     ));
     let mut lines = 0u64;
     while let Some(chunk) = stream.try_next().await.context("exporting")? {

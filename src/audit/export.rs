@@ -12,7 +12,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 
 use crate::audit::filters::CURRENT_GENERATION;
-use crate::audit::stream::stream_rows;
+use crate::audit::stream::{stream_rows, StreamSlot};
 use crate::audit::Filters;
 
 /// An export's format.
@@ -109,12 +109,13 @@ pub fn query(filters: &Filters, limit: Option<i64>) -> QueryBuilder<'static, Pos
     query
 }
 
-/// The export as a stream of bytes.
+/// The export as a stream of bytes, running in `slot`.
 pub fn stream(
     pool: PgPool,
     filters: &Filters,
     format: Format,
     limit: Option<i64>,
+    slot: StreamSlot,
 ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
     let header = match format {
         Format::Csv => Some(Bytes::from(format!("{}\r\n", COLUMNS.join(",")))),
@@ -124,7 +125,7 @@ pub fn stream(
         Format::Csv => Box::new(|row, out| Line::read(row).map(|line| line.csv(out))),
         Format::Ndjson => Box::new(|row, out| Line::read(row).map(|line| line.ndjson(out))),
     };
-    stream_rows(pool, query(filters, limit), header, render)
+    stream_rows(pool, query(filters, limit), header, render, slot)
 }
 
 /// One exported line, borrowed from its row where possible.
@@ -287,13 +288,30 @@ impl<'r> Line<'r> {
     }
 }
 
-/// RFC 4180: quoted (inner quotes doubled) when it holds a comma, quote or line break.
+/// First characters that make a spreadsheet read a cell as a formula
+/// (OWASP "CSV injection"), plus the quote that marks a neutralised cell, so
+/// that the marking can always be undone.
+const FORMULA_STARTS: [u8; 7] = [b'=', b'+', b'-', b'@', b'\t', b'\r', b'\''];
+
+/// RFC 4180: quoted (inner quotes doubled) when it holds a comma, quote or
+/// line break. A value starting with `=`, `+`, `-`, `@`, tab, CR or `'` is
+/// neutralised: quoted, with one `'` put in front, which a spreadsheet shows
+/// as text and an auditor removes to get the stored value back (every cell
+/// that starts with `'` had exactly one added; see `docs/audit.md`).
 fn csv_field(field: &str, out: &mut Vec<u8>) {
-    if field
-        .bytes()
-        .any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r'))
+    let neutralise = field
+        .as_bytes()
+        .first()
+        .is_some_and(|first| FORMULA_STARTS.contains(first));
+    if neutralise
+        || field
+            .bytes()
+            .any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r'))
     {
         out.push(b'"');
+        if neutralise {
+            out.push(b'\'');
+        }
         for byte in field.bytes() {
             if byte == b'"' {
                 out.push(b'"');
@@ -322,5 +340,54 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "plain,\"{\"\"a\"\": 1, \"\"b\"\": \"\"x\"\"}\",\"two\nlines\""
         );
+    }
+
+    fn field(value: &str) -> String {
+        let mut out = Vec::new();
+        csv_field(value, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn cells_a_spreadsheet_would_read_as_formulas_are_neutralised() {
+        assert_eq!(
+            field("=HYPERLINK(\"http://x\",\"y\")"),
+            "\"'=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\""
+        );
+        assert_eq!(field("+1"), "\"'+1\"");
+        assert_eq!(field("-2"), "\"'-2\"");
+        assert_eq!(field("@SUM(A1)"), "\"'@SUM(A1)\"");
+        assert_eq!(field("\tx"), "\"'\tx\"");
+        assert_eq!(field("\rx"), "\"'\rx\"");
+        // A value that already starts with the marker gets one more, so
+        // removing exactly one leading quote always restores the value.
+        assert_eq!(field("'=x"), "\"''=x\"");
+        assert_eq!(field("a=b"), "a=b", "only the first character counts");
+        assert_eq!(field(""), "");
+    }
+
+    #[test]
+    fn removing_one_leading_quote_restores_every_neutralised_value() {
+        for value in [
+            "=1+2",
+            "+x",
+            "-",
+            "@a",
+            "\tt",
+            "\rr",
+            "'",
+            "''=",
+            "plain",
+            "{\"a\":1}",
+        ] {
+            let line = field(value);
+            let mut reader = csv::ReaderBuilder::new()
+                .has_headers(false)
+                .from_reader(line.as_bytes());
+            let record = reader.records().next().unwrap().unwrap();
+            let cell = &record[0];
+            let restored = cell.strip_prefix('\'').unwrap_or(cell);
+            assert_eq!(restored, value);
+        }
     }
 }

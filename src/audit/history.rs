@@ -12,7 +12,7 @@ use serde::Serialize;
 use sqlx::{PgPool, Postgres, QueryBuilder};
 
 use crate::audit::filters::CURRENT_GENERATION;
-use crate::audit::stream::stream_rows;
+use crate::audit::stream::{stream_rows, StreamSlot};
 use crate::audit::Filters;
 
 /// Only events whose transaction is below the oldest one in flight: they are
@@ -58,11 +58,12 @@ pub async fn list_events(
     Ok((events, total))
 }
 
-/// Every matching event as NDJSON envelopes, oldest first, streamed.
+/// Every matching event as NDJSON envelopes, oldest first, streamed in `slot`.
 pub fn stream_events(
     pool: PgPool,
     filters: &Filters,
     limit: Option<i64>,
+    slot: StreamSlot,
 ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
     let mut query = events_query(EVENT_COLUMNS, filters);
     query.push(" order by e.global_position");
@@ -77,6 +78,7 @@ pub fn stream_events(
             out.push(b'\n');
             Ok(())
         }),
+        slot,
     )
 }
 

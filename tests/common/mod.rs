@@ -80,6 +80,12 @@ pub async fn test_settings() -> Settings {
             consistency_max_waiters_per_user: 8,
             request_timeout: Duration::from_secs(30),
             cors_origins: vec!["capacitor://localhost".into(), "http://localhost".into()],
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 1024,
+            shutdown_grace: Duration::from_secs(10),
+            max_streams: None,
+            stream_send_timeout: Duration::from_secs(30),
         },
         database: DatabaseSettings {
             url: SecretString::from(create_test_database().await),

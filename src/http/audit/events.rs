@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use super::{described, page, record, stream_limit, total_count, Auditor, RawFilters};
+use super::{described, page, record, stream_limit, stream_slot, total_count, Auditor, RawFilters};
 use crate::audit::history::{list_events, stream_events};
 use crate::http::error::Result;
 use crate::http::extract::{Query, RequestContext};
@@ -81,6 +81,7 @@ fn wants_ndjson(headers: &HeaderMap) -> bool {
     (status = 401, description = "No credentials"),
     (status = 403, description = "Not an auditor or admin"),
     (status = 422, description = "Invalid filter or page"),
+    (status = 503, description = "Every streaming slot is busy (NDJSON only); retry after `Retry-After`"),
 ))]
 pub async fn list_audit_events(
     State(state): State<AppState>,
@@ -92,6 +93,7 @@ pub async fn list_audit_events(
     let filters = query.filters().validate()?;
     if wants_ndjson(&headers) {
         let limit = stream_limit(query.limit)?;
+        let slot = stream_slot(&state)?;
         let extra = [
             ("limit", limit.map(|l| l.to_string())),
             ("accept", Some(NDJSON.to_string())),
@@ -104,7 +106,7 @@ pub async fn list_audit_events(
             described(&filters, extra),
         )
         .await?;
-        let body = Body::from_stream(stream_events(state.pool.clone(), &filters, limit));
+        let body = Body::from_stream(stream_events(state.pool.clone(), &filters, limit, slot));
         return Ok(([(header::CONTENT_TYPE, NDJSON)], body).into_response());
     }
     let (limit, offset) = page(query.limit, query.offset)?;

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use super::{described, record, stream_limit, Auditor, RawFilters};
+use super::{described, record, stream_limit, stream_slot, Auditor, RawFilters};
 use crate::audit::export::{stream, Format};
 use crate::http::error::Result;
 use crate::http::extract::{Query, RequestContext};
@@ -40,6 +40,7 @@ pub struct AuditExportQuery {
     (status = 401, description = "No credentials"),
     (status = 403, description = "Not an auditor or admin"),
     (status = 422, description = "Invalid format or filter"),
+    (status = 503, description = "Every streaming slot is busy; retry after `Retry-After`"),
 ))]
 pub async fn export_audit_trail(
     State(state): State<AppState>,
@@ -58,6 +59,7 @@ pub async fn export_audit_trail(
     }
     .validate()?;
     let limit = stream_limit(query.limit)?;
+    let slot = stream_slot(&state)?;
     let format = query.format;
     let extra = [
         ("format", Some(format.extension().to_string())),
@@ -75,7 +77,7 @@ pub async fn export_audit_trail(
         "attachment; filename=\"chronicle-audit.{}\"",
         format.extension()
     );
-    let body = Body::from_stream(stream(state.pool.clone(), &filters, format, limit));
+    let body = Body::from_stream(stream(state.pool.clone(), &filters, format, limit, slot));
     Ok((
         [
             (header::CONTENT_TYPE, format.content_type().to_string()),

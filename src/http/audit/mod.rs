@@ -25,6 +25,7 @@ use axum::Router;
 use chrono::{DateTime, Utc};
 
 use crate::audit::record::record_query;
+use crate::audit::stream::StreamSlot;
 use crate::audit::Filters;
 use crate::http::error::{ApiError, Result};
 use crate::http::extract::{AuthUser, RequestContext};
@@ -130,6 +131,16 @@ fn page(limit: Option<i64>, offset: Option<i64>) -> Result<(i64, i64)> {
         return Err(ApiError::invalid_field("offset", "must be 0 or more"));
     }
     Ok((limit, offset))
+}
+
+/// A slot for a streamed answer, taken before anything is recorded or
+/// queried: when every slot is busy the caller gets 503 `UNAVAILABLE` with
+/// `Retry-After` at once rather than a connection-starved server.
+fn stream_slot(state: &AppState) -> Result<StreamSlot> {
+    state.streams.try_acquire().ok_or_else(|| {
+        metrics::counter!("chronicle_streams_refused_total").increment(1);
+        ApiError::Unavailable("too many streamed answers are running; retry shortly".into())
+    })
 }
 
 /// A cap on a streamed answer: any positive number, or none.

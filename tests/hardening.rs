@@ -1,0 +1,547 @@
+//! Faults a hostile or broken client can cause: connections that never finish
+//! their request head or never read their answer, methods invented to grow
+//! `/metrics`, formulas smuggled into the CSV export, and streams that hold
+//! database connections.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use chronicle::{Components, Settings};
+use common::{
+    eventually, test_settings, wait_for_audit, wait_for_projections, TestApp, TestUser,
+    TEST_PASSWORD,
+};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+const API_ONLY: Components = Components {
+    api: true,
+    relay: false,
+    projections: false,
+};
+
+fn addr(app: &TestApp) -> SocketAddr {
+    app.base.trim_start_matches("http://").parse().unwrap()
+}
+
+/// A connection with a small receive buffer, so that a response it does not
+/// read fills up quickly.
+async fn connect(app: &TestApp) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(addr(app)).await.unwrap()
+}
+
+/// A client that sends half a header line and then nothing.
+async fn half_sent_header(app: &TestApp) -> TcpStream {
+    let mut stream = connect(app).await;
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Slow: aaa")
+        .await
+        .unwrap();
+    stream
+}
+
+/// Reads until the server closes the connection; `None` if it is still
+/// open after `within`.
+async fn closed_within(stream: &mut TcpStream, within: Duration) -> Option<Vec<u8>> {
+    let mut received = Vec::new();
+    tokio::time::timeout(within, async {
+        let mut buffer = [0u8; 16 * 1024];
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&buffer[..n]),
+            }
+        }
+    })
+    .await
+    .ok()
+    .map(|()| received)
+}
+
+/// `GET /health` with a fresh client (no pooled connection) and a deadline.
+async fn health(app: &TestApp, within: Duration) -> Result<StatusCode, reqwest::Error> {
+    reqwest::Client::builder()
+        .timeout(within)
+        .build()
+        .unwrap()
+        .get(app.url("/health"))
+        .send()
+        .await
+        .map(|response| response.status())
+}
+
+#[tokio::test]
+async fn a_client_that_sends_half_a_header_line_is_disconnected_after_the_header_read_timeout() {
+    let mut settings = test_settings().await;
+    settings.http.header_read_timeout = Duration::from_secs(1);
+    let app = TestApp::spawn_components(settings, API_ONLY).await;
+
+    let started = Instant::now();
+    let mut stalled = half_sent_header(&app).await;
+    let received = closed_within(&mut stalled, Duration::from_secs(10))
+        .await
+        .expect("the server closes a connection whose head never completes");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "closed after the timeout, not before ({waited:?})"
+    );
+    assert!(
+        !String::from_utf8_lossy(&received).contains("200 OK"),
+        "the half-sent request was not served"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_that_moves_no_byte_for_the_idle_timeout_is_closed() {
+    let mut settings = test_settings().await;
+    settings.http.idle_timeout = Duration::from_secs(1);
+    let app = TestApp::spawn_components(settings, API_ONLY).await;
+
+    // A complete head announcing a body that never comes: the handler waits
+    // for it (up to the 30 s request timeout), no byte moves.
+    let mut stalled = connect(&app).await;
+    stalled
+        .write_all(
+            b"POST /v1/auth/login HTTP/1.1\r\nHost: localhost\r\n\
+              Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"email\"",
+        )
+        .await
+        .unwrap();
+    let received = closed_within(&mut stalled, Duration::from_secs(10))
+        .await
+        .expect("the idle connection is closed well before the request timeout");
+    assert!(received.is_empty(), "closed without an answer");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn at_the_connection_cap_another_client_waits_until_a_connection_closes() {
+    let mut settings = test_settings().await;
+    settings.http.max_connections = 2;
+    settings.http.header_read_timeout = Duration::from_secs(60);
+    let app = TestApp::spawn_components(settings, API_ONLY).await;
+    assert_eq!(
+        health(&app, Duration::from_secs(5)).await.unwrap(),
+        StatusCode::OK
+    );
+
+    let first = half_sent_header(&app).await;
+    let second = half_sent_header(&app).await;
+    let refused = health(&app, Duration::from_millis(700)).await;
+    assert!(
+        refused.is_err(),
+        "two stalled connections fill a cap of two: {refused:?}"
+    );
+
+    drop(first);
+    let status = eventually(
+        Duration::from_secs(10),
+        "a free connection slot",
+        || async { health(&app, Duration::from_secs(1)).await.ok() },
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    drop(second);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn stalled_clients_filling_the_cap_are_dropped_by_the_header_timeout_and_health_answers() {
+    let mut settings = test_settings().await;
+    settings.http.max_connections = 4;
+    settings.http.header_read_timeout = Duration::from_secs(1);
+    let app = TestApp::spawn_components(settings, API_ONLY).await;
+
+    let mut stalled = Vec::new();
+    for _ in 0..12 {
+        stalled.push(half_sent_header(&app).await);
+    }
+    let started = Instant::now();
+    assert_eq!(
+        health(&app, Duration::from_secs(15)).await.unwrap(),
+        StatusCode::OK
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    drop(stalled);
+    tokio::time::timeout(Duration::from_secs(30), app.stop())
+        .await
+        .expect("the app stops");
+}
+
+#[tokio::test]
+async fn a_stalled_half_sent_header_does_not_hold_shutdown_beyond_the_grace_period() {
+    let mut settings = test_settings().await;
+    settings.http.header_read_timeout = Duration::from_secs(600);
+    settings.http.shutdown_grace = Duration::from_secs(1);
+    let app = TestApp::spawn_components(settings, API_ONLY).await;
+    let _stalled = half_sent_header(&app).await;
+    // The server has the connection before shutdown starts.
+    assert_eq!(
+        health(&app, Duration::from_secs(5)).await.unwrap(),
+        StatusCode::OK
+    );
+
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(15), app.stop())
+        .await
+        .expect("shutdown completes despite the stalled connection");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn requests_with_many_invented_methods_leave_only_a_fixed_set_of_method_labels() {
+    let app = TestApp::spawn_components(test_settings().await, API_ONLY).await;
+    for index in 0..300 {
+        let invented = format!("X{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let method = Method::from_bytes(invented.to_uppercase().as_bytes()).unwrap();
+        let path = if index % 2 == 0 {
+            "/health"
+        } else {
+            "/v1/tasks"
+        };
+        let response = app
+            .client
+            .request(method, app.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_client_error());
+    }
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let allowed = [
+        "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "OTHER",
+    ];
+    let mut seen = std::collections::BTreeSet::new();
+    for (start, _) in metrics.match_indices("method=\"") {
+        let value = &metrics[start + 8..];
+        let value = &value[..value.find('"').unwrap()];
+        seen.insert(value.to_string());
+    }
+    assert!(
+        seen.contains("OTHER"),
+        "invented methods are counted: {seen:?}"
+    );
+    for value in &seen {
+        assert!(allowed.contains(&value.as_str()), "unbounded label {value}");
+    }
+    app.stop().await;
+}
+
+/// Parses a CSV export into its header and records.
+fn parse_csv(text: &str) -> (Vec<String>, Vec<csv::StringRecord>) {
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let header = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .map(str::to_owned)
+        .collect();
+    let records = reader.records().map(|r| r.unwrap()).collect();
+    (header, records)
+}
+
+#[tokio::test]
+async fn a_user_agent_formula_is_neutralised_in_the_csv_export_and_verbatim_in_ndjson() {
+    let app = TestApp::spawn().await;
+    let auditor = app.user_with_role("auditor@example.com", "auditor").await;
+    let user_agent = r#"=HYPERLINK("http://evil.example/","click")"#;
+    let correlation = "@SUM(1+1)*cmd|' /C calc'!A0";
+    let response = app
+        .client
+        .post(app.url("/v1/auth/register"))
+        .header("user-agent", user_agent)
+        .header("x-correlation-id", correlation)
+        .json(&json!({"email": "mallory@example.com", "password": TEST_PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+
+    let response = app
+        .client
+        .get(app.url("/v1/audit/export?format=csv"))
+        .bearer_auth(&auditor.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = response.text().await.unwrap();
+    assert!(
+        !text.contains(",=HYPERLINK") && !text.contains(",\"=HYPERLINK"),
+        "no cell starts with the formula"
+    );
+    let (header, records) = parse_csv(&text);
+    let column = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let (agent, correlation_id) = (column("actor_user_agent"), column("correlation_id"));
+    let mallory: Vec<_> = records
+        .iter()
+        .filter(|r| r[agent].contains("HYPERLINK"))
+        .collect();
+    assert!(!mallory.is_empty(), "the registration is exported");
+    for record in &mallory {
+        assert_eq!(record[agent], format!("'{user_agent}"));
+        assert_eq!(record[correlation_id], format!("'{correlation}"));
+    }
+    for record in &records {
+        for cell in record {
+            assert!(
+                !cell.starts_with(['=', '+', '-', '@', '\t', '\r']),
+                "a cell a spreadsheet would evaluate: {cell}"
+            );
+        }
+    }
+
+    // NDJSON stays verbatim: its values are what the digests are over.
+    let text = app
+        .client
+        .get(app.url("/v1/audit/export?format=ndjson"))
+        .bearer_auth(&auditor.token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert!(lines
+        .iter()
+        .any(|l| l["actor_user_agent"] == user_agent && l["correlation_id"] == correlation));
+    app.stop().await;
+}
+
+const BULK_EVENTS: i64 = 20_000;
+
+/// An app (relay, projections, API) with `settings` whose event store holds
+/// enough events that an export a client does not read stalls with its query
+/// running. The bulk is inserted while the app is stopped and the relay's
+/// checkpoint moved past it, so only exports see it.
+async fn app_with_a_large_export(settings: Settings) -> (TestApp, TestUser) {
+    let app = TestApp::spawn_with(settings.clone()).await;
+    let auditor = app.user_with_role("auditor@example.com", "auditor").await;
+    wait_for_projections(&app.pool).await;
+    wait_for_audit(&app.pool).await;
+    app.stop().await;
+
+    let pool = PgPool::connect(secrecy::ExposeSecret::expose_secret(&settings.database.url))
+        .await
+        .unwrap();
+    sqlx::query(
+        "insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+         select 'Task', gen_random_uuid()::text, 1, 'TaskCreated', '1.0', \
+           jsonb_build_object('TaskCreated', jsonb_build_object('owner_id', $1::text, \
+             'title', 'bulk task ' || n || repeat('.', 400), 'description', null, \
+             'project_id', null, 'due_at', null, 'created_at', '2026-01-01T00:00:00.000000Z')), \
+           jsonb_build_object('actor_id', $1::text, 'actor_roles', 'user', \
+             'request_id', gen_random_uuid()::text, 'client_ip', '127.0.0.1', \
+             'user_agent', 'bulk', 'occurred_at', '2026-01-01T00:00:00.000000Z') \
+         from generate_series(1, $2) n",
+    )
+    .bind(uuid::Uuid::new_v4().to_string())
+    .bind(BULK_EVENTS)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "update relay_checkpoints set (transaction_id, global_position) = \
+           (select transaction_id, global_position from events \
+             order by transaction_id desc, global_position desc limit 1)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let app = TestApp::spawn_with(settings).await;
+    (app, auditor)
+}
+
+/// Sends `GET path` and reads only the response head; the body is left
+/// unread. Returns the head and the connection.
+async fn open_unread(app: &TestApp, user: &TestUser, path: &str) -> (String, TcpStream) {
+    let mut stream = connect(app).await;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\r\n",
+        user.token
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut byte))
+            .await
+            .expect("a response head")
+            .unwrap();
+        assert!(n > 0, "closed before the head");
+        head.push(byte[0]);
+    }
+    (String::from_utf8(head).unwrap(), stream)
+}
+
+fn status_of(head: &str) -> u16 {
+    head.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+/// Export queries running in the app's database.
+async fn running_exports(pool: &PgPool) -> i64 {
+    sqlx::query_scalar(
+        "select count(*) from pg_stat_activity where datname = current_database() \
+           and state = 'active' and query like '%left join audit.entries a%' \
+           and pid <> pg_backend_pid()",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn more_unread_exports_than_the_pool_has_connections_leave_logins_working() {
+    let mut settings = test_settings().await;
+    settings.database.max_connections = 8;
+    settings.http.shutdown_grace = Duration::from_secs(1);
+    let (app, auditor) = app_with_a_large_export(settings).await;
+
+    let mut open = Vec::new();
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        let (head, stream) = open_unread(&app, &auditor, "/v1/audit/export?format=csv").await;
+        let status = status_of(&head);
+        if status == 503 {
+            assert!(
+                head.to_ascii_lowercase().contains("retry-after:"),
+                "503 with Retry-After: {head}"
+            );
+        }
+        statuses.push(status);
+        open.push(stream);
+    }
+    let login = app
+        .post_anonymous(
+            "/v1/auth/login",
+            json!({"email": auditor.email, "password": TEST_PASSWORD}),
+        )
+        .await;
+    assert_eq!(login.status(), StatusCode::OK);
+    let registration = app
+        .post_anonymous(
+            "/v1/auth/register",
+            json!({"email": "newcomer@example.com", "password": TEST_PASSWORD}),
+        )
+        .await;
+    assert_eq!(registration.status(), StatusCode::CREATED);
+    let streaming = statuses.iter().filter(|s| **s == 200).count();
+    assert_eq!(
+        streaming, 2,
+        "a quarter of the 8-connection pool streams: {statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 503),
+        "{statuses:?}"
+    );
+    eventually(Duration::from_secs(10), "two stalled exports", || async {
+        (running_exports(&app.pool).await == 2).then_some(())
+    })
+    .await;
+
+    drop(open);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_unread_export_is_abandoned_after_the_send_timeout_freeing_its_connection_and_slot() {
+    let mut settings = test_settings().await;
+    settings.database.max_connections = 8;
+    settings.http.max_streams = Some(1);
+    settings.http.stream_send_timeout = Duration::from_secs(3);
+    settings.http.shutdown_grace = Duration::from_secs(1);
+    let (app, auditor) = app_with_a_large_export(settings).await;
+
+    let (head, mut stalled) = open_unread(&app, &auditor, "/v1/audit/export?format=csv").await;
+    assert_eq!(status_of(&head), 200);
+    assert!(head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked"));
+    eventually(Duration::from_secs(10), "the export to stall", || async {
+        (running_exports(&app.pool).await == 1).then_some(())
+    })
+    .await;
+
+    eventually(
+        Duration::from_secs(20),
+        "the stalled export's query to end",
+        || async { (running_exports(&app.pool).await == 0).then_some(()) },
+    )
+    .await;
+    // The body the client still has buffered ends without the last chunk:
+    // it cannot be mistaken for a complete export.
+    let rest = closed_within(&mut stalled, Duration::from_secs(20))
+        .await
+        .expect("the abandoned answer's connection is closed");
+    assert!(!rest.ends_with(b"\r\n0\r\n\r\n"), "cut short, not complete");
+
+    // Its slot is free again: the next export is answered.
+    let response = app
+        .client
+        .get(app.url("/v1/audit/export?format=ndjson&limit=5"))
+        .bearer_auth(&auditor.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.text().await.unwrap().lines().count(), 5);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn when_every_stream_slot_is_busy_an_ndjson_history_answers_503_at_once() {
+    let mut settings = test_settings().await;
+    settings.database.max_connections = 8;
+    settings.http.max_streams = Some(1);
+    settings.http.shutdown_grace = Duration::from_secs(1);
+    let (app, auditor) = app_with_a_large_export(settings).await;
+
+    let (head, _stalled) = open_unread(&app, &auditor, "/v1/audit/export?format=csv").await;
+    assert_eq!(status_of(&head), 200);
+    let started = Instant::now();
+    let response = app
+        .client
+        .get(app.url("/v1/audit/events"))
+        .bearer_auth(&auditor.token)
+        .header("accept", "application/x-ndjson")
+        .send()
+        .await
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2), "at once");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().contains_key("retry-after"));
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "UNAVAILABLE");
+    // A JSON page needs no stream slot.
+    let page = app
+        .client
+        .get(app.url("/v1/audit/events?limit=5"))
+        .bearer_auth(&auditor.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    app.stop().await;
+}
