@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chronicle_nats::{Relay, RelayConfig};
 use chronicle_projections::audit::{AuditConfig, CheckpointSigner};
-use chronicle_projections::{all_projections_signed, ProjectionRunner};
+use chronicle_projections::{all_projections_signed, ProjectionRunner, ReleaseRequests};
 use secrecy::ExposeSecret;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
@@ -115,6 +115,9 @@ impl Application {
         .await?;
 
         let runners: Vec<ProjectionRunner> = if components.projections {
+            let releases = ReleaseRequests::start(&pool, shutdown.clone())
+                .await
+                .context("listening for dead-letter releases")?;
             all_projections_signed(AuditConfig {
                 signer: Some(signer.clone()),
                 checkpoint_every: settings.audit.checkpoint_every,
@@ -127,6 +130,7 @@ impl Application {
                     settings.nats.stream.clone(),
                     projection,
                 )
+                .with_release_requests(releases.clone())
             })
             .collect()
         } else {

@@ -340,7 +340,7 @@ async fn app_with_a_large_export(settings: Settings) -> (TestApp, TestUser) {
     let auditor = app.user_with_role("auditor@example.com", "auditor").await;
     wait_for_projections(&app.pool).await;
     wait_for_audit(&app.pool).await;
-    app.stop().await;
+    app.stop_keeping_data().await;
 
     let pool = PgPool::connect(secrecy::ExposeSecret::expose_secret(&settings.database.url))
         .await

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 pub use error::ProjectionError;
 pub use projection::{apply_guarded, Projection};
-pub use runtime::{ProjectionRunner, ProjectionStatus};
+pub use runtime::{ProjectionRunner, ProjectionStatus, ReleaseRequests};
 
 /// Postgres channel notified whenever a projection commits a batch, so that
 /// queries waiting for read-your-writes wake up at once.

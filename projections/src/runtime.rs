@@ -18,6 +18,7 @@ use chronicle_nats::{EventEnvelope, ReadEvent, StoredEvent, StreamSettings};
 use futures::StreamExt;
 use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::projection::{lock_key, VersionGuard, MARK_AND_LOCK};
@@ -42,6 +43,40 @@ impl ProjectionStatus {
     }
 }
 
+/// Release requests (`chronicle dead-letters release`) for the projections
+/// of this process: one `LISTEN` connection shared by every runner, each of
+/// which picks the requests naming it.
+#[derive(Clone)]
+pub struct ReleaseRequests {
+    stages: broadcast::Sender<String>,
+}
+
+impl ReleaseRequests {
+    /// Listens on `chronicle_dead_letters` until `shutdown`.
+    pub async fn start(pool: &PgPool, shutdown: CancellationToken) -> Result<Self, sqlx::Error> {
+        let mut listener = PgListener::connect_with(pool).await?;
+        listener.listen(DEAD_LETTERS_CHANNEL).await?;
+        let (stages, _) = broadcast::channel(64);
+        let sender = stages.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    received = listener.recv() => match received {
+                        Ok(notification) => {
+                            let _ = sender.send(notification.payload().to_string());
+                        }
+                        // PgListener reconnects on the next call; a request
+                        // missed meanwhile is taken when the runner restarts.
+                        Err(err) => tracing::warn!(error = %err, "dead-letter listener interrupted"),
+                    },
+                }
+            }
+        });
+        Ok(Self { stages })
+    }
+}
+
 /// Runs one projection against the events stream.
 pub struct ProjectionRunner {
     pool: PgPool,
@@ -50,6 +85,7 @@ pub struct ProjectionRunner {
     projection: Arc<dyn Projection>,
     status: Arc<ProjectionStatus>,
     batch_size: usize,
+    releases: Option<ReleaseRequests>,
 }
 
 impl ProjectionRunner {
@@ -66,7 +102,15 @@ impl ProjectionRunner {
             projection,
             status: Arc::default(),
             batch_size: 500,
+            releases: None,
         }
+    }
+
+    /// Takes release requests while running; without them, parked events
+    /// are retried only when the runner (re)starts.
+    pub fn with_release_requests(mut self, releases: ReleaseRequests) -> Self {
+        self.releases = Some(releases);
+        self
     }
 
     pub fn name(&self) -> &'static str {
@@ -149,8 +193,7 @@ impl ProjectionRunner {
             .await
             .map_err(|err| ProjectionError::Stream(err.to_string()))?;
         let mut blocked = Blocked::load(&mut *self.pool.acquire().await?, name).await?;
-        let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener.listen(DEAD_LETTERS_CHANNEL).await?;
+        let mut releases = self.releases.as_ref().map(|r| r.stages.subscribe());
         self.release_requested(&mut blocked).await?;
         let messages = consumer
             .messages()
@@ -162,8 +205,9 @@ impl ProjectionRunner {
         loop {
             let chunk = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                notification = listener.recv() => {
-                    if notification?.payload() == name {
+                stage = next_release(&mut releases) => {
+                    // Lagged: some requests were dropped; look anyway.
+                    if stage.as_deref().is_none_or(|stage| stage == name) {
                         self.release_requested(&mut blocked).await?;
                     }
                     continue;
@@ -444,6 +488,18 @@ impl ProjectionRunner {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+}
+
+/// The next stage named in a release request; never, without a listener.
+async fn next_release(releases: &mut Option<broadcast::Receiver<String>>) -> Option<String> {
+    match releases {
+        Some(receiver) => match receiver.recv().await {
+            Ok(stage) => Some(stage),
+            Err(broadcast::error::RecvError::Lagged(_)) => None,
+            Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }
 
