@@ -13,7 +13,8 @@ use std::collections::HashMap;
 
 use sqlx::PgConnection;
 
-use crate::NatsError;
+use crate::stored_event::{ReadEvent, EVENT_COLUMNS};
+use crate::{NatsError, StoredEvent};
 
 /// Channel notified by `chronicle dead-letters release`.
 pub const DEAD_LETTERS_CHANNEL: &str = "chronicle_dead_letters";
@@ -188,6 +189,37 @@ pub async fn parked_sequences(
     .bind(&key.1)
     .fetch_all(conn)
     .await
+}
+
+/// The open parked events of `key` at `stage`, read from the event store in
+/// sequence order; or the first whose JSON cannot be read, as
+/// `(sequence, reason)`.
+pub async fn parked_events(
+    conn: &mut PgConnection,
+    stage: &str,
+    key: &AggregateKey,
+) -> Result<Result<Vec<StoredEvent>, (i64, String)>, NatsError> {
+    let sequences = parked_sequences(conn, stage, key).await?;
+    let rows = sqlx::query(&format!(
+        "select {EVENT_COLUMNS} from events \
+         where aggregate_type = $1 and aggregate_id = $2 and sequence = any($3) \
+         order by sequence"
+    ))
+    .bind(&key.0)
+    .bind(&key.1)
+    .bind(&sequences)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut events = Vec::with_capacity(rows.len());
+    for row in &rows {
+        match StoredEvent::read_row(row)? {
+            ReadEvent::Event(event) => events.push(event),
+            ReadEvent::Unreadable { parked, .. } => {
+                return Ok(Err((parked.sequence, parked.reason)))
+            }
+        }
+    }
+    Ok(Ok(events))
 }
 
 /// Marks every open dead letter of `key` at `stage` released.

@@ -33,7 +33,7 @@ use crate::dead_letter::{
     self, json_depth, AggregateKey, Blocked, Parked, DEAD_LETTERS_CHANNEL, MAX_PUBLISHED_DEPTH,
     RELAY_STAGE,
 };
-use crate::stored_event::{has_in_flight_after, read_committed_after, ReadEvent, EVENT_COLUMNS};
+use crate::stored_event::{has_in_flight_after, read_committed_after, ReadEvent};
 use crate::stream::ensure_stream;
 use crate::{EventCursor, EventEnvelope, NatsError, StoredEvent, StreamSettings};
 
@@ -303,27 +303,15 @@ impl Relay {
         conn: &mut PgConnection,
         key: &AggregateKey,
     ) -> Result<Result<Vec<Outgoing>, (i64, String)>, NatsError> {
-        let sequences = dead_letter::parked_sequences(conn, RELAY_STAGE, key).await?;
-        let rows = sqlx::query(&format!(
-            "select {EVENT_COLUMNS} from events \
-             where aggregate_type = $1 and aggregate_id = $2 and sequence = any($3) \
-             order by sequence"
-        ))
-        .bind(&key.0)
-        .bind(&key.1)
-        .bind(&sequences)
-        .fetch_all(&mut *conn)
-        .await?;
-        let mut outgoing = Vec::with_capacity(rows.len());
-        for row in &rows {
-            match StoredEvent::read_row(row)? {
-                ReadEvent::Event(event) => match self.encode(&event) {
-                    Ok(message) => outgoing.push(message),
-                    Err(reason) => return Ok(Err((event.sequence, reason))),
-                },
-                ReadEvent::Unreadable { parked, .. } => {
-                    return Ok(Err((parked.sequence, parked.reason)))
-                }
+        let events = match dead_letter::parked_events(conn, RELAY_STAGE, key).await? {
+            Ok(events) => events,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        let mut outgoing = Vec::with_capacity(events.len());
+        for event in &events {
+            match self.encode(event) {
+                Ok(message) => outgoing.push(message),
+                Err(reason) => return Ok(Err((event.sequence, reason))),
             }
         }
         Ok(Ok(outgoing))

@@ -12,12 +12,11 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::{self, Message};
 use chronicle_nats::dead_letter::{self, AggregateKey, Blocked, Parked, DEAD_LETTERS_CHANNEL};
-use chronicle_nats::stored_event::EVENT_COLUMNS;
 use chronicle_nats::stream::ensure_stream;
-use chronicle_nats::{EventEnvelope, ReadEvent, StoredEvent, StreamSettings};
+use chronicle_nats::{EventEnvelope, StreamSettings};
 use futures::StreamExt;
 use sqlx::postgres::PgListener;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
@@ -424,8 +423,11 @@ impl ProjectionRunner {
             .bind(lock_key(name))
             .execute(&mut *tx)
             .await?;
-        let envelopes = match parked_envelopes(&mut tx, name, key).await? {
-            Ok(envelopes) => envelopes,
+        let envelopes: Vec<EventEnvelope> = match dead_letter::parked_events(&mut tx, name, key)
+            .await
+            .map_err(|err| ProjectionError::Stream(err.to_string()))?
+        {
+            Ok(events) => events.iter().map(EventEnvelope::from).collect(),
             Err(refused) => return Ok(Err(refused)),
         };
         let mut guard = VersionGuard::load(&mut tx, name, envelopes.iter()).await?;
@@ -512,34 +514,4 @@ fn parked_envelope(envelope: &EventEnvelope, reason: String) -> Parked {
         event_type: envelope.event_type.clone(),
         reason,
     }
-}
-
-/// The parked events of `key` at `stage`, from the event store, in order;
-/// or the first whose JSON cannot be read.
-async fn parked_envelopes(
-    conn: &mut PgConnection,
-    stage: &str,
-    key: &AggregateKey,
-) -> Result<Result<Vec<EventEnvelope>, (i64, String)>, ProjectionError> {
-    let sequences = dead_letter::parked_sequences(conn, stage, key).await?;
-    let rows = sqlx::query(&format!(
-        "select {EVENT_COLUMNS} from events \
-         where aggregate_type = $1 and aggregate_id = $2 and sequence = any($3) \
-         order by sequence"
-    ))
-    .bind(&key.0)
-    .bind(&key.1)
-    .bind(&sequences)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut envelopes = Vec::with_capacity(rows.len());
-    for row in &rows {
-        match StoredEvent::read_row(row).map_err(|err| ProjectionError::Stream(err.to_string()))? {
-            ReadEvent::Event(event) => envelopes.push(EventEnvelope::from(&event)),
-            ReadEvent::Unreadable { parked, .. } => {
-                return Ok(Err((parked.sequence, parked.reason)))
-            }
-        }
-    }
-    Ok(Ok(envelopes))
 }
