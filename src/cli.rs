@@ -72,7 +72,7 @@ pub enum Command {
     },
     /// Rebuild read models from the event store, then hand over to the live consumers.
     Replay {
-        /// A projection name (`users`, `sessions`, `tasks`, …) or `all`.
+        /// A projection name (`users`, `auth_sessions`, `tasks`, `audit`, …) or `all`.
         #[arg(long)]
         projection: String,
     },

@@ -166,7 +166,7 @@ pub fn projection_for(aggregate_type: &str) -> Option<&'static str> {
     match aggregate_type {
         "Task" => Some("tasks"),
         "User" => Some("users"),
-        "AuthSession" => Some("sessions"),
+        "AuthSession" => Some("auth_sessions"),
         _ => None,
     }
 }

@@ -170,7 +170,7 @@ impl Application {
             tasks: Arc::new(
                 CommandExecutor::new(pool.clone(), ()).issuing_tokens(token_keys.clone()),
             ),
-            sessions: Arc::new(
+            auth_sessions: Arc::new(
                 CommandExecutor::new(pool.clone(), ()).issuing_tokens(token_keys.clone()),
             ),
             audit_queries: Arc::new(

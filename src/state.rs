@@ -26,7 +26,7 @@ pub struct AppState {
     pub passwords: Arc<PasswordService>,
     pub users: Arc<CommandExecutor<User>>,
     pub tasks: Arc<CommandExecutor<Task>>,
-    pub sessions: Arc<CommandExecutor<AuthSession>>,
+    pub auth_sessions: Arc<CommandExecutor<AuthSession>>,
     /// Records every audit query as an event.
     pub audit_queries: Arc<CommandExecutor<AuditQuery>>,
     pub rate_limiter: Arc<RateLimiter>,

@@ -28,7 +28,7 @@ pub const PROJECTED_CHANNEL: &str = "chronicle_projected";
 pub fn all_projections() -> Vec<Arc<dyn Projection>> {
     vec![
         Arc::new(read_models::users::UsersProjection),
-        Arc::new(read_models::sessions::SessionsProjection),
+        Arc::new(read_models::auth_sessions::AuthSessionsProjection),
         Arc::new(read_models::tasks::TasksProjection),
         Arc::new(audit::AuditProjection::default()),
     ]

@@ -4,7 +4,9 @@ use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use chronicle_nats::EventEnvelope;
+use serde::de::DeserializeOwned;
 use sqlx::PgConnection;
+use uuid::Uuid;
 
 use crate::ProjectionError;
 
@@ -24,6 +26,73 @@ pub trait Projection: Send + Sync {
     ) -> Result<(), ProjectionError>;
     /// Empties the read model before a rebuild.
     async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError>;
+}
+
+/// A read model of one aggregate type: its table and what each event does to
+/// it. The runtime parses the aggregate id and decodes the event (an event
+/// that does not decode is poison, parked like any other); every read model
+/// is a [`Projection`] through the blanket impl below.
+#[async_trait]
+pub trait ReadModel: Send + Sync {
+    /// The aggregate's event enum, as stored.
+    type Event: DeserializeOwned + Send;
+    /// Stable name: durable consumer, checkpoint key, `replay --projection`.
+    const NAME: &'static str;
+    /// The aggregate type whose events it reads.
+    const AGGREGATE_TYPE: &'static str;
+
+    /// Applies one event of aggregate `event.id`, inside the batch's transaction.
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        event: Decoded<'_, Self::Event>,
+    ) -> Result<(), ProjectionError>;
+
+    /// Empties the read model before a rebuild.
+    async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError>;
+}
+
+/// An event as a [`ReadModel`] receives it.
+pub struct Decoded<'a, E> {
+    /// The aggregate id.
+    pub id: Uuid,
+    /// The event's sequence in its aggregate: the version after it.
+    pub version: i64,
+    pub event: E,
+    /// The rest of the envelope (metadata, recorded_at), for the few that need it.
+    pub envelope: &'a EventEnvelope,
+}
+
+#[async_trait]
+impl<R: ReadModel> Projection for R {
+    fn name(&self) -> &'static str {
+        R::NAME
+    }
+
+    fn aggregate_types(&self) -> &'static [&'static str] {
+        std::slice::from_ref(&R::AGGREGATE_TYPE)
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        envelope: &EventEnvelope,
+    ) -> Result<(), ProjectionError> {
+        let id = Uuid::parse_str(&envelope.aggregate_id)
+            .map_err(|err| ProjectionError::poison(envelope.message_id(), err))?;
+        let event = decode_event::<R::Event>(envelope)?;
+        let decoded = Decoded {
+            id,
+            version: envelope.sequence,
+            event,
+            envelope,
+        };
+        ReadModel::apply(self, conn, decoded).await
+    }
+
+    async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
+        ReadModel::reset(self, conn).await
+    }
 }
 
 /// Applies `event` unless this projection already has it.

@@ -12,7 +12,7 @@ use uuid::Uuid;
 /// A refresh token on record: which family and which generation it is.
 #[derive(Debug, Clone, Copy)]
 pub struct StoredRefreshToken {
-    pub session_id: Uuid,
+    pub auth_session_id: Uuid,
     pub generation: u32,
     pub expires_at: DateTime<Utc>,
 }
@@ -32,15 +32,15 @@ pub fn token_hash(token: &str) -> String {
 pub async fn store(
     pool: &PgPool,
     token: &str,
-    session_id: Uuid,
+    auth_session_id: Uuid,
     generation: u32,
     expires_at: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "insert into refresh_tokens (token_hash, session_id, generation, expires_at) values ($1, $2, $3, $4)",
+        "insert into refresh_tokens (token_hash, auth_session_id, generation, expires_at) values ($1, $2, $3, $4)",
     )
     .bind(token_hash(token))
-    .bind(session_id)
+    .bind(auth_session_id)
     .bind(generation as i32)
     .bind(expires_at)
     .execute(pool)
@@ -50,16 +50,16 @@ pub async fn store(
 
 pub async fn find(pool: &PgPool, token: &str) -> Result<Option<StoredRefreshToken>, sqlx::Error> {
     let row: Option<(Uuid, i32, DateTime<Utc>)> = sqlx::query_as(
-        "select session_id, generation, expires_at from refresh_tokens where token_hash = $1",
+        "select auth_session_id, generation, expires_at from refresh_tokens where token_hash = $1",
     )
     .bind(token_hash(token))
     .fetch_optional(pool)
     .await?;
-    Ok(
-        row.map(|(session_id, generation, expires_at)| StoredRefreshToken {
-            session_id,
+    Ok(row.map(
+        |(auth_session_id, generation, expires_at)| StoredRefreshToken {
+            auth_session_id,
             generation: generation as u32,
             expires_at,
-        }),
-    )
+        },
+    ))
 }

@@ -176,7 +176,7 @@ fn username_taken(cause: &(dyn std::error::Error + Send + Sync + 'static)) -> bo
         .is_some_and(|code| code == USERNAME_TAKEN_SQLSTATE)
 }
 
-fn session_error(err: AggregateError<AuthSessionError>) -> ApiError {
+fn auth_session_error(err: AggregateError<AuthSessionError>) -> ApiError {
     match err {
         AggregateError::UserError(_) => ApiError::InvalidToken,
         other => infrastructure_error(other),
@@ -205,38 +205,38 @@ pub async fn await_projection(state: &AppState, token: Option<&ConsistencyToken>
 }
 
 /// Opens a session for `user` and issues its first token pair.
-async fn open_session(
+async fn open_auth_session(
     state: &AppState,
     user_id: Uuid,
     user: &User,
     context: &RequestContext,
 ) -> Result<AuthResponse> {
-    let session_id = Uuid::new_v4();
+    let auth_session_id = Uuid::new_v4();
     let executed = state
-        .sessions
+        .auth_sessions
         .execute(
-            &session_id.to_string(),
+            &auth_session_id.to_string(),
             AuthSessionCommand::Start { user_id, at: now() },
             context.metadata(user_id, &user.roles),
         )
         .await
-        .map_err(session_error)?;
+        .map_err(auth_session_error)?;
     let refresh_token = refresh_tokens::new_token("rt_");
     let expires_at = now() + state.settings.auth.refresh_token_ttl;
-    refresh_tokens::store(&state.pool, &refresh_token, session_id, 1, expires_at).await?;
+    refresh_tokens::store(&state.pool, &refresh_token, auth_session_id, 1, expires_at).await?;
     await_projection(state, executed.token.as_ref()).await?;
-    token_pair(state, user_id, session_id, user, refresh_token)
+    token_pair(state, user_id, auth_session_id, user, refresh_token)
 }
 
 fn token_pair(
     state: &AppState,
     user_id: Uuid,
-    session_id: Uuid,
+    auth_session_id: Uuid,
     user: &User,
     refresh_token: String,
 ) -> Result<AuthResponse> {
     Ok(AuthResponse {
-        access_token: state.tokens.issue(user_id, session_id, &user.roles)?,
+        access_token: state.tokens.issue(user_id, auth_session_id, &user.roles)?,
         refresh_token,
         token_type: "bearer",
         expires_in: state.tokens.ttl_secs(),
@@ -286,7 +286,7 @@ pub async fn register(
         }
     };
     await_projection(&state, executed.token.as_ref()).await?;
-    let response = open_session(&state, user_id, &executed.aggregate, &context).await?;
+    let response = open_auth_session(&state, user_id, &executed.aggregate, &context).await?;
     if let Some(token) = &executed.token {
         state.consistency.record_write(user_id, token);
     }
@@ -412,7 +412,7 @@ pub async fn login(
     // until it has every change up to this login (a role granted just
     // before it, say), so the new token's first request sees them.
     await_projection(&state, executed.token.as_ref()).await?;
-    let response = open_session(&state, user_id, &executed.aggregate, &context).await?;
+    let response = open_auth_session(&state, user_id, &executed.aggregate, &context).await?;
     if let Some(token) = &executed.token {
         state.consistency.record_write(user_id, token);
     }
@@ -488,12 +488,12 @@ pub async fn refresh(
         .await?
         .filter(|stored| stored.expires_at > Utc::now())
         .ok_or(ApiError::InvalidToken)?;
-    let session_key = stored.session_id.to_string();
+    let session_key = stored.auth_session_id.to_string();
     let session = state
-        .sessions
+        .auth_sessions
         .load(&session_key)
         .await
-        .map_err(session_error)?;
+        .map_err(auth_session_error)?;
     let user_id = session.user_id.ok_or(ApiError::InvalidToken)?;
     let user = state
         .users
@@ -504,7 +504,7 @@ pub async fn refresh(
         return Err(ApiError::InvalidToken);
     }
     let executed = state
-        .sessions
+        .auth_sessions
         .execute(
             &session_key,
             AuthSessionCommand::Refresh {
@@ -514,13 +514,13 @@ pub async fn refresh(
             context.metadata(user_id, &user.roles),
         )
         .await
-        .map_err(session_error)?;
+        .map_err(auth_session_error)?;
     if executed
         .events
         .iter()
         .any(|event| matches!(event, AuthSessionEvent::RefreshTokenReused { .. }))
     {
-        tracing::warn!(session.id = %stored.session_id, "refresh token reuse: family revoked");
+        tracing::warn!(auth_session.id = %stored.auth_session_id, "refresh token reuse: family revoked");
         await_projection(&state, executed.token.as_ref()).await?;
         return Err(ApiError::TokenReused);
     }
@@ -529,7 +529,7 @@ pub async fn refresh(
     refresh_tokens::store(
         &state.pool,
         &refresh_token,
-        stored.session_id,
+        stored.auth_session_id,
         executed.aggregate.generation,
         expires_at,
     )
@@ -537,24 +537,24 @@ pub async fn refresh(
     Ok(axum::Json(token_pair(
         &state,
         user_id,
-        stored.session_id,
+        stored.auth_session_id,
         &user,
         refresh_token,
     )?))
 }
 
-/// Revokes `session_id` for `reason`, as `user`, and waits until it is effective.
-pub async fn revoke_session(
+/// Revokes `auth_session_id` for `reason`, as `user`, and waits until it is effective.
+pub async fn revoke_auth_session(
     state: &AppState,
-    session_id: Uuid,
+    auth_session_id: Uuid,
     user: &AuthUser,
     context: &RequestContext,
     reason: &str,
 ) -> Result<()> {
     let executed = state
-        .sessions
+        .auth_sessions
         .execute(
-            &session_id.to_string(),
+            &auth_session_id.to_string(),
             AuthSessionCommand::Revoke {
                 reason: reason.to_string(),
                 at: now(),
@@ -562,7 +562,7 @@ pub async fn revoke_session(
             context.metadata(user.id, &user.roles),
         )
         .await
-        .map_err(session_error)?;
+        .map_err(auth_session_error)?;
     await_projection(state, executed.token.as_ref()).await
 }
 
@@ -585,23 +585,23 @@ pub async fn logout(
             details: Vec::new(),
         })?
     };
-    let mut sessions = Vec::from_iter(user.session_id);
+    let mut sessions = Vec::from_iter(user.auth_session_id);
     if let Some(token) = request.refresh_token {
         // Only a family of the caller's own can be named this way.
         if let Some(stored) = refresh_tokens::find(&state.pool, &token).await? {
             let owner = state
-                .sessions
-                .load(&stored.session_id.to_string())
+                .auth_sessions
+                .load(&stored.auth_session_id.to_string())
                 .await
-                .map_err(session_error)?
+                .map_err(auth_session_error)?
                 .user_id;
-            if owner == Some(user.id) && !sessions.contains(&stored.session_id) {
-                sessions.push(stored.session_id);
+            if owner == Some(user.id) && !sessions.contains(&stored.auth_session_id) {
+                sessions.push(stored.auth_session_id);
             }
         }
     }
-    for session_id in sessions {
-        revoke_session(&state, session_id, &user, &context, "logout").await?;
+    for auth_session_id in sessions {
+        revoke_auth_session(&state, auth_session_id, &user, &context, "logout").await?;
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -668,11 +668,11 @@ async fn revoke_after_password_change(
            and ($2::uuid is null or id <> $2)",
     )
     .bind(user.id)
-    .bind(user.session_id)
+    .bind(user.auth_session_id)
     .fetch_all(&state.pool)
     .await?;
-    for session_id in others {
-        revoke_session(state, session_id, user, context, "password changed").await?;
+    for auth_session_id in others {
+        revoke_auth_session(state, auth_session_id, user, context, "password changed").await?;
     }
     Ok(())
 }

@@ -88,7 +88,7 @@ pub struct AuthUser {
     pub id: Uuid,
     pub roles: Vec<String>,
     /// The login session of an access token; `None` for an API key.
-    pub session_id: Option<Uuid>,
+    pub auth_session_id: Option<Uuid>,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for AuthUser {

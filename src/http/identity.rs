@@ -77,7 +77,7 @@ async fn resolve(state: &AppState, credential: &str) -> Result<Option<AuthUser>,
         return Ok(row.map(|(id, roles)| AuthUser {
             id,
             roles,
-            session_id: None,
+            auth_session_id: None,
         }));
     }
     let Ok(claims) = state.tokens.verify(credential) else {
@@ -99,7 +99,7 @@ async fn resolve(state: &AppState, credential: &str) -> Result<Option<AuthUser>,
     Ok(roles.map(|roles| AuthUser {
         id: claims.sub,
         roles,
-        session_id: Some(claims.sid),
+        auth_session_id: Some(claims.sid),
     }))
 }
 

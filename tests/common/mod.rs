@@ -359,7 +359,7 @@ pub async fn wait_for_projections(pool: &PgPool) {
              left join read.aggregate_versions v \
                on v.aggregate_type = latest.aggregate_type and v.aggregate_id = latest.aggregate_id \
               and v.projection = case latest.aggregate_type \
-                    when 'Task' then 'tasks' when 'User' then 'users' else 'sessions' end \
+                    when 'Task' then 'tasks' when 'User' then 'users' else 'auth_sessions' end \
              where coalesce(v.version, 0) < latest.last",
         )
         .fetch_one(pool)

@@ -1,5 +1,5 @@
 //! The read models, one module each.
 
-pub mod sessions;
+pub mod auth_sessions;
 pub mod tasks;
 pub mod users;

@@ -2,34 +2,28 @@
 
 use async_trait::async_trait;
 use chronicle_aggregates::task::TaskEvent;
-use chronicle_nats::EventEnvelope;
 use sqlx::PgConnection;
-use uuid::Uuid;
 
-use crate::projection::decode_event;
-use crate::{Projection, ProjectionError};
+use crate::projection::{Decoded, ReadModel};
+use crate::ProjectionError;
 
 pub struct TasksProjection;
 
 #[async_trait]
-impl Projection for TasksProjection {
-    fn name(&self) -> &'static str {
-        "tasks"
-    }
-
-    fn aggregate_types(&self) -> &'static [&'static str] {
-        &["Task"]
-    }
+impl ReadModel for TasksProjection {
+    type Event = TaskEvent;
+    const NAME: &'static str = "tasks";
+    const AGGREGATE_TYPE: &'static str = "Task";
 
     async fn apply(
         &self,
         conn: &mut PgConnection,
-        event: &EventEnvelope,
+        decoded: Decoded<'_, TaskEvent>,
     ) -> Result<(), ProjectionError> {
-        let id = Uuid::parse_str(&event.aggregate_id)
-            .map_err(|err| ProjectionError::poison(event.message_id(), err))?;
-        let version = event.sequence;
-        let query = match decode_event::<TaskEvent>(event)? {
+        let Decoded {
+            id, version, event, ..
+        } = decoded;
+        let query = match event {
             TaskEvent::TaskCreated {
                 owner_id,
                 title,

@@ -2,34 +2,28 @@
 
 use async_trait::async_trait;
 use chronicle_aggregates::user::UserEvent;
-use chronicle_nats::EventEnvelope;
 use sqlx::PgConnection;
-use uuid::Uuid;
 
-use crate::projection::decode_event;
-use crate::{Projection, ProjectionError};
+use crate::projection::{Decoded, ReadModel};
+use crate::ProjectionError;
 
 pub struct UsersProjection;
 
 #[async_trait]
-impl Projection for UsersProjection {
-    fn name(&self) -> &'static str {
-        "users"
-    }
-
-    fn aggregate_types(&self) -> &'static [&'static str] {
-        &["User"]
-    }
+impl ReadModel for UsersProjection {
+    type Event = UserEvent;
+    const NAME: &'static str = "users";
+    const AGGREGATE_TYPE: &'static str = "User";
 
     async fn apply(
         &self,
         conn: &mut PgConnection,
-        event: &EventEnvelope,
+        decoded: Decoded<'_, UserEvent>,
     ) -> Result<(), ProjectionError> {
-        let id = Uuid::parse_str(&event.aggregate_id)
-            .map_err(|err| ProjectionError::poison(event.message_id(), err))?;
-        let version = event.sequence;
-        let query = match decode_event::<UserEvent>(event)? {
+        let Decoded {
+            id, version, event, ..
+        } = decoded;
+        let query = match event {
             UserEvent::UserRegistered {
                 email,
                 username,

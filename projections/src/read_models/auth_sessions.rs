@@ -3,34 +3,28 @@
 
 use async_trait::async_trait;
 use chronicle_aggregates::auth_session::AuthSessionEvent;
-use chronicle_nats::EventEnvelope;
 use sqlx::PgConnection;
-use uuid::Uuid;
 
-use crate::projection::decode_event;
-use crate::{Projection, ProjectionError};
+use crate::projection::{Decoded, ReadModel};
+use crate::ProjectionError;
 
-pub struct SessionsProjection;
+pub struct AuthSessionsProjection;
 
 #[async_trait]
-impl Projection for SessionsProjection {
-    fn name(&self) -> &'static str {
-        "sessions"
-    }
-
-    fn aggregate_types(&self) -> &'static [&'static str] {
-        &["AuthSession"]
-    }
+impl ReadModel for AuthSessionsProjection {
+    type Event = AuthSessionEvent;
+    const NAME: &'static str = "auth_sessions";
+    const AGGREGATE_TYPE: &'static str = "AuthSession";
 
     async fn apply(
         &self,
         conn: &mut PgConnection,
-        event: &EventEnvelope,
+        decoded: Decoded<'_, AuthSessionEvent>,
     ) -> Result<(), ProjectionError> {
-        let id = Uuid::parse_str(&event.aggregate_id)
-            .map_err(|err| ProjectionError::poison(event.message_id(), err))?;
-        let version = event.sequence;
-        let query = match decode_event::<AuthSessionEvent>(event)? {
+        let Decoded {
+            id, version, event, ..
+        } = decoded;
+        let query = match event {
             AuthSessionEvent::SessionStarted {
                 user_id,
                 started_at,
