@@ -10,10 +10,16 @@
 
 pub mod audit_query;
 pub mod auth_session;
+pub mod chat_session;
+pub mod personal;
+pub mod project;
 pub mod task;
 pub mod user;
 pub mod validation;
 
+pub use chat_session::{ChatSession, ChatSessionCommand, ChatSessionError, ChatSessionEvent};
+pub use personal::{Personal, PersonalJson, PersonalText};
+pub use project::{Project, ProjectCommand, ProjectError, ProjectEvent};
 pub use task::{Task, TaskCommand, TaskError, TaskEvent};
 pub use user::{
     user_id_for_email, ServiceFailure, User, UserCommand, UserError, UserEvent, UserServices,

@@ -27,6 +27,22 @@ pub const PASSWORD_MIN_CHARS: usize = 8;
 /// in the password hasher.
 pub const PASSWORD_MAX_CHARS: usize = 128;
 
+/// Longest project name, in characters.
+pub const PROJECT_NAME_MAX_CHARS: usize = 100;
+/// Longest chat-session title, in characters.
+pub const SESSION_TITLE_MAX_CHARS: usize = 200;
+/// Longest system prompt, in characters.
+pub const SYSTEM_PROMPT_MAX_CHARS: usize = 20_000;
+/// Longest chat message, in characters. At 4 bytes per character the event
+/// still fits a NATS message (1 MiB by default) with room to spare.
+pub const MESSAGE_MAX_CHARS: usize = 100_000;
+/// Longest model id, in characters.
+pub const MODEL_ID_MAX_CHARS: usize = 100;
+/// Longest tool name, in characters.
+pub const TOOL_NAME_MAX_CHARS: usize = 200;
+/// Longest recorded failure reason, in characters; longer ones are cut.
+pub const FAILURE_REASON_MAX_CHARS: usize = 2000;
+
 /// Deepest nesting of a free-form JSON document (`preferences`).
 pub const JSON_MAX_DEPTH: usize = 16;
 /// Largest free-form JSON document, in bytes as Postgres stores it.
@@ -125,6 +141,16 @@ pub fn validate_json_object(
             format!("{field} must be a JSON object"),
         ));
     }
+    validate_json_value(field, value)
+}
+
+/// Validates a free-form JSON value of any kind (a tool's input or output):
+/// the same bounds as [`validate_json_object`], nested at most
+/// [`JSON_MAX_DEPTH`] levels and at most [`JSON_MAX_BYTES`] as stored.
+pub fn validate_json_value(
+    field: &'static str,
+    value: serde_json::Value,
+) -> Result<serde_json::Value, FieldError> {
     let (depth, expansion) = json_shape(&value);
     if depth > JSON_MAX_DEPTH {
         return Err(FieldError::new(
@@ -199,6 +225,130 @@ pub fn validate_description(description: Option<String>) -> Result<Option<String
             format!("description must be at most {DESCRIPTION_MAX_CHARS} characters"),
         )),
         other => Ok(other),
+    }
+}
+
+/// Validates a project name: trimmed, then 1 to 100 characters.
+pub fn validate_project_name(name: &str) -> Result<String, FieldError> {
+    let name = name.trim();
+    let len = name.chars().count();
+    if len == 0 || len > PROJECT_NAME_MAX_CHARS {
+        return Err(FieldError::new(
+            "name",
+            format!("name must be 1 to {PROJECT_NAME_MAX_CHARS} characters"),
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+/// Validates an optional chat-session title: trimmed, at most 200
+/// characters; an empty or all-blank title is treated as no title.
+pub fn validate_session_title(title: Option<String>) -> Result<Option<String>, FieldError> {
+    let Some(title) = title else {
+        return Ok(None);
+    };
+    let title = title.trim();
+    if title.is_empty() {
+        return Ok(None);
+    }
+    if title.chars().count() > SESSION_TITLE_MAX_CHARS {
+        return Err(FieldError::new(
+            "title",
+            format!("title must be at most {SESSION_TITLE_MAX_CHARS} characters"),
+        ));
+    }
+    Ok(Some(title.to_owned()))
+}
+
+/// Validates an optional system prompt: at most 20,000 characters, kept
+/// verbatim (layout matters in prompts); an all-blank prompt is no prompt,
+/// since upstreams refuse blank text.
+pub fn validate_system_prompt(prompt: Option<String>) -> Result<Option<String>, FieldError> {
+    match prompt {
+        Some(text) if text.trim().is_empty() => Ok(None),
+        Some(text) if text.chars().count() > SYSTEM_PROMPT_MAX_CHARS => Err(FieldError::new(
+            "system_prompt",
+            format!("system_prompt must be at most {SYSTEM_PROMPT_MAX_CHARS} characters"),
+        )),
+        other => Ok(other),
+    }
+}
+
+/// Validates a chat message: 1 to 100,000 characters, not all blank (model
+/// upstreams refuse blank text), kept verbatim.
+pub fn validate_message_content(content: String) -> Result<String, FieldError> {
+    if content.trim().is_empty() || content.chars().count() > MESSAGE_MAX_CHARS {
+        return Err(FieldError::new(
+            "content",
+            format!("content must be 1 to {MESSAGE_MAX_CHARS} characters and not blank"),
+        ));
+    }
+    Ok(content)
+}
+
+/// Validates a model id (e.g. `claude-sonnet`): trimmed, 1 to 100
+/// characters, no whitespace or control characters inside.
+pub fn validate_model_id(model: &str) -> Result<String, FieldError> {
+    let model = model.trim();
+    let len = model.chars().count();
+    if len == 0
+        || len > MODEL_ID_MAX_CHARS
+        || model.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(FieldError::new(
+            "model",
+            format!("model must be 1 to {MODEL_ID_MAX_CHARS} characters without spaces"),
+        ));
+    }
+    Ok(model.to_owned())
+}
+
+/// Validates a tool name: trimmed, 1 to 200 characters, no control
+/// characters.
+pub fn validate_tool_name(name: &str) -> Result<String, FieldError> {
+    let name = name.trim();
+    let len = name.chars().count();
+    if len == 0 || len > TOOL_NAME_MAX_CHARS || name.chars().any(char::is_control) {
+        return Err(FieldError::new(
+            "tool_name",
+            format!("tool_name must be 1 to {TOOL_NAME_MAX_CHARS} characters"),
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+/// Cuts a server-side failure reason to at most 2000 characters. Never
+/// refuses: the reason comes from the server (an upstream's error), and
+/// losing the record of a failure because its text was long would be worse.
+pub fn truncate_reason(reason: &str) -> String {
+    let reason = reason.trim();
+    match reason.char_indices().nth(FAILURE_REASON_MAX_CHARS) {
+        Some((cut, _)) => reason[..cut].to_owned(),
+        None => reason.to_owned(),
+    }
+}
+
+/// Collects field errors so that a command reports every bad field in one
+/// answer.
+#[derive(Debug, Default)]
+pub struct FieldErrors(Vec<FieldError>);
+
+impl FieldErrors {
+    /// The value if `result` is valid; otherwise remembers the error and
+    /// answers `None`.
+    pub fn check<T>(&mut self, result: Result<T, FieldError>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(error) => {
+                self.0.push(error);
+                None
+            }
+        }
+    }
+
+    /// Every error collected, in the order checked.
+    pub fn into_vec(self) -> Vec<FieldError> {
+        self.0
     }
 }
 
@@ -395,6 +545,133 @@ mod tests {
             FieldError::new("description", "too long"),
         ];
         assert_eq!(describe(&errors), "title: too long; description: too long");
+    }
+
+    #[test]
+    fn a_project_name_is_trimmed_and_limited_to_100_characters() {
+        assert_eq!(validate_project_name("  Chronicle ").unwrap(), "Chronicle");
+        assert!(validate_project_name(" ").is_err());
+        assert!(validate_project_name(&"ж".repeat(100)).is_ok());
+        assert_eq!(
+            validate_project_name(&"x".repeat(101)).unwrap_err().field,
+            "name"
+        );
+    }
+
+    #[test]
+    fn a_blank_session_title_becomes_no_title_and_long_ones_are_refused() {
+        assert_eq!(validate_session_title(None).unwrap(), None);
+        assert_eq!(validate_session_title(Some("  ".into())).unwrap(), None);
+        assert_eq!(
+            validate_session_title(Some(" Plans ".into())).unwrap(),
+            Some("Plans".into())
+        );
+        assert!(validate_session_title(Some("é".repeat(200))).is_ok());
+        assert_eq!(
+            validate_session_title(Some("x".repeat(201)))
+                .unwrap_err()
+                .field,
+            "title"
+        );
+    }
+
+    #[test]
+    fn a_system_prompt_is_kept_verbatim_up_to_20000_characters() {
+        assert_eq!(
+            validate_system_prompt(Some("  be brief\n".into())).unwrap(),
+            Some("  be brief\n".into())
+        );
+        assert_eq!(validate_system_prompt(Some(" \n".into())).unwrap(), None);
+        assert!(validate_system_prompt(Some("p".repeat(20_000))).is_ok());
+        assert_eq!(
+            validate_system_prompt(Some("p".repeat(20_001)))
+                .unwrap_err()
+                .field,
+            "system_prompt"
+        );
+    }
+
+    #[test]
+    fn a_message_is_1_to_100000_characters_and_not_blank() {
+        assert_eq!(validate_message_content(" hi ".into()).unwrap(), " hi ");
+        assert!(validate_message_content(String::new()).is_err());
+        assert!(validate_message_content(" \n\t".into()).is_err());
+        assert!(validate_message_content("ü".repeat(100_000)).is_ok());
+        assert_eq!(
+            validate_message_content("x".repeat(100_001))
+                .unwrap_err()
+                .field,
+            "content"
+        );
+    }
+
+    #[test]
+    fn a_model_id_is_1_to_100_characters_without_spaces() {
+        assert_eq!(
+            validate_model_id(" claude-sonnet ").unwrap(),
+            "claude-sonnet"
+        );
+        assert!(validate_model_id("").is_err());
+        assert!(validate_model_id("two words").is_err());
+        assert!(validate_model_id("bell\u{7}").is_err());
+        assert!(validate_model_id(&"m".repeat(100)).is_ok());
+        assert_eq!(
+            validate_model_id(&"m".repeat(101)).unwrap_err().field,
+            "model"
+        );
+    }
+
+    #[test]
+    fn a_tool_name_is_1_to_200_characters() {
+        assert_eq!(validate_tool_name(" read_file ").unwrap(), "read_file");
+        assert!(validate_tool_name(" ").is_err());
+        assert!(validate_tool_name("a\nb").is_err());
+        assert!(validate_tool_name(&"t".repeat(200)).is_ok());
+        assert_eq!(
+            validate_tool_name(&"t".repeat(201)).unwrap_err().field,
+            "tool_name"
+        );
+    }
+
+    #[test]
+    fn a_failure_reason_is_cut_to_2000_characters_never_refused() {
+        assert_eq!(truncate_reason(" timeout "), "timeout");
+        let long = "ñ".repeat(2500);
+        let cut = truncate_reason(&long);
+        assert_eq!(cut.chars().count(), 2000);
+        assert!(long.starts_with(&cut));
+        assert_eq!(truncate_reason(&"r".repeat(2000)).len(), 2000);
+    }
+
+    #[test]
+    fn field_errors_are_collected_in_the_order_checked() {
+        let mut errors = FieldErrors::default();
+        assert_eq!(errors.check(validate_project_name("ok")), Some("ok".into()));
+        assert_eq!(errors.check(validate_model_id("")), None);
+        assert_eq!(errors.check(validate_tool_name("")), None);
+        let fields: Vec<_> = errors.into_vec().iter().map(|e| e.field).collect();
+        assert_eq!(fields, ["model", "tool_name"]);
+    }
+
+    #[test]
+    fn any_json_value_is_accepted_within_the_same_bounds_as_an_object() {
+        use serde_json::json;
+        for ok in [json!(null), json!("text"), json!([1, 2]), json!({"a": 1})] {
+            assert_eq!(validate_json_value("input", ok.clone()).unwrap(), ok);
+        }
+        let mut deep = json!(1);
+        for _ in 0..=JSON_MAX_DEPTH {
+            deep = json!([deep]);
+        }
+        assert_eq!(
+            validate_json_value("input", deep).unwrap_err().field,
+            "input"
+        );
+        let big = json!("x".repeat(JSON_MAX_BYTES));
+        assert!(validate_json_value("output", big)
+            .unwrap_err()
+            .message
+            .contains("bytes"));
     }
 
     #[test]
