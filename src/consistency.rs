@@ -167,6 +167,8 @@ pub fn projection_for(aggregate_type: &str) -> Option<&'static str> {
         "Task" => Some("tasks"),
         "User" => Some("users"),
         "AuthSession" => Some("auth_sessions"),
+        "Project" => Some("projects"),
+        "ChatSession" => Some("chat_sessions"),
         _ => None,
     }
 }

@@ -173,6 +173,12 @@ impl Application {
             auth_sessions: Arc::new(
                 CommandExecutor::new(pool.clone(), ()).issuing_tokens(token_keys.clone()),
             ),
+            projects: Arc::new(
+                CommandExecutor::new(pool.clone(), ()).issuing_tokens(token_keys.clone()),
+            ),
+            chat_sessions: Arc::new(
+                CommandExecutor::new(pool.clone(), ()).issuing_tokens(token_keys.clone()),
+            ),
             audit_queries: Arc::new(
                 CommandExecutor::new(pool.clone(), ()).issuing_tokens(token_keys),
             ),

@@ -4,6 +4,8 @@ use std::sync::Arc;
 
 use chronicle_aggregates::audit_query::AuditQuery;
 use chronicle_aggregates::auth_session::AuthSession;
+use chronicle_aggregates::chat_session::ChatSession;
+use chronicle_aggregates::project::Project;
 use chronicle_aggregates::task::Task;
 use chronicle_aggregates::user::User;
 use chronicle_projections::ProjectionStatus;
@@ -27,6 +29,8 @@ pub struct AppState {
     pub users: Arc<CommandExecutor<User>>,
     pub tasks: Arc<CommandExecutor<Task>>,
     pub auth_sessions: Arc<CommandExecutor<AuthSession>>,
+    pub projects: Arc<CommandExecutor<Project>>,
+    pub chat_sessions: Arc<CommandExecutor<ChatSession>>,
     /// Records every audit query as an event.
     pub audit_queries: Arc<CommandExecutor<AuditQuery>>,
     pub rate_limiter: Arc<RateLimiter>,

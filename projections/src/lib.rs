@@ -30,6 +30,8 @@ pub fn all_projections() -> Vec<Arc<dyn Projection>> {
         Arc::new(read_models::users::UsersProjection),
         Arc::new(read_models::auth_sessions::AuthSessionsProjection),
         Arc::new(read_models::tasks::TasksProjection),
+        Arc::new(read_models::projects::ProjectsProjection),
+        Arc::new(read_models::chat_sessions::ChatSessionsProjection),
         Arc::new(audit::AuditProjection::default()),
     ]
 }

@@ -9,11 +9,13 @@ pub mod extract;
 pub mod identity;
 pub mod openapi;
 pub mod profile;
+pub mod projects;
 pub mod rate_limit;
 pub mod request_id;
 pub mod server;
 pub mod service;
 pub mod tasks;
+pub mod write;
 
 use std::time::Instant;
 
@@ -40,6 +42,7 @@ pub fn router(state: AppState) -> Router {
         .merge(service::router())
         .merge(auth::router())
         .merge(tasks::router())
+        .merge(projects::router())
         .merge(profile::router())
         .merge(admin::router())
         .merge(audit::router())

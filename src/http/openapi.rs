@@ -8,7 +8,7 @@ use axum::{Json, Router};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::http::{admin, audit, auth, profile, service, tasks};
+use crate::http::{admin, audit, auth, profile, projects, service, tasks};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -23,11 +23,13 @@ use crate::state::AppState;
         admin::list_users, admin::set_roles, admin::unlock_user, admin::analytics, admin::detailed_health,
         tasks::list_tasks, tasks::create_task, tasks::get_task, tasks::replace_task,
         tasks::patch_task, tasks::complete_task, tasks::delete_task, tasks::restore_task,
+        projects::list_projects, projects::create_project, projects::get_project,
+        projects::replace_project, projects::delete_project,
         audit::list_audit_events, audit::list_audit_log, audit::verify_audit_trail,
         audit::list_audit_checkpoints, audit::get_audit_aggregate, audit::export_audit_trail,
     ),
     modifiers(&BearerAuth),
-    tags((name = "service"), (name = "auth"), (name = "profile"), (name = "admin"), (name = "tasks"), (name = "audit"))
+    tags((name = "service"), (name = "auth"), (name = "profile"), (name = "admin"), (name = "tasks"), (name = "projects"), (name = "audit"))
 )]
 pub struct ApiDoc;
 

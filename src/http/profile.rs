@@ -51,10 +51,13 @@ pub fn router() -> Router<AppState> {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Usage {
+    /// Tasks, soft-deleted ones included.
     pub tasks: i64,
-    /// Chat sessions, messages and tokens: zero until chat exists.
+    /// Chat sessions not deleted.
     pub sessions: i64,
+    /// Messages in those sessions, both roles.
     pub messages: i64,
+    /// Tokens their exchanges used (prompt and completion).
     pub tokens: i64,
 }
 
@@ -148,10 +151,14 @@ async fn load_profile(state: &AppState, user_id: Uuid) -> Result<ProfileResponse
     .await?;
     let (id, email, username, name, roles, created_at, preferences, photo) =
         row.ok_or(ApiError::NotFound)?;
-    let tasks: i64 = sqlx::query_scalar("select count(*) from read.tasks where owner_id = $1")
-        .bind(user_id)
-        .fetch_one(&state.pool)
-        .await?;
+    let (tasks, sessions, messages, tokens): (i64, i64, i64, i64) = sqlx::query_as(
+        "select (select count(*) from read.tasks where owner_id = $1), \
+           count(*), coalesce(sum(message_count), 0)::bigint, coalesce(sum(total_tokens), 0)::bigint \
+         from read.chat_sessions where owner_id = $1 and not is_deleted",
+    )
+    .bind(user_id)
+    .fetch_one(&state.pool)
+    .await?;
     Ok(ProfileResponse {
         id,
         email,
@@ -165,9 +172,9 @@ async fn load_profile(state: &AppState, user_id: Uuid) -> Result<ProfileResponse
         photo_url: photo.map(|_| "/v1/user/profile/photo".to_string()),
         usage: Usage {
             tasks,
-            sessions: 0,
-            messages: 0,
-            tokens: 0,
+            sessions,
+            messages,
+            tokens,
         },
     })
 }
@@ -182,7 +189,7 @@ pub async fn get_profile(
     ConsistencyHeader(token): ConsistencyHeader,
 ) -> Result<axum::Json<ProfileResponse>> {
     // The usage counts come from other read models: wait for them too.
-    for projection in ["users", "tasks"] {
+    for projection in ["users", "tasks", "chat_sessions"] {
         state
             .consistency
             .wait(projection, Some(user.id), token.clone())

@@ -1,7 +1,7 @@
 //! `/v1/tasks`: commands go to the Task aggregate, queries read `read.tasks`.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, patch, post};
 use axum::Router;
 use chronicle_aggregates::task::{Task, TaskCommand, TaskError};
@@ -13,9 +13,8 @@ use uuid::Uuid;
 
 use crate::commands::{micros, now, Executed};
 use crate::http::error::{infrastructure_error, ApiError, Result};
-use crate::http::extract::{
-    AuthUser, ConsistencyHeader, IdPath, Json, Query, RequestContext, CONSISTENCY_HEADER,
-};
+use crate::http::extract::{AuthUser, ConsistencyHeader, IdPath, Json, Query, RequestContext};
+use crate::http::write::{self, total_count, Page};
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -189,20 +188,7 @@ async fn run(
     id: Uuid,
     command: TaskCommand,
 ) -> Result<(HeaderMap, Executed<Task>)> {
-    let metadata = context.metadata(user.id, &user.roles);
-    let executed = state
-        .tasks
-        .execute(&id.to_string(), command, metadata)
-        .await
-        .map_err(task_error)?;
-    let mut headers = HeaderMap::new();
-    if let Some(token) = &executed.token {
-        state.consistency.record_write(user.id, token);
-        if let Ok(value) = HeaderValue::from_str(&token.to_string()) {
-            headers.insert(CONSISTENCY_HEADER, value);
-        }
-    }
-    Ok((headers, executed))
+    write::execute(state, &state.tasks, user, context, id, command, task_error).await
 }
 
 async fn wait_for_read_model(
@@ -210,11 +196,7 @@ async fn wait_for_read_model(
     user: &AuthUser,
     token: ConsistencyHeader,
 ) -> Result<()> {
-    state
-        .consistency
-        .wait("tasks", Some(user.id), token.0)
-        .await
-        .map_err(|err| ApiError::Unavailable(err.to_string()))
+    write::wait_for_read_model(state, "tasks", user, token).await
 }
 
 /// Creates a task.
@@ -256,17 +238,7 @@ pub async fn list_tasks(
     token: ConsistencyHeader,
     Query(query): Query<ListTasksQuery>,
 ) -> Result<(HeaderMap, axum::Json<Vec<TaskResponse>>)> {
-    let limit = query.limit.unwrap_or(50);
-    if !(1..=100).contains(&limit) {
-        return Err(ApiError::invalid_field(
-            "limit",
-            "must be between 1 and 100",
-        ));
-    }
-    let offset = query.offset.unwrap_or(0);
-    if offset < 0 {
-        return Err(ApiError::invalid_field("offset", "must be 0 or more"));
-    }
+    let Page { limit, offset } = Page::new(query.limit, query.offset)?;
     if let (Some(from), Some(to)) = (query.date_from, query.date_to) {
         if from > to {
             return Err(ApiError::invalid_field(
@@ -317,9 +289,7 @@ pub async fn list_tasks(
         .bind(query.project_id)
         .fetch_one(&state.pool)
         .await?;
-    let mut headers = HeaderMap::new();
-    headers.insert("x-total-count", HeaderValue::from(total));
-    Ok((headers, axum::Json(tasks)))
+    Ok((total_count(total), axum::Json(tasks)))
 }
 
 /// One task of the caller's, soft-deleted ones included.

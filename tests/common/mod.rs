@@ -354,12 +354,13 @@ pub async fn wait_for_projections(pool: &PgPool) {
         let behind: i64 = sqlx::query_scalar(
             "select count(*) from ( \
                select e.aggregate_type, e.aggregate_id, max(e.sequence) as last \
-               from events e where e.aggregate_type in ('Task', 'User', 'AuthSession') \
+               from events e where e.aggregate_type in ('Task', 'User', 'AuthSession', 'Project', 'ChatSession') \
                group by 1, 2) latest \
              left join read.aggregate_versions v \
                on v.aggregate_type = latest.aggregate_type and v.aggregate_id = latest.aggregate_id \
               and v.projection = case latest.aggregate_type \
-                    when 'Task' then 'tasks' when 'User' then 'users' else 'auth_sessions' end \
+                    when 'Task' then 'tasks' when 'User' then 'users' when 'Project' then 'projects' \
+                    when 'ChatSession' then 'chat_sessions' else 'auth_sessions' end \
              where coalesce(v.version, 0) < latest.last",
         )
         .fetch_one(pool)
@@ -378,22 +379,24 @@ pub async fn wait_for_projections(pool: &PgPool) {
 
 /// Every row of every read model, as JSON, in a stable order.
 pub async fn read_model_rows(pool: &PgPool) -> Vec<Value> {
-    let mut rows: Vec<Value> =
-        sqlx::query_scalar("select to_jsonb(t) from read.tasks t order by id")
-            .fetch_all(pool)
-            .await
-            .unwrap();
-    let users: Vec<Value> = sqlx::query_scalar("select to_jsonb(u) from read.users u order by id")
+    let mut rows = Vec::new();
+    for table in [
+        "tasks",
+        "users",
+        "auth_sessions",
+        "projects",
+        "chat_sessions",
+        "chat_messages",
+        "tool_executions",
+    ] {
+        let table_rows: Vec<Value> = sqlx::query_scalar(&format!(
+            "select to_jsonb(t) from read.{table} t order by id"
+        ))
         .fetch_all(pool)
         .await
         .unwrap();
-    rows.extend(users);
-    let sessions: Vec<Value> =
-        sqlx::query_scalar("select to_jsonb(s) from read.auth_sessions s order by id")
-            .fetch_all(pool)
-            .await
-            .unwrap();
-    rows.extend(sessions);
+        rows.extend(table_rows);
+    }
     rows
 }
 

@@ -1,5 +1,7 @@
 //! The read models, one module each.
 
 pub mod auth_sessions;
+pub mod chat_sessions;
+pub mod projects;
 pub mod tasks;
 pub mod users;
