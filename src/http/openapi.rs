@@ -8,7 +8,7 @@ use axum::{Json, Router};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::http::{admin, audit, auth, profile, service, tasks};
+use crate::http::{admin, audit, auth, chat, profile, service, tasks};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -25,9 +25,10 @@ use crate::state::AppState;
         tasks::patch_task, tasks::complete_task, tasks::delete_task, tasks::restore_task,
         audit::list_audit_events, audit::list_audit_log, audit::verify_audit_trail,
         audit::list_audit_checkpoints, audit::get_audit_aggregate, audit::export_audit_trail,
+        chat::list_models, chat::get_model, chat::create_chat_completion,
     ),
     modifiers(&BearerAuth),
-    tags((name = "service"), (name = "auth"), (name = "profile"), (name = "admin"), (name = "tasks"), (name = "audit"))
+    tags((name = "service"), (name = "auth"), (name = "profile"), (name = "admin"), (name = "tasks"), (name = "audit"), (name = "chat"))
 )]
 pub struct ApiDoc;
 
