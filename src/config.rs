@@ -21,6 +21,127 @@ pub struct Settings {
     pub audit: crate::audit::AuditSettings,
     /// Where generated keys and local state live.
     pub data_dir: PathBuf,
+    /// The language-model upstreams behind the chat routes.
+    pub llm: LlmSettings,
+}
+
+/// Which models the chat routes offer and how their upstreams are reached.
+#[derive(Debug, Clone)]
+pub struct LlmSettings {
+    /// `CHRONICLE_MODELS`, in the order given.
+    pub models: Vec<ModelSpec>,
+    pub anthropic: ProviderSettings,
+    pub openai: ProviderSettings,
+    /// Establishing a TCP (and TLS) connection to an upstream.
+    pub connect_timeout: Duration,
+    /// The longest silence between two reads from an upstream.
+    pub idle_timeout: Duration,
+    /// Further attempts after a connect error, 429 or 5xx, before the first byte only.
+    pub retries: u32,
+    /// Streamed chat answers one user may hold open at once; more answer 429.
+    pub max_streams_per_user: usize,
+}
+
+impl Default for LlmSettings {
+    /// No models: every chat route answers 503 `UPSTREAM_NOT_CONFIGURED`.
+    fn default() -> Self {
+        Self {
+            models: Vec::new(),
+            anthropic: ProviderSettings {
+                base_url: DEFAULT_ANTHROPIC_BASE_URL.into(),
+                api_key: None,
+            },
+            openai: ProviderSettings {
+                base_url: DEFAULT_OPENAI_BASE_URL.into(),
+                api_key: None,
+            },
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
+            retries: 2,
+            max_streams_per_user: 4,
+        }
+    }
+}
+
+pub const DEFAULT_ANTHROPIC_BASE_URL: &str = "https://api.anthropic.com";
+pub const DEFAULT_OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
+
+/// One upstream API. `Debug` shows no key (`SecretString` redacts it).
+#[derive(Debug, Clone)]
+pub struct ProviderSettings {
+    /// Without a trailing slash.
+    pub base_url: String,
+    pub api_key: Option<SecretString>,
+}
+
+/// Which API a model is reached through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    Anthropic,
+    OpenAi,
+}
+
+impl ProviderKind {
+    /// The name in `CHRONICLE_MODELS` and in `owned_by`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Anthropic => "anthropic",
+            Self::OpenAi => "openai",
+        }
+    }
+}
+
+/// `<id>=<anthropic|openai>:<upstream model>` from `CHRONICLE_MODELS`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelSpec {
+    /// What clients send as `model`.
+    pub id: String,
+    pub provider: ProviderKind,
+    /// What the upstream is asked for.
+    pub upstream_model: String,
+}
+
+/// Parses `CHRONICLE_MODELS`: a comma list of `<id>=<anthropic|openai>:<upstream model>`.
+pub fn parse_models(raw: &str) -> Result<Vec<ModelSpec>, String> {
+    let mut models: Vec<ModelSpec> = Vec::new();
+    for entry in raw.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let shape = || format!("`{entry}` is not `<id>=<anthropic|openai>:<upstream model>`");
+        let (id, target) = entry.split_once('=').ok_or_else(shape)?;
+        let (provider, upstream) = target.split_once(':').ok_or_else(shape)?;
+        let (id, provider, upstream) = (id.trim(), provider.trim(), upstream.trim());
+        let valid_id = !id.is_empty()
+            && id.len() <= 128
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._:/-".contains(c));
+        if !valid_id {
+            return Err(format!(
+                "model id `{id}` must be 1-128 characters of letters, digits and . _ : / -"
+            ));
+        }
+        let provider = match provider {
+            "anthropic" => ProviderKind::Anthropic,
+            "openai" => ProviderKind::OpenAi,
+            other => {
+                return Err(format!(
+                    "`{other}` in `{entry}` is neither `anthropic` nor `openai`"
+                ))
+            }
+        };
+        if upstream.is_empty() || upstream.len() > 256 || upstream.chars().any(char::is_whitespace)
+        {
+            return Err(format!("`{entry}` names no upstream model"));
+        }
+        if models.iter().any(|m| m.id == id) {
+            return Err(format!("model id `{id}` is listed twice"));
+        }
+        models.push(ModelSpec {
+            id: id.to_string(),
+            provider,
+            upstream_model: upstream.to_string(),
+        });
+    }
+    Ok(models)
 }
 
 #[derive(Debug, Clone)]
@@ -285,6 +406,44 @@ impl Settings {
                 )?),
             },
             data_dir: PathBuf::from(parse("CHRONICLE_DATA_DIR", ".data")?),
+            llm: LlmSettings {
+                models: parse_models(&parse("CHRONICLE_MODELS", "")?).map_err(|problem| {
+                    ConfigError {
+                        name: "CHRONICLE_MODELS",
+                        problem,
+                    }
+                })?,
+                anthropic: ProviderSettings {
+                    base_url: parse("ANTHROPIC_BASE_URL", DEFAULT_ANTHROPIC_BASE_URL)?
+                        .trim()
+                        .trim_end_matches('/')
+                        .to_string(),
+                    api_key: get("ANTHROPIC_API_KEY").map(|key| SecretString::from(key.trim())),
+                },
+                openai: ProviderSettings {
+                    base_url: parse("OPENAI_BASE_URL", DEFAULT_OPENAI_BASE_URL)?
+                        .trim()
+                        .trim_end_matches('/')
+                        .to_string(),
+                    api_key: get("OPENAI_API_KEY").map(|key| SecretString::from(key.trim())),
+                },
+                connect_timeout: Duration::from_secs(number(
+                    "CHRONICLE_LLM_CONNECT_TIMEOUT_SECS",
+                    parse("CHRONICLE_LLM_CONNECT_TIMEOUT_SECS", "5")?,
+                )?),
+                idle_timeout: Duration::from_secs(number(
+                    "CHRONICLE_LLM_IDLE_TIMEOUT_SECS",
+                    parse("CHRONICLE_LLM_IDLE_TIMEOUT_SECS", "60")?,
+                )?),
+                retries: number(
+                    "CHRONICLE_LLM_RETRIES",
+                    parse("CHRONICLE_LLM_RETRIES", "2")?,
+                )?,
+                max_streams_per_user: number(
+                    "CHRONICLE_CHAT_MAX_STREAMS_PER_USER",
+                    parse("CHRONICLE_CHAT_MAX_STREAMS_PER_USER", "4")?,
+                )?,
+            },
         };
         settings.validate()?;
         Ok(settings)
@@ -380,6 +539,7 @@ impl Settings {
                 "must be at least 1",
             );
         }
+        self.validate_llm()?;
         let stream = &self.nats.stream;
         if stream.name.is_empty() || stream.name.contains(['.', ' ', '*', '>']) {
             return fail(
@@ -392,6 +552,44 @@ impl Settings {
                 "CHRONICLE_SUBJECT_PREFIX",
                 "must be a subject without wildcards or spaces",
             );
+        }
+        Ok(())
+    }
+
+    fn validate_llm(&self) -> Result<(), ConfigError> {
+        let fail = |name, problem: &str| {
+            Err(ConfigError {
+                name,
+                problem: problem.to_string(),
+            })
+        };
+        let llm = &self.llm;
+        for (name, base) in [
+            ("ANTHROPIC_BASE_URL", &llm.anthropic.base_url),
+            ("OPENAI_BASE_URL", &llm.openai.base_url),
+        ] {
+            let scheme_ok = base.starts_with("https://") || base.starts_with("http://");
+            if !scheme_ok || reqwest::Url::parse(base).is_err() {
+                return fail(name, "must be an http:// or https:// URL");
+            }
+        }
+        if !llm.openai.base_url.ends_with("/v1") {
+            return fail(
+                "OPENAI_BASE_URL",
+                "must end in /v1 (e.g. https://api.openai.com/v1)",
+            );
+        }
+        if llm.connect_timeout.is_zero() {
+            return fail("CHRONICLE_LLM_CONNECT_TIMEOUT_SECS", "must be at least 1");
+        }
+        if llm.idle_timeout.is_zero() {
+            return fail("CHRONICLE_LLM_IDLE_TIMEOUT_SECS", "must be at least 1");
+        }
+        if llm.retries > 10 {
+            return fail("CHRONICLE_LLM_RETRIES", "must be at most 10");
+        }
+        if llm.max_streams_per_user == 0 {
+            return fail("CHRONICLE_CHAT_MAX_STREAMS_PER_USER", "must be at least 1");
         }
         Ok(())
     }
@@ -474,6 +672,59 @@ mod tests {
         ])
         .unwrap_err();
         assert_eq!(err.name, "CHRONICLE_BODY_LIMIT_BYTES");
+    }
+
+    #[test]
+    fn models_are_parsed_in_order_and_keys_stay_secret() {
+        let settings = settings(&[
+            ("DATABASE_URL", "postgres://x"),
+            (
+                "CHRONICLE_MODELS",
+                " claude=anthropic:claude-sonnet-4-5 , gpt-4o=openai:gpt-4o-2024-08-06",
+            ),
+            ("ANTHROPIC_API_KEY", "sk-ant-very-secret"),
+            ("OPENAI_BASE_URL", "http://127.0.0.1:9/v1/"),
+        ])
+        .unwrap();
+        let models = &settings.llm.models;
+        assert_eq!(models.len(), 2);
+        assert_eq!(models[0].id, "claude");
+        assert_eq!(models[0].provider, ProviderKind::Anthropic);
+        assert_eq!(models[1].upstream_model, "gpt-4o-2024-08-06");
+        assert_eq!(settings.llm.openai.base_url, "http://127.0.0.1:9/v1");
+        assert_eq!(settings.llm.anthropic.base_url, DEFAULT_ANTHROPIC_BASE_URL);
+        assert!(!format!("{settings:?}").contains("very-secret"));
+        assert_eq!(settings.llm.retries, 2);
+        assert_eq!(settings.llm.max_streams_per_user, 4);
+    }
+
+    #[test]
+    fn malformed_model_lists_and_urls_are_refused_naming_the_variable() {
+        for bad in [
+            "claude",
+            "claude=anthropic",
+            "claude=gemini:x",
+            "=anthropic:x",
+            "a=openai:",
+            "a=openai:x,a=anthropic:y",
+            "bad id=openai:x",
+        ] {
+            let err = settings(&[("DATABASE_URL", "postgres://x"), ("CHRONICLE_MODELS", bad)])
+                .unwrap_err();
+            assert_eq!(err.name, "CHRONICLE_MODELS", "{bad}");
+        }
+        let err = settings(&[
+            ("DATABASE_URL", "postgres://x"),
+            ("OPENAI_BASE_URL", "https://api.openai.com"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.name, "OPENAI_BASE_URL");
+        let err = settings(&[
+            ("DATABASE_URL", "postgres://x"),
+            ("ANTHROPIC_BASE_URL", "ftp://x"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.name, "ANTHROPIC_BASE_URL");
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod config;
 pub mod consistency;
 pub mod dead_letters;
 pub mod http;
+pub mod llm;
 pub mod startup;
 pub mod state;
 pub mod telemetry;

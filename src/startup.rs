@@ -162,7 +162,10 @@ impl Application {
         let audit_checkpointer = components
             .projections
             .then(|| (signer, settings.audit.checkpoint_interval));
+        let llm = crate::llm::Llm::from_settings(&settings.llm)
+            .map_err(|err| anyhow::anyhow!("building the LLM upstream clients: {err}"))?;
         let state = AppState {
+            llm: Arc::new(llm),
             users: Arc::new(
                 CommandExecutor::new(pool.clone(), passwords.clone() as Arc<dyn UserServices>)
                     .issuing_tokens(token_keys.clone()),

@@ -18,6 +18,7 @@ use crate::commands::CommandExecutor;
 use crate::config::Settings;
 use crate::consistency::Consistency;
 use crate::http::rate_limit::RateLimiter;
+use crate::llm::Llm;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -38,6 +39,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Slots for streamed answers, each of which holds a database connection.
     pub streams: StreamBudget,
+    /// The language-model upstreams behind the chat routes.
+    pub llm: Arc<Llm>,
     /// Projections running in this process, for `/ready`.
     pub projections: Arc<Vec<(&'static str, Arc<ProjectionStatus>)>>,
 }

@@ -55,6 +55,12 @@ pub enum ApiError {
     },
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
+    /// The language-model upstream failed (a short reason, never its body or key).
+    #[error("{0}")]
+    Upstream(String),
+    /// No language-model upstream is configured for this request.
+    #[error("{0}")]
+    UpstreamNotConfigured(String),
 }
 
 /// A field-level problem in `details`.
@@ -128,6 +134,8 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Self::UpstreamNotConfigured(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -149,6 +157,8 @@ impl ApiError {
             Self::Validation { .. } => "VALIDATION_ERROR",
             Self::Unavailable(_) | Self::UnavailableWithDetails { .. } => "UNAVAILABLE",
             Self::Internal(_) => "INTERNAL_ERROR",
+            Self::Upstream(_) => "UPSTREAM_ERROR",
+            Self::UpstreamNotConfigured(_) => "UPSTREAM_NOT_CONFIGURED",
         }
     }
 }

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod audit;
 pub mod auth;
+pub mod chat;
 pub mod error;
 pub mod extract;
 pub mod identity;
@@ -43,6 +44,7 @@ pub fn router(state: AppState) -> Router {
         .merge(auth::router())
         .merge(tasks::router())
         .merge(projects::router())
+        .merge(chat::router())
         .merge(profile::router())
         .merge(admin::router())
         .merge(audit::router())

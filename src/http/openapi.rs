@@ -8,7 +8,7 @@ use axum::{Json, Router};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::http::{admin, audit, auth, profile, projects, service, tasks};
+use crate::http::{admin, audit, auth, chat, profile, projects, service, tasks};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -27,9 +27,10 @@ use crate::state::AppState;
         projects::replace_project, projects::delete_project,
         audit::list_audit_events, audit::list_audit_log, audit::verify_audit_trail,
         audit::list_audit_checkpoints, audit::get_audit_aggregate, audit::export_audit_trail,
+        chat::list_models, chat::get_model, chat::create_chat_completion,
     ),
     modifiers(&BearerAuth),
-    tags((name = "service"), (name = "auth"), (name = "profile"), (name = "admin"), (name = "tasks"), (name = "projects"), (name = "audit"))
+    tags((name = "service"), (name = "auth"), (name = "profile"), (name = "admin"), (name = "tasks"), (name = "projects"), (name = "sessions"), (name = "audit"), (name = "chat"))
 )]
 pub struct ApiDoc;
 

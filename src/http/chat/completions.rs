@@ -1,0 +1,232 @@
+//! `POST /v1/chat/completions`: OpenAI's request and answer shapes, mapped to
+//! our [`ChatRequest`] and asked of the configured upstream.
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::stream::stream_completion;
+use crate::http::error::{ApiError, Result};
+use crate::http::extract::{AuthUser, Json};
+use crate::llm::{ChatMessage, ChatRequest, Role, Usage};
+use crate::state::AppState;
+
+/// OpenAI's request. Fields we do not use are ignored, as SDKs send extras.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ChatCompletionRequest {
+    /// A model id from `/v1/models`.
+    pub model: String,
+    /// At least one.
+    pub messages: Vec<RequestMessage>,
+    /// Answer as SSE `chat.completion.chunk` events ending `data: [DONE]`.
+    #[serde(default)]
+    pub stream: Option<bool>,
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+    /// OpenAI's newer name for `max_tokens`.
+    #[serde(default)]
+    pub max_completion_tokens: Option<u32>,
+    /// 0–2.
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    /// 0–1.
+    #[serde(default)]
+    pub top_p: Option<f32>,
+    /// A string or up to 4 strings.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub stop: Option<Value>,
+    /// Only 1 is supported.
+    #[serde(default)]
+    pub n: Option<u32>,
+    /// Not supported yet: a request naming one is refused with 422.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub session_id: Option<Value>,
+}
+
+/// A message: `content` is a string or an array of `{"type":"text","text"}` parts.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RequestMessage {
+    /// `system`, `developer` (taken as `system`), `user` or `assistant`.
+    pub role: String,
+    #[schema(value_type = Object)]
+    pub content: Value,
+}
+
+/// The non-streamed answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatCompletion {
+    pub id: String,
+    /// Always `chat.completion`.
+    pub object: &'static str,
+    pub created: i64,
+    pub model: String,
+    pub choices: Vec<CompletionChoice>,
+    pub usage: Usage,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CompletionChoice {
+    pub index: u32,
+    pub message: ChatMessage,
+    /// `stop`, `length`, `tool_calls` or `content_filter`.
+    pub finish_reason: String,
+}
+
+/// Asks the model; with `stream: true` the reply comes as SSE.
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "chat", security(("bearer" = [])),
+    request_body = ChatCompletionRequest,
+    responses(
+        (status = 200, body = ChatCompletion, description = "The reply; with `stream: true` a `text/event-stream` of `chat.completion.chunk` objects ending `data: [DONE]`, or `event: error` if the upstream fails mid-stream"),
+        (status = 400, description = "Malformed JSON"),
+        (status = 401, description = "No or invalid credentials"),
+        (status = 413, description = "Body too large"),
+        (status = 415, description = "Not JSON"),
+        (status = 422, description = "Invalid request, unknown model, or `session_id` (not supported yet)"),
+        (status = 429, description = "Rate limited, or too many streams open for this user"),
+        (status = 502, description = "The upstream failed (`UPSTREAM_ERROR`)"),
+        (status = 503, description = "No upstream configured for this model (`UPSTREAM_NOT_CONFIGURED`)"),
+    ))]
+pub async fn create_chat_completion(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Json(body): Json<ChatCompletionRequest>,
+) -> Result<Response> {
+    let streamed = body.stream.unwrap_or(false);
+    let request = chat_request(body)?;
+    state.llm.ensure_configured()?;
+    let (provider, upstream_model) = state.llm.resolve(&request.model)?;
+    let id = format!("chatcmpl-{}", Uuid::new_v4().simple());
+    let created = chrono::Utc::now().timestamp();
+    if streamed {
+        return stream_completion(
+            &state,
+            &user,
+            provider,
+            upstream_model,
+            request,
+            id,
+            created,
+        )
+        .await;
+    }
+    let completion = provider.complete(upstream_model, &request).await?;
+    Ok(axum::Json(ChatCompletion {
+        id,
+        object: "chat.completion",
+        created,
+        model: request.model,
+        choices: vec![CompletionChoice {
+            index: 0,
+            message: ChatMessage {
+                role: Role::Assistant,
+                content: completion.content,
+            },
+            finish_reason: completion.finish_reason,
+        }],
+        usage: completion.usage,
+    })
+    .into_response())
+}
+
+/// Validates the OpenAI request and maps it to ours.
+pub fn chat_request(body: ChatCompletionRequest) -> Result<ChatRequest> {
+    if body.session_id.is_some() {
+        return Err(ApiError::invalid_field(
+            "session_id",
+            "is not supported yet on this route; use POST /v1/sessions/{id}/messages",
+        ));
+    }
+    if body.model.trim().is_empty() {
+        return Err(ApiError::invalid_field("model", "is required"));
+    }
+    if body.messages.is_empty() {
+        return Err(ApiError::invalid_field("messages", "must not be empty"));
+    }
+    if body.n.is_some_and(|n| n != 1) {
+        return Err(ApiError::invalid_field("n", "only 1 is supported"));
+    }
+    if body.temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
+        return Err(ApiError::invalid_field(
+            "temperature",
+            "must be between 0 and 2",
+        ));
+    }
+    if body.top_p.is_some_and(|p| !(0.0..=1.0).contains(&p)) {
+        return Err(ApiError::invalid_field("top_p", "must be between 0 and 1"));
+    }
+    let max_tokens = body.max_completion_tokens.or(body.max_tokens);
+    if max_tokens == Some(0) {
+        return Err(ApiError::invalid_field("max_tokens", "must be at least 1"));
+    }
+    let stop = match body.stop {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(one)) => vec![one],
+        Some(Value::Array(many)) if many.len() <= 4 && many.iter().all(Value::is_string) => many
+            .into_iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+        Some(_) => {
+            return Err(ApiError::invalid_field(
+                "stop",
+                "must be a string or an array of up to 4 strings",
+            ))
+        }
+    };
+    let messages = body
+        .messages
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| message(i, m))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(ChatRequest {
+        model: body.model,
+        messages,
+        max_tokens,
+        temperature: body.temperature,
+        top_p: body.top_p,
+        stop,
+    })
+}
+
+fn message(index: usize, message: RequestMessage) -> Result<ChatMessage> {
+    let field = |name: &str| format!("messages[{index}].{name}");
+    let role = match message.role.as_str() {
+        "system" | "developer" => Role::System,
+        "user" => Role::User,
+        "assistant" => Role::Assistant,
+        _ => {
+            return Err(ApiError::invalid_field(
+                &field("role"),
+                "must be system, developer, user or assistant",
+            ))
+        }
+    };
+    let content = match message.content {
+        Value::String(text) => text,
+        Value::Array(parts) => parts
+            .iter()
+            .map(|part| match (part.get("type"), part.get("text")) {
+                (Some(Value::String(kind)), Some(Value::String(text))) if kind == "text" => {
+                    Ok(text.as_str())
+                }
+                _ => Err(ApiError::invalid_field(
+                    &field("content"),
+                    "only text parts are supported",
+                )),
+            })
+            .collect::<Result<String>>()?,
+        Value::Null if role == Role::Assistant => String::new(),
+        _ => {
+            return Err(ApiError::invalid_field(
+                &field("content"),
+                "must be a string or an array of text parts",
+            ))
+        }
+    };
+    Ok(ChatMessage { role, content })
+}
