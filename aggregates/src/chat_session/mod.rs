@@ -243,8 +243,11 @@ impl Aggregate for ChatSession {
                 let mut errors = FieldErrors::default();
                 let tool_name = errors.check(validate_tool_name(&tool_name));
                 let input = errors.check(validate_json_value("input", input));
+                // A JSON `null` output is no output: stored, both read back
+                // as `None`, so the event must say `None` to replay equal.
                 let output = errors.check(
                     output
+                        .filter(|output| !output.is_null())
                         .map(|output| validate_json_value("output", output))
                         .transpose(),
                 );
@@ -903,6 +906,22 @@ mod tests {
                 duration_ms: None,
                 recorded_at: at(10),
             }]);
+    }
+
+    #[test]
+    fn a_null_tool_output_is_recorded_as_no_output() {
+        let events = session()
+            .given(vec![started()])
+            .when(record_tool(OWNER, "t", json!(null), Some(json!(null))))
+            .inspect_result()
+            .unwrap();
+        let [ChatSessionEvent::ToolExecutionRecorded { output, .. }] = &events[..] else {
+            panic!("expected one ToolExecutionRecorded");
+        };
+        assert_eq!(*output, None);
+        let stored = serde_json::to_value(&events[0]).unwrap();
+        let back: ChatSessionEvent = serde_json::from_value(stored).unwrap();
+        assert_eq!(back, events[0]);
     }
 
     #[test]
