@@ -3,7 +3,10 @@
 
 mod common;
 
-use common::{assert_read_models_equal_rebuild, TestApp};
+use std::time::Duration;
+
+use common::fake_llm::{self, reply_for, FakeLlm};
+use common::{assert_read_models_equal_rebuild, eventually, test_settings, TestApp, TestUser};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -93,5 +96,547 @@ async fn a_project_is_created_listed_replaced_and_deleted_and_others_see_nothing
 
     app.wait_for_projections().await;
     assert_read_models_equal_rebuild(&app.pool).await;
+    app.stop().await;
+}
+
+/// Server-Sent Events of a response, as `(event, data, id)`, until the
+/// stream ends or `until` says stop.
+async fn read_sse(
+    response: reqwest::Response,
+    mut until: impl FnMut(&[(String, String, String)]) -> bool,
+) -> Vec<(String, String, String)> {
+    use eventsource_stream::Eventsource;
+    use futures::StreamExt;
+    let mut events = response.bytes_stream().eventsource();
+    let mut seen = Vec::new();
+    while let Ok(Some(event)) = tokio::time::timeout(Duration::from_secs(20), events.next()).await {
+        let Ok(event) = event else { break };
+        seen.push((event.event, event.data, event.id));
+        if until(&seen) {
+            break;
+        }
+    }
+    seen
+}
+
+async fn app_with_fake_llm() -> (TestApp, FakeLlm) {
+    let fake = FakeLlm::start().await;
+    let mut settings = test_settings().await;
+    fake.configure(&mut settings);
+    (TestApp::spawn_with(settings).await, fake)
+}
+
+async fn start_session(app: &TestApp, user: &TestUser, body: Value) -> String {
+    let response = app
+        .send(Method::POST, "/v1/sessions", user, Some(body))
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let session: Value = response.json().await.unwrap();
+    session["id"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn a_chat_session_is_started_changed_and_deleted_and_others_get_404_everywhere() {
+    let (app, _fake) = app_with_fake_llm().await;
+    let owner = app.register("sessions@example.com").await;
+    let other = app.register("other-sessions@example.com").await;
+    let project: Value = app
+        .send_json(
+            Method::POST,
+            "/v1/projects",
+            &owner,
+            Some(json!({"name": "Chat"})),
+        )
+        .await;
+    let project_id = project["id"].as_str().unwrap();
+
+    let created = app
+        .send(
+            Method::POST,
+            "/v1/sessions",
+            &owner,
+            Some(json!({"title": "First", "project_id": project_id, "system_prompt": "Be brief"})),
+        )
+        .await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let session: Value = created.json().await.unwrap();
+    assert_eq!(
+        session["model"], "claude-test",
+        "the first configured model by default"
+    );
+    assert_eq!(session["message_count"], 0);
+    let id = session["id"].as_str().unwrap();
+    let path = format!("/v1/sessions/{id}");
+    start_session(&app, &owner, json!({"model": "gpt-test"})).await;
+
+    let in_project = app
+        .send(
+            Method::GET,
+            &format!("/v1/sessions?project_id={project_id}"),
+            &owner,
+            None,
+        )
+        .await;
+    assert_eq!(in_project.headers()["x-total-count"], "1");
+    let all = app.send(Method::GET, "/v1/sessions", &owner, None).await;
+    assert_eq!(all.headers()["x-total-count"], "2");
+
+    let patched: Value = app
+        .send_json(
+            Method::PATCH,
+            &path,
+            &owner,
+            Some(json!({"title": null, "model": "gpt-test"})),
+        )
+        .await;
+    assert_eq!(patched["title"], Value::Null);
+    assert_eq!(patched["model"], "gpt-test");
+    assert_eq!(patched["system_prompt"], "Be brief", "untouched");
+    for body in [
+        json!({"model": "no-such-model"}),
+        json!({"model": null}),
+        json!({"title": "x".repeat(201)}),
+        json!({"project_id": uuid::Uuid::new_v4()}),
+    ] {
+        let response = app
+            .send(Method::PATCH, &path, &owner, Some(body.clone()))
+            .await;
+        assert_eq!(
+            response.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}"
+        );
+    }
+
+    // Someone else's session does not exist for them, on every route.
+    for (method, suffix, body) in [
+        (Method::GET, "", None),
+        (Method::PATCH, "", Some(json!({"title": "mine"}))),
+        (Method::DELETE, "", None),
+        (Method::GET, "/messages", None),
+        (Method::POST, "/messages", Some(json!({"content": "hi"}))),
+        (Method::GET, "/tools", None),
+        (
+            Method::POST,
+            "/tools",
+            Some(
+                json!({"tool_name": "t", "tool_type": "builtin", "input": {}, "status": "success"}),
+            ),
+        ),
+        (Method::GET, "/events", None),
+    ] {
+        let response = app
+            .send(method.clone(), &format!("{path}{suffix}"), &other, body)
+            .await;
+        assert_eq!(
+            response.status(),
+            StatusCode::NOT_FOUND,
+            "{method} {suffix}"
+        );
+    }
+
+    assert_eq!(
+        app.send(Method::DELETE, &path, &owner, None).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        app.send(Method::GET, &path, &owner, None).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    app.wait_for_projections().await;
+    assert_read_models_equal_rebuild(&app.pool).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn without_an_upstream_sessions_cannot_be_started() {
+    let app = TestApp::spawn().await;
+    let user = app.register("no-llm@example.com").await;
+    let response = app
+        .send(Method::POST, "/v1/sessions", &user, Some(json!({})))
+        .await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "UPSTREAM_NOT_CONFIGURED");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_exchange_sends_the_system_prompt_and_history_and_stores_the_reply_as_events() {
+    let (app, fake) = app_with_fake_llm().await;
+    let user = app.register("exchange@example.com").await;
+    let id = start_session(&app, &user, json!({"system_prompt": "Be brief"})).await;
+    let path = format!("/v1/sessions/{id}/messages");
+
+    let first = app
+        .send(
+            Method::POST,
+            &path,
+            &user,
+            Some(json!({"content": "hello"})),
+        )
+        .await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first: Value = first.json().await.unwrap();
+    assert_eq!(first["user_message"]["role"], "user");
+    assert_eq!(first["user_message"]["content"], "hello");
+    assert_eq!(
+        first["assistant_message"]["content"],
+        reply_for("hello", 1, "Be brief")
+    );
+    assert_eq!(first["assistant_message"]["model"], "claude-test");
+    assert!(
+        first["assistant_message"]["usage"]["total_tokens"]
+            .as_i64()
+            .unwrap()
+            > 0
+    );
+
+    let second: Value = app
+        .send_json(
+            Method::POST,
+            &path,
+            &user,
+            Some(json!({"content": "again"})),
+        )
+        .await;
+    // The history went upstream: hello, its reply, and the new message.
+    assert_eq!(
+        second["assistant_message"]["content"],
+        reply_for("again", 3, "Be brief")
+    );
+    let sent = fake.requests().last().unwrap().clone();
+    assert_eq!(sent.path, "/v1/messages");
+    assert_eq!(sent.body["system"], "Be brief");
+    assert_eq!(sent.body["messages"][0]["content"], "hello");
+
+    let messages = app.send(Method::GET, &path, &user, None).await;
+    assert_eq!(messages.headers()["x-total-count"], "4");
+    let messages: Vec<Value> = messages.json().await.unwrap();
+    let roles: Vec<&str> = messages
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        roles,
+        ["user", "assistant", "user", "assistant"],
+        "chronological"
+    );
+    let replies: Vec<Value> = app
+        .send_json(Method::GET, &format!("{path}?role=assistant"), &user, None)
+        .await;
+    assert_eq!(replies.len(), 2);
+    let session: Value = app
+        .send_json(Method::GET, &format!("/v1/sessions/{id}"), &user, None)
+        .await;
+    assert_eq!(session["message_count"], 4);
+    let tokens = session["usage"]["total_tokens"].as_i64().unwrap();
+    assert!(tokens > 0);
+    let profile: Value = app
+        .send_json(Method::GET, "/v1/user/profile", &user, None)
+        .await;
+    assert_eq!(profile["usage"]["sessions"], 1);
+    assert_eq!(profile["usage"]["messages"], 4);
+    assert_eq!(profile["usage"]["tokens"], tokens);
+
+    // Each message is an event analytics consumers can subscribe to.
+    let stream = &app.settings.nats.stream;
+    let subject = format!("{}.ChatSession.{id}.MessageAdded", stream.subject_prefix);
+    let on_bus = eventually(
+        Duration::from_secs(20),
+        "four MessageAdded on the bus",
+        || {
+            let subject = subject.clone();
+            let nats = app.nats.clone();
+            let name = stream.name.clone();
+            async move {
+                let jetstream = async_nats::jetstream::new(nats);
+                use futures::StreamExt;
+                let stream = jetstream.get_stream(&name).await.ok()?;
+                let count = stream
+                    .info_with_subjects(subject.clone())
+                    .await
+                    .ok()?
+                    .next()
+                    .await
+                    .and_then(|entry| entry.ok())
+                    .map(|(_, count)| count)
+                    .unwrap_or(0);
+                (count == 4).then_some(count)
+            }
+        },
+    )
+    .await;
+    assert_eq!(on_bus, 4);
+    assert_no_key_anywhere(&app).await;
+    app.wait_for_projections().await;
+    assert_read_models_equal_rebuild(&app.pool).await;
+    app.stop().await;
+}
+
+/// The upstream keys are in no stored event (payload or metadata).
+async fn assert_no_key_anywhere(app: &TestApp) {
+    let leaked: i64 = sqlx::query_scalar(
+        "select count(*) from events where payload::text like any($1) or metadata::text like any($1)",
+    )
+    .bind(vec![
+        format!("%{}%", fake_llm::ANTHROPIC_KEY),
+        format!("%{}%", fake_llm::OPENAI_KEY),
+    ])
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(leaked, 0, "an upstream key reached the event store");
+}
+
+#[tokio::test]
+async fn a_streamed_reply_arrives_in_openai_chunks_and_equals_the_stored_message() {
+    let (app, _fake) = app_with_fake_llm().await;
+    let user = app.register("stream@example.com").await;
+    let id = start_session(&app, &user, json!({"model": "gpt-test"})).await;
+    let path = format!("/v1/sessions/{id}/messages");
+    let response = app
+        .send(
+            Method::POST,
+            &path,
+            &user,
+            Some(json!({"content": "tell me", "stream": true})),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let events = read_sse(response, |_| false).await;
+    assert_eq!(events.last().unwrap().1, "[DONE]");
+    let mut text = String::new();
+    let mut finish = None;
+    for (_, data, _) in &events[..events.len() - 1] {
+        let chunk: Value = serde_json::from_str(data).unwrap();
+        assert_eq!(chunk["object"], "chat.completion.chunk");
+        if let Some(delta) = chunk["choices"][0]["delta"]["content"].as_str() {
+            text.push_str(delta);
+        }
+        if let Some(reason) = chunk["choices"][0]["finish_reason"].as_str() {
+            finish = Some(reason.to_string());
+        }
+    }
+    assert_eq!(finish.as_deref(), Some("stop"));
+    assert_eq!(text, reply_for("tell me", 1, "none"));
+    let stored: Vec<Value> = app
+        .send_json(Method::GET, &format!("{path}?role=assistant"), &user, None)
+        .await;
+    assert_eq!(
+        stored[0]["content"], text,
+        "what streamed is what is stored"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_stream_still_gets_its_reply_stored() {
+    let (app, _fake) = app_with_fake_llm().await;
+    let user = app.register("leaver@example.com").await;
+    let id = start_session(&app, &user, json!({})).await;
+    let path = format!("/v1/sessions/{id}/messages");
+    let response = app
+        .send(
+            Method::POST,
+            &path,
+            &user,
+            Some(json!({"content": "SLOWSTREAM please", "stream": true})),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    // Take the first chunk, then hang up.
+    let first = read_sse(response, |seen| !seen.is_empty()).await;
+    assert_eq!(first.len(), 1);
+    let stored = eventually(
+        Duration::from_secs(30),
+        "the reply to be stored",
+        || async {
+            let replies: Vec<Value> = app
+                .send_json(Method::GET, &format!("{path}?role=assistant"), &user, None)
+                .await;
+            replies.first().cloned()
+        },
+    )
+    .await;
+    assert_eq!(stored["content"], reply_for("SLOWSTREAM please", 1, "none"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn upstream_failures_answer_502_or_an_sse_error_event_and_are_recorded() {
+    let (app, _fake) = app_with_fake_llm().await;
+    let user = app.register("failures@example.com").await;
+    let id = start_session(&app, &user, json!({})).await;
+    let path = format!("/v1/sessions/{id}/messages");
+
+    let failed = app
+        .send(
+            Method::POST,
+            &path,
+            &user,
+            Some(json!({"content": "FAIL500"})),
+        )
+        .await;
+    assert_eq!(failed.status(), StatusCode::BAD_GATEWAY);
+    let body: Value = failed.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "UPSTREAM_ERROR");
+    assert!(!body.to_string().contains(fake_llm::UPSTREAM_SECRET_DETAIL));
+
+    let cut = app
+        .send(
+            Method::POST,
+            &path,
+            &user,
+            Some(json!({"content": "CUTSTREAM now", "stream": true})),
+        )
+        .await;
+    assert_eq!(cut.status(), StatusCode::OK);
+    let events = read_sse(cut, |_| false).await;
+    let (event, data, _) = events.last().unwrap();
+    assert_eq!(event, "error");
+    let error: Value = serde_json::from_str(data).unwrap();
+    assert_eq!(error["error"]["code"], "UPSTREAM_ERROR");
+
+    let failures: i64 = eventually(Duration::from_secs(10), "two recorded failures", || async {
+        let n: i64 = sqlx::query_scalar(
+            "select count(*) from events where aggregate_id = $1 and event_type = 'ExchangeFailed'",
+        )
+        .bind(&id)
+        .fetch_one(&app.pool)
+        .await
+        .ok()?;
+        (n == 2).then_some(n)
+    })
+    .await;
+    assert_eq!(failures, 2);
+    // The user messages stay; no reply was stored.
+    let replies: Vec<Value> = app
+        .send_json(Method::GET, &format!("{path}?role=assistant"), &user, None)
+        .await;
+    assert!(replies.is_empty());
+    assert_no_key_anywhere(&app).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn tool_executions_are_recorded_filtered_and_totalled() {
+    let (app, _fake) = app_with_fake_llm().await;
+    let user = app.register("tools@example.com").await;
+    let id = start_session(&app, &user, json!({})).await;
+    let path = format!("/v1/sessions/{id}/tools");
+    for (name, kind, status) in [
+        ("read_file", "builtin", "success"),
+        ("search", "mcp", "success"),
+        ("search", "mcp", "error"),
+        ("build", "builtin", "running"),
+    ] {
+        let response = app
+            .send(
+                Method::POST,
+                &path,
+                &user,
+                Some(json!({"tool_name": name, "tool_type": kind, "input": {"q": 1}, "status": status, "duration_ms": 12})),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+    let bad = app
+        .send(
+            Method::POST,
+            &path,
+            &user,
+            Some(json!({"tool_name": "", "tool_type": "other", "input": {}, "status": "success"})),
+        )
+        .await;
+    assert_eq!(bad.status(), StatusCode::UNPROCESSABLE_ENTITY);
+
+    let all = app.send(Method::GET, &path, &user, None).await;
+    assert_eq!(all.headers()["x-total-count"], "4");
+    let all: Value = all.json().await.unwrap();
+    assert_eq!(all["total"], 4);
+    // Two of the three finished ones succeeded.
+    assert!((all["success_rate"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-9);
+    assert_eq!(all["items"][0]["tool_name"], "read_file", "oldest first");
+    let mcp: Value = app
+        .send_json(Method::GET, &format!("{path}?tool_type=mcp"), &user, None)
+        .await;
+    assert_eq!(mcp["total"], 2);
+    assert_eq!(mcp["success_rate"], 0.5);
+    let running: Value = app
+        .send_json(Method::GET, &format!("{path}?status=running"), &user, None)
+        .await;
+    assert_eq!(running["total"], 1);
+    assert_eq!(running["success_rate"], 0.0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_event_feed_replays_after_last_event_id_then_goes_on_live() {
+    let (app, _fake) = app_with_fake_llm().await;
+    let user = app.register("feed@example.com").await;
+    let id = start_session(&app, &user, json!({})).await;
+    let path = format!("/v1/sessions/{id}/messages");
+    app.send(Method::POST, &path, &user, Some(json!({"content": "one"})))
+        .await;
+    let feed = format!("/v1/sessions/{id}/events");
+
+    // From the start: the three events so far.
+    let replay = app
+        .client
+        .get(app.url(&feed))
+        .bearer_auth(&user.token)
+        .header("last-event-id", "0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), StatusCode::OK);
+    let first = read_sse(replay, |seen| seen.len() == 3).await;
+    let kinds: Vec<&str> = first.iter().map(|(event, _, _)| event.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["ChatSessionStarted", "MessageAdded", "MessageAdded"]
+    );
+    let envelope: Value = serde_json::from_str(&first[1].1).unwrap();
+    assert_eq!(envelope["aggregate_id"], id);
+    assert_eq!(
+        envelope["global_position"].to_string(),
+        first[1].2,
+        "id: is the global position"
+    );
+
+    // Resume after the first: exactly the other two, then live ones.
+    let resumed = app
+        .client
+        .get(app.url(&feed))
+        .bearer_auth(&user.token)
+        .header("last-event-id", first[0].2.as_str())
+        .send()
+        .await
+        .unwrap();
+    let reader = tokio::spawn(read_sse(resumed, |seen| seen.len() == 4));
+    app.send(Method::POST, &path, &user, Some(json!({"content": "two"})))
+        .await;
+    let rest = reader.await.unwrap();
+    let ids: Vec<&str> = rest.iter().map(|(_, _, id)| id.as_str()).collect();
+    assert_eq!(
+        &ids[..2],
+        [first[1].2.as_str(), first[2].2.as_str()],
+        "no gap, no duplicate"
+    );
+    assert_eq!(rest.len(), 4);
+    let bad = app
+        .client
+        .get(app.url(&feed))
+        .bearer_auth(&user.token)
+        .header("last-event-id", "yesterday")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::UNPROCESSABLE_ENTITY);
     app.stop().await;
 }

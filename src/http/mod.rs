@@ -5,7 +5,9 @@ pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod chat;
+pub mod chat_sessions;
 pub mod error;
+pub mod event_feed;
 pub mod extract;
 pub mod identity;
 pub mod openapi;
@@ -44,6 +46,7 @@ pub fn router(state: AppState) -> Router {
         .merge(auth::router())
         .merge(tasks::router())
         .merge(projects::router())
+        .merge(chat_sessions::router())
         .merge(chat::router())
         .merge(profile::router())
         .merge(admin::router())

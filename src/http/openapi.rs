@@ -8,7 +8,7 @@ use axum::{Json, Router};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::http::{admin, audit, auth, chat, profile, projects, service, tasks};
+use crate::http::{admin, audit, auth, chat, chat_sessions, profile, projects, service, tasks};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -25,6 +25,11 @@ use crate::state::AppState;
         tasks::patch_task, tasks::complete_task, tasks::delete_task, tasks::restore_task,
         projects::list_projects, projects::create_project, projects::get_project,
         projects::replace_project, projects::delete_project,
+        chat_sessions::list_sessions, chat_sessions::create_session, chat_sessions::get_session,
+        chat_sessions::patch_session, chat_sessions::delete_session,
+        chat_sessions::messages::list_messages, chat_sessions::exchange::send_message,
+        chat_sessions::tools::list_tool_executions, chat_sessions::tools::record_tool_execution,
+        chat_sessions::events::session_events,
         audit::list_audit_events, audit::list_audit_log, audit::verify_audit_trail,
         audit::list_audit_checkpoints, audit::get_audit_aggregate, audit::export_audit_trail,
         chat::list_models, chat::get_model, chat::create_chat_completion,

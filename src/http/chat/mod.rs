@@ -3,7 +3,7 @@
 //! carry OpenAI's `type` beside our `code` (see [`openai_error_type`]).
 
 mod completions;
-mod stream;
+pub(crate) mod stream;
 
 pub use completions::*;
 

@@ -28,14 +28,19 @@ const EVENTS_IN_FLIGHT: usize = 16;
 const HEARTBEAT: Duration = Duration::from_secs(15);
 
 /// What every chunk of one answer repeats.
-struct ChunkHeader {
-    id: String,
-    created: i64,
-    model: String,
+pub(crate) struct ChunkHeader {
+    pub id: String,
+    pub created: i64,
+    pub model: String,
 }
 
 impl ChunkHeader {
-    fn chunk(&self, delta: Value, finish_reason: Option<&str>, usage: Option<Usage>) -> Event {
+    pub(crate) fn chunk(
+        &self,
+        delta: Value,
+        finish_reason: Option<&str>,
+        usage: Option<Usage>,
+    ) -> Event {
         let mut chunk = json!({
             "id": self.id,
             "object": "chat.completion.chunk",
@@ -159,7 +164,7 @@ pub async fn stream_completion(
 }
 
 /// `event: error` with our error body (and OpenAI's `type`).
-fn error_event(err: &UpstreamError, request_id: &str) -> Event {
+pub(crate) fn error_event(err: &UpstreamError, request_id: &str) -> Event {
     tracing::warn!(error = %err, "upstream failed mid-stream");
     let api_error = ApiError::from(err.clone());
     let data = json!({

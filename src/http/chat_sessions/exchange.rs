@@ -1,0 +1,414 @@
+//! `POST /v1/sessions/{id}/messages`: one exchange with the model. The user
+//! message is stored, the system prompt and the conversation so far go
+//! upstream, and the reply is stored with its usage, or the failure is.
+//!
+//! Streamed (`stream: true`), the reply comes as SSE in OpenAI's chunk
+//! format. The upstream call and the storing run in a task of their own: a
+//! client that leaves mid-stream still gets its reply stored.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use chronicle_aggregates::chat_session::{ChatSessionCommand, ChatSessionEvent, Role, Usage};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::events::HEARTBEAT;
+use super::messages::MessageResponse;
+use super::{load_session, run, TokenUsage};
+use crate::commands::now;
+use crate::http::chat::stream::{error_event, ChunkHeader};
+use crate::http::error::{ApiError, Result};
+use crate::http::extract::{AuthUser, ConsistencyHeader, IdPath, Json, RequestContext};
+use crate::http::request_id::current_request_id;
+use crate::llm::{self, ChatChunk, ChatMessage, ChatRequest, UpstreamError};
+use crate::state::AppState;
+
+/// How much of the conversation goes upstream, in estimated tokens (four
+/// characters each). The system prompt and the new message always go; older
+/// turns are dropped first.
+pub const HISTORY_TOKEN_BUDGET: usize = 16_000;
+/// Chunks buffered between the upstream task and a slow client.
+const CHUNKS_IN_FLIGHT: usize = 32;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SendMessageRequest {
+    /// 1–100,000 characters.
+    pub content: String,
+    /// Answer as Server-Sent Events in OpenAI's chunk format.
+    #[serde(default)]
+    pub stream: bool,
+}
+
+/// Both messages of an exchange.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExchangeResponse {
+    pub user_message: MessageResponse,
+    pub assistant_message: MessageResponse,
+}
+
+/// Sends a message and stores the model's reply.
+#[utoipa::path(post, path = "/v1/sessions/{id}/messages", tag = "sessions", security(("bearer" = [])), params(("id" = Uuid, Path)), request_body = SendMessageRequest, responses(
+    (status = 201, body = ExchangeResponse, description = "Without `stream`: both messages"),
+    (status = 200, content_type = "text/event-stream", description = "With `stream: true`: OpenAI chunks, then `data: [DONE]`; a failure mid-stream is an `event: error`"),
+    (status = 400, description = "Body is not JSON"), (status = 401), (status = 404, description = "No such session of yours"),
+    (status = 409, description = "Changed concurrently"), (status = 422, description = "Invalid content"),
+    (status = 429, description = "Too many streams at once"),
+    (status = 502, description = "The model's upstream failed"), (status = 503, description = "No upstream configured for the session's model"),
+))]
+pub async fn send_message(
+    State(state): State<AppState>,
+    user: AuthUser,
+    context: RequestContext,
+    token: ConsistencyHeader,
+    IdPath(id): IdPath,
+    Json(request): Json<SendMessageRequest>,
+) -> Result<Response> {
+    let session = load_session(&state, &user, token, id).await?;
+    state.llm.resolve(&session.model).map_err(ApiError::from)?;
+    let history = load_history(&state, id).await?;
+    let (headers, executed) = run(
+        &state,
+        &user,
+        &context,
+        id,
+        ChatSessionCommand::AddMessage {
+            actor: user.id,
+            message_id: Uuid::new_v4(),
+            role: Role::User,
+            content: request.content,
+            model: None,
+            usage: None,
+            at: now(),
+        },
+    )
+    .await?;
+    let user_message = recorded_message(executed.events.last())?;
+    let mut messages = Vec::with_capacity(history.len() + 2);
+    if let Some(prompt) = session.system_prompt {
+        messages.push(ChatMessage {
+            role: llm::Role::System,
+            content: prompt,
+        });
+    }
+    messages.extend(within_budget(history, &user_message.content));
+    messages.push(ChatMessage {
+        role: llm::Role::User,
+        content: user_message.content.clone(),
+    });
+    let upstream = ChatRequest {
+        model: session.model.clone(),
+        messages,
+        ..ChatRequest::default()
+    };
+    let exchange = Exchange {
+        state,
+        user,
+        context,
+        session_id: id,
+        model: session.model,
+    };
+    if request.stream {
+        exchange.stream(upstream, headers).await
+    } else {
+        exchange.complete(upstream, user_message, headers).await
+    }
+}
+
+/// What storing the reply needs, owned so that it can outlive the request.
+struct Exchange {
+    state: AppState,
+    user: AuthUser,
+    context: RequestContext,
+    session_id: Uuid,
+    model: String,
+}
+
+impl Exchange {
+    async fn complete(
+        self,
+        upstream: ChatRequest,
+        user_message: MessageResponse,
+        headers: HeaderMap,
+    ) -> Result<Response> {
+        let completion = match self.state.llm.complete(&upstream).await {
+            Ok(completion) => completion,
+            Err(err) => {
+                self.record_failure(&err).await;
+                return Err(ApiError::from(err));
+            }
+        };
+        let usage = Usage {
+            prompt_tokens: completion.usage.prompt_tokens,
+            completion_tokens: completion.usage.completion_tokens,
+            total_tokens: completion.usage.total_tokens,
+        };
+        let (reply_headers, assistant_message) =
+            self.store_reply(completion.content, usage).await?;
+        let mut headers = headers;
+        headers.extend(reply_headers);
+        Ok((
+            StatusCode::CREATED,
+            headers,
+            axum::Json(ExchangeResponse {
+                user_message,
+                assistant_message,
+            }),
+        )
+            .into_response())
+    }
+
+    async fn stream(self, upstream: ChatRequest, headers: HeaderMap) -> Result<Response> {
+        let permit = self
+            .state
+            .llm
+            .streams
+            .try_acquire(self.user.id)
+            .ok_or_else(|| {
+                metrics::counter!("chronicle_chat_streams_refused_total").increment(1);
+                ApiError::RateLimited {
+                    retry_after_secs: 1,
+                }
+            })?;
+        // Failures before the first byte are plain errors (502, 503).
+        let mut chunks = match self.state.llm.stream(&upstream).await {
+            Ok(chunks) => chunks,
+            Err(err) => {
+                self.record_failure(&err).await;
+                return Err(ApiError::from(err));
+            }
+        };
+        let (sender, receiver) = mpsc::channel::<Event>(CHUNKS_IN_FLIGHT);
+        let send_timeout = self.state.settings.http.stream_send_timeout;
+        let request_id = current_request_id();
+        let header = ChunkHeader {
+            id: format!("chatcmpl-{}", Uuid::new_v4().simple()),
+            created: chrono::Utc::now().timestamp(),
+            model: self.model.clone(),
+        };
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut client = Some(sender);
+            let mut text = String::new();
+            let mut role = Some("assistant");
+            let mut usage = llm::Usage::default();
+            // The upstream is read to its end even when the client has left:
+            // the reply is the user's, and it is stored.
+            while let Some(item) = chunks.next().await {
+                let event = match item {
+                    Ok(ChatChunk::Delta(delta)) => {
+                        text.push_str(&delta);
+                        let body = match role.take() {
+                            Some(role) => json!({"role": role, "content": delta}),
+                            None => json!({"content": delta}),
+                        };
+                        header.chunk(body, None, None)
+                    }
+                    Ok(ChatChunk::Finished {
+                        finish_reason,
+                        usage: reported,
+                    }) => {
+                        usage = reported.unwrap_or_default();
+                        let body = match role.take() {
+                            Some(role) => json!({"role": role}),
+                            None => json!({}),
+                        };
+                        header.chunk(body, Some(&finish_reason), reported)
+                    }
+                    Err(err) => {
+                        self.record_failure(&err).await;
+                        send(&mut client, error_event(&err, &request_id), send_timeout).await;
+                        return;
+                    }
+                };
+                send(&mut client, event, send_timeout).await;
+            }
+            let usage = Usage {
+                prompt_tokens: usage.prompt_tokens,
+                completion_tokens: usage.completion_tokens,
+                total_tokens: usage.total_tokens,
+            };
+            match self.store_reply(text, usage).await {
+                Ok(_) => send(&mut client, Event::default().data("[DONE]"), send_timeout).await,
+                Err(err) => {
+                    tracing::error!(error = %err, "a streamed reply could not be stored");
+                    let failure = UpstreamError::failed("the reply could not be stored");
+                    send(
+                        &mut client,
+                        error_event(&failure, &request_id),
+                        send_timeout,
+                    )
+                    .await;
+                }
+            }
+        });
+        let events = ReceiverStream::new(receiver).map(Ok::<_, Infallible>);
+        Ok((
+            headers,
+            Sse::new(events).keep_alive(KeepAlive::new().interval(HEARTBEAT)),
+        )
+            .into_response())
+    }
+
+    /// Stores the assistant's reply; returns its consistency header and the message.
+    async fn store_reply(
+        &self,
+        content: String,
+        usage: Usage,
+    ) -> Result<(HeaderMap, MessageResponse)> {
+        let (headers, executed) = run(
+            &self.state,
+            &self.user,
+            &self.context,
+            self.session_id,
+            ChatSessionCommand::AddMessage {
+                actor: self.user.id,
+                message_id: Uuid::new_v4(),
+                role: Role::Assistant,
+                content,
+                model: Some(self.model.clone()),
+                usage: Some(usage),
+                at: now(),
+            },
+        )
+        .await?;
+        Ok((headers, recorded_message(executed.events.last())?))
+    }
+
+    async fn record_failure(&self, err: &UpstreamError) {
+        let recorded = run(
+            &self.state,
+            &self.user,
+            &self.context,
+            self.session_id,
+            ChatSessionCommand::RecordExchangeFailure {
+                actor: self.user.id,
+                reason: err.to_string(),
+                model: self.model.clone(),
+                at: now(),
+            },
+        )
+        .await;
+        if let Err(err) = recorded {
+            tracing::error!(error = %err, "a failed exchange could not be recorded");
+        }
+    }
+}
+
+/// Sends to the client while it listens; a client gone (or too slow for
+/// `timeout`) stops receiving, and the exchange goes on without it.
+async fn send(client: &mut Option<mpsc::Sender<Event>>, event: Event, timeout: Duration) {
+    let Some(sender) = client else { return };
+    match tokio::time::timeout(timeout, sender.send(event)).await {
+        Ok(Ok(())) => {}
+        _ => *client = None,
+    }
+}
+
+/// The message a `MessageAdded` recorded.
+fn recorded_message(event: Option<&ChatSessionEvent>) -> Result<MessageResponse> {
+    match event {
+        Some(ChatSessionEvent::MessageAdded {
+            message_id,
+            role,
+            content,
+            model,
+            usage,
+            created_at,
+        }) => Ok(MessageResponse {
+            id: *message_id,
+            role: role.as_str().to_string(),
+            content: content.as_str().to_string(),
+            model: model.clone(),
+            usage: usage.map(|u| TokenUsage {
+                prompt_tokens: i64::from(u.prompt_tokens),
+                completion_tokens: i64::from(u.completion_tokens),
+                total_tokens: i64::from(u.total_tokens),
+            }),
+            created_at: *created_at,
+        }),
+        _ => Err(ApiError::Internal(anyhow::anyhow!(
+            "a message command recorded no message"
+        ))),
+    }
+}
+
+/// The session's messages, oldest first (the newest 1,000 at most).
+async fn load_history(state: &AppState, session_id: Uuid) -> Result<Vec<ChatMessage>> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "select role, content from ( \
+           select role, content, sequence from read.chat_messages where session_id = $1 \
+           order by sequence desc limit 1000) recent order by sequence",
+    )
+    .bind(session_id)
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(role, content)| {
+            let role = match role.as_str() {
+                "user" => llm::Role::User,
+                "assistant" => llm::Role::Assistant,
+                "system" => llm::Role::System,
+                _ => return None,
+            };
+            Some(ChatMessage { role, content })
+        })
+        .collect())
+}
+
+/// The newest turns of `history` that fit [`HISTORY_TOKEN_BUDGET`] next to
+/// `new_message`, oldest first.
+fn within_budget(history: Vec<ChatMessage>, new_message: &str) -> Vec<ChatMessage> {
+    let estimate = |text: &str| text.chars().count().div_ceil(4);
+    let mut left = HISTORY_TOKEN_BUDGET.saturating_sub(estimate(new_message));
+    let mut kept: Vec<ChatMessage> = history
+        .into_iter()
+        .rev()
+        .take_while(|message| {
+            let cost = estimate(&message.content);
+            let fits = cost <= left;
+            left = left.saturating_sub(cost);
+            fits
+        })
+        .collect();
+    kept.reverse();
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(content: &str) -> ChatMessage {
+        ChatMessage {
+            role: llm::Role::User,
+            content: content.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_oldest_turns_are_dropped_first_to_fit_the_budget() {
+        let big = "x".repeat(HISTORY_TOKEN_BUDGET * 2); // half the budget
+        let history = vec![
+            message("oldest"),
+            message(&big),
+            message(&big),
+            message("newest"),
+        ];
+        let kept = within_budget(history, "hello");
+        assert_eq!(kept.len(), 2, "the newest turns that fit");
+        assert_eq!(kept.last().unwrap().content, "newest");
+        assert!(within_budget(vec![message("a"), message("b")], "c").len() == 2);
+    }
+}

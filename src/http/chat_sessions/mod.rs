@@ -1,0 +1,406 @@
+//! `/v1/sessions`: chat sessions. Commands go to the ChatSession aggregate,
+//! queries read `read.chat_sessions` and its messages and tool executions.
+//! One file per concern: the session itself here, `messages.rs`, `tools.rs`.
+
+pub mod events;
+pub mod exchange;
+pub mod messages;
+pub mod tools;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::get;
+use axum::Router;
+use chronicle_aggregates::chat_session::{ChatSession, ChatSessionCommand, ChatSessionError};
+use chrono::{DateTime, Utc};
+use cqrs_es::AggregateError;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::commands::{now, Executed};
+use crate::http::error::{infrastructure_error, ApiError, Result};
+use crate::http::extract::{AuthUser, ConsistencyHeader, IdPath, Json, Query, RequestContext};
+use crate::http::write::{self, total_count, Page};
+use crate::state::AppState;
+
+pub(crate) const PROJECTION: &str = "chat_sessions";
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/sessions", get(list_sessions).post(create_session))
+        .route(
+            "/v1/sessions/{id}",
+            get(get_session).patch(patch_session).delete(delete_session),
+        )
+        .route(
+            "/v1/sessions/{id}/messages",
+            get(messages::list_messages).post(exchange::send_message),
+        )
+        .route("/v1/sessions/{id}/events", get(events::session_events))
+        .route(
+            "/v1/sessions/{id}/tools",
+            get(tools::list_tool_executions).post(tools::record_tool_execution),
+        )
+}
+
+/// Tokens used by a session's exchanges so far.
+#[derive(Debug, Clone, Copy, Default, Serialize, ToSchema, PartialEq)]
+pub struct TokenUsage {
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub total_tokens: i64,
+}
+
+/// A chat session as clients see it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatSessionResponse {
+    pub id: Uuid,
+    pub title: Option<String>,
+    pub project_id: Option<Uuid>,
+    pub model: String,
+    pub system_prompt: Option<String>,
+    pub message_count: i64,
+    pub usage: TokenUsage,
+    pub last_activity_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct ChatSessionRow {
+    id: Uuid,
+    title: Option<String>,
+    project_id: Option<Uuid>,
+    model: String,
+    system_prompt: Option<String>,
+    message_count: i64,
+    prompt_tokens: i64,
+    completion_tokens: i64,
+    total_tokens: i64,
+    last_activity_at: DateTime<Utc>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+const SESSION_COLUMNS: &str = "id, title, project_id, model, system_prompt, message_count, \
+     prompt_tokens, completion_tokens, total_tokens, last_activity_at, created_at, updated_at";
+
+impl From<ChatSessionRow> for ChatSessionResponse {
+    fn from(row: ChatSessionRow) -> Self {
+        Self {
+            id: row.id,
+            title: row.title,
+            project_id: row.project_id,
+            model: row.model,
+            system_prompt: row.system_prompt,
+            message_count: row.message_count,
+            usage: TokenUsage {
+                prompt_tokens: row.prompt_tokens,
+                completion_tokens: row.completion_tokens,
+                total_tokens: row.total_tokens,
+            },
+            last_activity_at: row.last_activity_at,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateChatSessionRequest {
+    /// At most 200 characters.
+    #[serde(default)]
+    pub title: Option<String>,
+    /// One of the caller's projects.
+    #[serde(default)]
+    pub project_id: Option<Uuid>,
+    /// A model id from `GET /v1/models`; default: the first configured.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// At most 20,000 characters; sent first in every exchange.
+    #[serde(default)]
+    pub system_prompt: Option<String>,
+}
+
+/// PATCH: only the fields to change; `null` clears `title`, `project_id`, `system_prompt`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchChatSessionRequest {
+    #[serde(default, deserialize_with = "crate::http::extract::some_or_null")]
+    #[schema(value_type = Option<String>)]
+    pub title: Option<Option<String>>,
+    #[serde(default, deserialize_with = "crate::http::extract::some_or_null")]
+    #[schema(value_type = Option<Uuid>)]
+    pub project_id: Option<Option<Uuid>>,
+    #[serde(default, deserialize_with = "crate::http::extract::some_or_null")]
+    #[schema(value_type = Option<String>)]
+    pub model: Option<Option<String>>,
+    #[serde(default, deserialize_with = "crate::http::extract::some_or_null")]
+    #[schema(value_type = Option<String>)]
+    pub system_prompt: Option<Option<String>>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListChatSessionsQuery {
+    /// Only sessions of this project.
+    pub project_id: Option<Uuid>,
+    /// 1–100, default 50.
+    pub limit: Option<i64>,
+    /// ≥ 0, default 0.
+    pub offset: Option<i64>,
+}
+
+pub(crate) fn chat_session_error(err: AggregateError<ChatSessionError>) -> ApiError {
+    match err {
+        AggregateError::UserError(ChatSessionError::NotFound) => ApiError::NotFound,
+        // A deleted session is gone for its owner too.
+        AggregateError::UserError(ChatSessionError::Deleted) => ApiError::NotFound,
+        AggregateError::UserError(ChatSessionError::AlreadyExists) => {
+            ApiError::Conflict("chat session already exists".into())
+        }
+        AggregateError::UserError(ChatSessionError::Invalid(errors)) => {
+            ApiError::invalid_fields(&errors)
+        }
+        other => infrastructure_error(other),
+    }
+}
+
+pub(crate) async fn run(
+    state: &AppState,
+    user: &AuthUser,
+    context: &RequestContext,
+    id: Uuid,
+    command: ChatSessionCommand,
+) -> Result<(HeaderMap, Executed<ChatSession>)> {
+    write::execute(
+        state,
+        &state.chat_sessions,
+        user,
+        context,
+        id,
+        command,
+        chat_session_error,
+    )
+    .await
+}
+
+/// The caller's session `id` from the read model (after waiting for the
+/// caller's writes); 404 when it is someone else's, deleted, or unknown.
+pub(crate) async fn load_session(
+    state: &AppState,
+    user: &AuthUser,
+    token: ConsistencyHeader,
+    id: Uuid,
+) -> Result<ChatSessionResponse> {
+    write::wait_for_read_model(state, PROJECTION, user, token).await?;
+    let row: Option<ChatSessionRow> = sqlx::query_as(&format!(
+        "select {SESSION_COLUMNS} from read.chat_sessions \
+         where id = $1 and owner_id = $2 and not is_deleted"
+    ))
+    .bind(id)
+    .bind(user.id)
+    .fetch_optional(&state.pool)
+    .await?;
+    row.map(ChatSessionResponse::from).ok_or(ApiError::NotFound)
+}
+
+/// A project id must name one of the caller's live projects.
+async fn check_project(state: &AppState, user: &AuthUser, project_id: Option<Uuid>) -> Result<()> {
+    let Some(project_id) = project_id else {
+        return Ok(());
+    };
+    let project = state
+        .projects
+        .load(&project_id.to_string())
+        .await
+        .map_err(infrastructure_error)?;
+    if project.owner_id != Some(user.id) || project.is_deleted {
+        return Err(ApiError::invalid_field(
+            "project_id",
+            "must be one of your projects",
+        ));
+    }
+    Ok(())
+}
+
+/// A model must be one the server offers; with none configured, sessions
+/// (which exist to chat) cannot be started.
+fn check_model(state: &AppState, model: &str) -> Result<()> {
+    state.llm.ensure_configured().map_err(ApiError::from)?;
+    if state.llm.model(model).is_none() {
+        return Err(ApiError::invalid_field(
+            "model",
+            format!("unknown model `{model}`; see GET /v1/models"),
+        ));
+    }
+    Ok(())
+}
+
+fn from_aggregate(id: Uuid, session: &ChatSession) -> ChatSessionResponse {
+    let created_at = session.created_at.unwrap_or_else(Utc::now);
+    let updated_at = session.updated_at.unwrap_or(created_at);
+    ChatSessionResponse {
+        id,
+        title: session.title.as_ref().map(|t| t.as_str().to_string()),
+        project_id: session.project_id,
+        model: session.model.clone(),
+        system_prompt: session
+            .system_prompt
+            .as_ref()
+            .map(|p| p.as_str().to_string()),
+        message_count: session.message_count as i64,
+        // Usage is summed by the read model; a session just changed by a
+        // command answers with what it had (0 for a new one).
+        usage: TokenUsage::default(),
+        last_activity_at: updated_at,
+        created_at,
+        updated_at,
+    }
+}
+
+/// Starts a chat session.
+#[utoipa::path(post, path = "/v1/sessions", tag = "sessions", security(("bearer" = [])), request_body = CreateChatSessionRequest, responses(
+    (status = 201, body = ChatSessionResponse, headers(("X-Consistency-Token" = String, description = "Send back to read this write"))),
+    (status = 400, description = "Body is not JSON"), (status = 401), (status = 422, description = "Invalid field, unknown model or project"),
+))]
+pub async fn create_session(
+    State(state): State<AppState>,
+    user: AuthUser,
+    context: RequestContext,
+    Json(request): Json<CreateChatSessionRequest>,
+) -> Result<(StatusCode, HeaderMap, axum::Json<ChatSessionResponse>)> {
+    let model = match request.model {
+        Some(model) => model,
+        None => state
+            .llm
+            .models()
+            .next()
+            .map(|model| model.id.clone())
+            .unwrap_or_default(),
+    };
+    check_model(&state, &model)?;
+    check_project(&state, &user, request.project_id).await?;
+    let id = Uuid::new_v4();
+    let command = ChatSessionCommand::StartChatSession {
+        owner_id: user.id,
+        project_id: request.project_id,
+        title: request.title,
+        model,
+        system_prompt: request.system_prompt,
+        at: now(),
+    };
+    let (headers, executed) = run(&state, &user, &context, id, command).await?;
+    Ok((
+        StatusCode::CREATED,
+        headers,
+        axum::Json(from_aggregate(id, &executed.aggregate)),
+    ))
+}
+
+/// Lists the caller's chat sessions, newest first.
+#[utoipa::path(get, path = "/v1/sessions", tag = "sessions", security(("bearer" = [])), params(ListChatSessionsQuery), responses(
+    (status = 200, body = Vec<ChatSessionResponse>, headers(("X-Total-Count" = i64))),
+    (status = 401), (status = 422, description = "Invalid filter or page"), (status = 503, description = "Your last write is not readable yet"),
+))]
+pub async fn list_sessions(
+    State(state): State<AppState>,
+    user: AuthUser,
+    token: ConsistencyHeader,
+    Query(query): Query<ListChatSessionsQuery>,
+) -> Result<(HeaderMap, axum::Json<Vec<ChatSessionResponse>>)> {
+    let page = Page::new(query.limit, query.offset)?;
+    write::wait_for_read_model(&state, PROJECTION, &user, token).await?;
+    let filter = "owner_id = $1 and not is_deleted and ($2::uuid is null or project_id = $2)";
+    let rows: Vec<ChatSessionRow> = sqlx::query_as(&format!(
+        "select {SESSION_COLUMNS} from read.chat_sessions where {filter} \
+         order by created_at desc, id desc limit $3 offset $4"
+    ))
+    .bind(user.id)
+    .bind(query.project_id)
+    .bind(page.limit)
+    .bind(page.offset)
+    .fetch_all(&state.pool)
+    .await?;
+    let total: i64 = sqlx::query_scalar(&format!(
+        "select count(*) from read.chat_sessions where {filter}"
+    ))
+    .bind(user.id)
+    .bind(query.project_id)
+    .fetch_one(&state.pool)
+    .await?;
+    Ok((
+        total_count(total),
+        axum::Json(rows.into_iter().map(ChatSessionResponse::from).collect()),
+    ))
+}
+
+/// One chat session of the caller's.
+#[utoipa::path(get, path = "/v1/sessions/{id}", tag = "sessions", security(("bearer" = [])), params(("id" = Uuid, Path)), responses(
+    (status = 200, body = ChatSessionResponse), (status = 401),
+    (status = 404, description = "No such session of yours"), (status = 422, description = "Id is not a UUID"),
+    (status = 503, description = "Your last write is not readable yet"),
+))]
+pub async fn get_session(
+    State(state): State<AppState>,
+    user: AuthUser,
+    token: ConsistencyHeader,
+    IdPath(id): IdPath,
+) -> Result<axum::Json<ChatSessionResponse>> {
+    Ok(axum::Json(load_session(&state, &user, token, id).await?))
+}
+
+/// Changes title, project, model or system prompt.
+#[utoipa::path(patch, path = "/v1/sessions/{id}", tag = "sessions", security(("bearer" = [])), params(("id" = Uuid, Path)), request_body = PatchChatSessionRequest, responses(
+    (status = 200, body = ChatSessionResponse), (status = 400, description = "Body is not JSON"), (status = 401),
+    (status = 404), (status = 409, description = "Changed concurrently"), (status = 422),
+))]
+pub async fn patch_session(
+    State(state): State<AppState>,
+    user: AuthUser,
+    context: RequestContext,
+    IdPath(id): IdPath,
+    Json(request): Json<PatchChatSessionRequest>,
+) -> Result<(HeaderMap, axum::Json<ChatSessionResponse>)> {
+    let model = match request.model {
+        Some(None) => return Err(ApiError::invalid_field("model", "cannot be null")),
+        Some(Some(model)) => {
+            check_model(&state, &model)?;
+            Some(model)
+        }
+        None => None,
+    };
+    if let Some(project_id) = request.project_id {
+        check_project(&state, &user, project_id).await?;
+    }
+    let command = ChatSessionCommand::UpdateChatSession {
+        actor: user.id,
+        title: request.title,
+        project_id: request.project_id,
+        model,
+        system_prompt: request.system_prompt,
+        at: now(),
+    };
+    let (headers, executed) = run(&state, &user, &context, id, command).await?;
+    Ok((headers, axum::Json(from_aggregate(id, &executed.aggregate))))
+}
+
+/// Deletes a chat session (its history stays in the event store).
+#[utoipa::path(delete, path = "/v1/sessions/{id}", tag = "sessions", security(("bearer" = [])), params(("id" = Uuid, Path)), responses(
+    (status = 204, description = "Deleted"), (status = 401), (status = 404), (status = 409, description = "Changed concurrently"), (status = 422),
+))]
+pub async fn delete_session(
+    State(state): State<AppState>,
+    user: AuthUser,
+    context: RequestContext,
+    IdPath(id): IdPath,
+) -> Result<(StatusCode, HeaderMap)> {
+    let command = ChatSessionCommand::DeleteChatSession {
+        actor: user.id,
+        at: now(),
+    };
+    let (headers, _) = run(&state, &user, &context, id, command).await?;
+    Ok((StatusCode::NO_CONTENT, headers))
+}

@@ -1,0 +1,195 @@
+//! `/v1/sessions/{id}/tools`: the tools the assistant ran in a session.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use chronicle_aggregates::chat_session::{
+    ChatSessionCommand, ChatSessionEvent, ToolStatus, ToolType,
+};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::{load_session, run};
+use crate::commands::now;
+use crate::http::error::{ApiError, Result};
+use crate::http::extract::{AuthUser, ConsistencyHeader, IdPath, Json, Query, RequestContext};
+use crate::http::write::Page;
+use crate::state::AppState;
+
+/// One tool execution.
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub struct ToolExecutionResponse {
+    pub id: Uuid,
+    pub tool_name: String,
+    /// `mcp` or `builtin`.
+    pub tool_type: String,
+    #[schema(value_type = Object)]
+    pub input: Value,
+    #[schema(value_type = Option<Object>)]
+    pub output: Option<Value>,
+    /// `success`, `error` or `running`.
+    pub status: String,
+    pub duration_ms: Option<i64>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A page of executions with the totals of every execution that matches.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ToolExecutionsPage {
+    pub items: Vec<ToolExecutionResponse>,
+    pub total: i64,
+    /// Successful over finished (success or error) executions, 0–1; 0 when none finished.
+    pub success_rate: f64,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecordToolExecutionRequest {
+    /// 1–200 characters.
+    pub tool_name: String,
+    /// `mcp` or `builtin`.
+    #[schema(value_type = String)]
+    pub tool_type: ToolType,
+    /// Any JSON, at most 16 levels and 16 KiB.
+    #[schema(value_type = Object)]
+    pub input: Value,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub output: Option<Value>,
+    /// `success`, `error` or `running`.
+    #[schema(value_type = String)]
+    pub status: ToolStatus,
+    #[serde(default)]
+    pub duration_ms: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListToolExecutionsQuery {
+    /// `mcp` or `builtin`.
+    #[param(value_type = Option<String>)]
+    pub tool_type: Option<ToolType>,
+    /// `success`, `error` or `running`.
+    #[param(value_type = Option<String>)]
+    pub status: Option<ToolStatus>,
+    /// 1–100, default 50.
+    pub limit: Option<i64>,
+    /// ≥ 0, default 0.
+    pub offset: Option<i64>,
+}
+
+/// The session's tool executions, oldest first, with totals.
+#[utoipa::path(get, path = "/v1/sessions/{id}/tools", tag = "sessions", security(("bearer" = [])), params(("id" = Uuid, Path), ListToolExecutionsQuery), responses(
+    (status = 200, body = ToolExecutionsPage, headers(("X-Total-Count" = i64))),
+    (status = 401), (status = 404, description = "No such session of yours"),
+    (status = 422, description = "Invalid filter, page or id"), (status = 503, description = "Your last write is not readable yet"),
+))]
+pub async fn list_tool_executions(
+    State(state): State<AppState>,
+    user: AuthUser,
+    token: ConsistencyHeader,
+    IdPath(id): IdPath,
+    Query(query): Query<ListToolExecutionsQuery>,
+) -> Result<(HeaderMap, axum::Json<ToolExecutionsPage>)> {
+    let page = Page::new(query.limit, query.offset)?;
+    load_session(&state, &user, token, id).await?;
+    let tool_type = query.tool_type.map(ToolType::as_str);
+    let status = query.status.map(ToolStatus::as_str);
+    let filter = "session_id = $1 and ($2::text is null or tool_type = $2) \
+                  and ($3::text is null or status = $3)";
+    let items: Vec<ToolExecutionResponse> = sqlx::query_as(&format!(
+        "select id, tool_name, tool_type, input, output, status, duration_ms, created_at \
+         from read.tool_executions where {filter} order by sequence limit $4 offset $5"
+    ))
+    .bind(id)
+    .bind(tool_type)
+    .bind(status)
+    .bind(page.limit)
+    .bind(page.offset)
+    .fetch_all(&state.pool)
+    .await?;
+    let (total, succeeded, finished): (i64, i64, i64) = sqlx::query_as(&format!(
+        "select count(*), count(*) filter (where status = 'success'), \
+           count(*) filter (where status in ('success', 'error')) \
+         from read.tool_executions where {filter}"
+    ))
+    .bind(id)
+    .bind(tool_type)
+    .bind(status)
+    .fetch_one(&state.pool)
+    .await?;
+    let success_rate = if finished == 0 {
+        0.0
+    } else {
+        succeeded as f64 / finished as f64
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert("x-total-count", HeaderValue::from(total));
+    Ok((
+        headers,
+        axum::Json(ToolExecutionsPage {
+            items,
+            total,
+            success_rate,
+        }),
+    ))
+}
+
+/// Records a tool execution in the session.
+#[utoipa::path(post, path = "/v1/sessions/{id}/tools", tag = "sessions", security(("bearer" = [])), params(("id" = Uuid, Path)), request_body = RecordToolExecutionRequest, responses(
+    (status = 201, body = ToolExecutionResponse, headers(("X-Consistency-Token" = String, description = "Send back to read this write"))),
+    (status = 400, description = "Body is not JSON"), (status = 401), (status = 404, description = "No such session of yours"),
+    (status = 409, description = "Changed concurrently"), (status = 422, description = "Invalid field"),
+))]
+pub async fn record_tool_execution(
+    State(state): State<AppState>,
+    user: AuthUser,
+    context: RequestContext,
+    IdPath(id): IdPath,
+    Json(request): Json<RecordToolExecutionRequest>,
+) -> Result<(StatusCode, HeaderMap, axum::Json<ToolExecutionResponse>)> {
+    let command = ChatSessionCommand::RecordToolExecution {
+        actor: user.id,
+        execution_id: Uuid::new_v4(),
+        tool_name: request.tool_name,
+        tool_type: request.tool_type,
+        input: request.input,
+        output: request.output,
+        status: request.status,
+        duration_ms: request.duration_ms.map(u64::from),
+        at: now(),
+    };
+    let (headers, executed) = run(&state, &user, &context, id, command).await?;
+    // Answer with what was recorded (validated, trimmed).
+    let Some(ChatSessionEvent::ToolExecutionRecorded {
+        execution_id,
+        tool_name,
+        tool_type,
+        input,
+        output,
+        status,
+        duration_ms,
+        recorded_at,
+    }) = executed.events.into_iter().last()
+    else {
+        return Err(ApiError::Internal(anyhow::anyhow!(
+            "a tool execution command recorded no execution"
+        )));
+    };
+    Ok((
+        StatusCode::CREATED,
+        headers,
+        axum::Json(ToolExecutionResponse {
+            id: execution_id,
+            tool_name,
+            tool_type: tool_type.as_str().to_string(),
+            input: input.into_inner(),
+            output: output.map(|o| o.into_inner()),
+            status: status.as_str().to_string(),
+            duration_ms: duration_ms.map(|ms| ms as i64),
+            created_at: recorded_at,
+        }),
+    ))
+}
