@@ -2,6 +2,8 @@
 //! subject prefix, and the real application on a random port.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod fake_llm;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -125,6 +127,9 @@ pub async fn test_settings() -> Settings {
         },
         audit: chronicle::audit::AuditSettings::default(),
         data_dir,
+        // No models: chat routes answer 503 unless a test points them at
+        // a fake (`fake_llm::FakeLlm::configure`).
+        llm: chronicle::config::LlmSettings::default(),
     }
 }
 
