@@ -537,3 +537,91 @@ async fn the_upstream_keys_never_appear_in_any_answer_or_stored_event() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_silent_upstream_fails_within_the_idle_timeout_before_and_during_the_stream() {
+    let fake = FakeLlm::start().await;
+    let mut settings = test_settings().await;
+    fake.configure(&mut settings);
+    settings.llm.idle_timeout = Duration::from_secs(1);
+    let app = TestApp::spawn_with(settings).await;
+    let user = app.register("silent@example.com").await;
+
+    let started = std::time::Instant::now();
+    let response = chat(
+        &app,
+        &user,
+        json!({"model": "claude-test",
+        "messages": [{"role": "user", "content": "SLOWHEAD"}]}),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "UPSTREAM_ERROR");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(fake.requests().len(), 1, "a timeout is not retried");
+
+    for model in ["claude-test", "gpt-test"] {
+        let started = std::time::Instant::now();
+        let response = chat(
+            &app,
+            &user,
+            json!({"model": model, "stream": true,
+            "messages": [{"role": "user", "content": "STALLSTREAM"}]}),
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let text = response.text().await.unwrap();
+        assert!(text.contains("\"content\":\"echo: \""), "{text}");
+        assert!(text.contains("event: error"), "{model}: {text}");
+        assert!(!text.contains("[DONE]"));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_openapi_description_covers_the_chat_routes_with_their_security_and_statuses() {
+    let app = TestApp::spawn().await;
+    let spec: Value = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for (path, method, statuses) in [
+        ("/v1/models", "get", &["200", "401", "429"][..]),
+        ("/v1/models/{id}", "get", &["200", "401", "404", "429"][..]),
+        (
+            "/v1/chat/completions",
+            "post",
+            &[
+                "200", "400", "401", "413", "415", "422", "429", "502", "503",
+            ][..],
+        ),
+    ] {
+        let operation = &spec["paths"][path][method];
+        assert!(operation.is_object(), "{path} in the spec");
+        assert_eq!(operation["security"], json!([{"bearer": []}]), "{path}");
+        let documented: Vec<&str> = operation["responses"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(documented, statuses, "{path}");
+    }
+    assert!(spec["components"]["schemas"]["ChatCompletionRequest"].is_object());
+    app.stop().await;
+}
