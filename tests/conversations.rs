@@ -640,3 +640,87 @@ async fn the_event_feed_replays_after_last_event_id_then_goes_on_live() {
     assert_eq!(bad.status(), StatusCode::UNPROCESSABLE_ENTITY);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_chat_completion_with_a_session_id_is_recorded_in_that_session_only_for_its_owner() {
+    let (app, _fake) = app_with_fake_llm().await;
+    let user = app.register("completions-session@example.com").await;
+    let other = app.register("completions-other@example.com").await;
+    let id = start_session(&app, &user, json!({})).await;
+    let body = |stream: bool| {
+        json!({"model": "gpt-test", "session_id": id, "stream": stream,
+               "messages": [{"role": "system", "content": "Terse"}, {"role": "user", "content": "ping"}]})
+    };
+
+    let answer = app
+        .send(
+            Method::POST,
+            "/v1/chat/completions",
+            &user,
+            Some(body(false)),
+        )
+        .await;
+    assert_eq!(answer.status(), StatusCode::OK);
+    let answer: Value = answer.json().await.unwrap();
+    let reply = answer["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(reply, reply_for("ping", 2, "Terse"));
+
+    let streamed = app
+        .send(
+            Method::POST,
+            "/v1/chat/completions",
+            &user,
+            Some(body(true)),
+        )
+        .await;
+    assert_eq!(streamed.status(), StatusCode::OK);
+    let events = read_sse(streamed, |_| false).await;
+    assert_eq!(events.last().unwrap().1, "[DONE]");
+
+    // Both exchanges are in the session, readable at once.
+    let messages: Vec<Value> = app
+        .send_json(
+            Method::GET,
+            &format!("/v1/sessions/{id}/messages"),
+            &user,
+            None,
+        )
+        .await;
+    let stored: Vec<(&str, &str)> = messages
+        .iter()
+        .map(|m| (m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        stored,
+        [
+            ("user", "ping"),
+            ("assistant", reply.as_str()),
+            ("user", "ping"),
+            ("assistant", reply.as_str())
+        ]
+    );
+
+    // Someone else's session: 404, nothing recorded.
+    let theirs = app
+        .send(
+            Method::POST,
+            "/v1/chat/completions",
+            &other,
+            Some(body(false)),
+        )
+        .await;
+    assert_eq!(theirs.status(), StatusCode::NOT_FOUND);
+    let after: Vec<Value> = app
+        .send_json(
+            Method::GET,
+            &format!("/v1/sessions/{id}/messages"),
+            &user,
+            None,
+        )
+        .await;
+    assert_eq!(after.len(), 4);
+    app.stop().await;
+}

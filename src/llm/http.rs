@@ -101,6 +101,29 @@ fn backoff(attempt: u32) -> Duration {
     BASE_BACKOFF * 2u32.saturating_pow(attempt.min(5))
 }
 
+/// The largest non-streamed answer we read.
+const MAX_ANSWER_BYTES: usize = 8 * 1024 * 1024;
+
+/// A non-streamed answer as JSON, read up to [`MAX_ANSWER_BYTES`].
+pub(crate) async fn json_answer<T: serde::de::DeserializeOwned>(
+    provider: &str,
+    response: Response,
+) -> Result<T, UpstreamError> {
+    let mut body = Vec::new();
+    let mut chunks = response.bytes_stream();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|err| transport_error(provider, &err))?;
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(UpstreamError::failed(format!(
+                "{provider} sent an answer over {MAX_ANSWER_BYTES} bytes"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&body)
+        .map_err(|_| UpstreamError::failed(format!("{provider} sent an answer we cannot read")))
+}
+
 /// `Retry-After` in seconds (HTTP dates are not worth honouring here).
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let seconds: u64 = headers
@@ -181,6 +204,27 @@ pub(crate) fn error_kind(body: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_waits_follow_retry_after_seconds_or_a_doubling_backoff() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(retry_after(&headers), None);
+        headers.insert(RETRY_AFTER, "3".parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(3)));
+        headers.insert(
+            RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(
+            retry_after(&headers),
+            None,
+            "dates fall back to the backoff"
+        );
+        assert_eq!(backoff(0), Duration::from_millis(200));
+        assert_eq!(backoff(1), Duration::from_millis(400));
+        assert_eq!(backoff(50), backoff(5), "the backoff is capped");
+        assert!(backoff(5) < MAX_RETRY_AFTER);
+    }
 
     #[test]
     fn only_an_identifier_is_taken_from_an_error_body() {

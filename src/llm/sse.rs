@@ -12,6 +12,9 @@ use futures::StreamExt;
 
 use super::{ChatChunk, ChunkStream, UpstreamError};
 
+/// The most we read of one streamed answer.
+const MAX_STREAM_BYTES: usize = 32 * 1024 * 1024;
+
 /// What one upstream event means.
 pub(crate) trait EventParser: Send + 'static {
     /// The chunks `event` yields, and whether the reply is now complete.
@@ -32,8 +35,16 @@ pub(crate) fn chunks<P: EventParser>(
     response: reqwest::Response,
     parser: P,
 ) -> ChunkStream {
+    // An upstream that never ends an event must not grow our memory without
+    // bound: past the cap the bytes stop, which reads as an early end.
+    let capped = response.bytes_stream().scan(0usize, |total, chunk| {
+        if let Ok(bytes) = &chunk {
+            *total += bytes.len();
+        }
+        futures::future::ready((*total <= MAX_STREAM_BYTES).then_some(chunk))
+    });
     let state = State {
-        events: response.bytes_stream().eventsource().boxed(),
+        events: capped.eventsource().boxed(),
         parser,
         pending: VecDeque::new(),
         finished: false,

@@ -7,7 +7,8 @@
 //!
 //! Failing on cue, by a word in the last user message:
 //! `FAIL500` (always 500), `CUTSTREAM` (two deltas, then the connection is
-//! cut), `SLOWSTREAM` (300 ms between events); or by [`FakeLlm::fail_next`], which answers the next requests with
+//! cut), `SLOWSTREAM` (300 ms between events),
+//! `STALLSTREAM` (two deltas, then silence), `SLOWHEAD` (silence before anything); or by [`FakeLlm::fail_next`], which answers the next requests with
 //! the given statuses (429 with `Retry-After: 0`) before answering normally.
 
 use std::collections::{HashMap, VecDeque};
@@ -173,17 +174,25 @@ fn prompt_tokens(body: &Value) -> u32 {
     10 * body["messages"].as_array().map_or(0, Vec::len) as u32
 }
 
-fn sse(frames: Vec<String>, cut: bool, slow: bool) -> Response {
+fn sse(frames: Vec<String>, cut: bool, body: &Value) -> Response {
+    let slow = last_user(body).contains("SLOWSTREAM");
+    let stall = last_user(body).contains("STALLSTREAM");
     let pause = std::time::Duration::from_millis(if slow { 300 } else { 2 });
     let mut items: Vec<Result<Bytes, std::io::Error>> =
         frames.into_iter().map(|f| Ok(Bytes::from(f))).collect();
     if cut {
         items.push(Err(std::io::Error::other("cut")));
     }
-    let stream = futures::stream::iter(items).then(move |item| async move {
-        tokio::time::sleep(pause).await;
-        item
-    });
+    let stream = futures::stream::iter(items)
+        .then(move |item| async move {
+            tokio::time::sleep(pause).await;
+            item
+        })
+        // STALLSTREAM: the connection stays open and silent.
+        .chain(
+            futures::stream::pending()
+                .take_while(move |_: &Result<Bytes, std::io::Error>| std::future::ready(stall)),
+        );
     Response::builder()
         .header("content-type", "text/event-stream")
         .body(Body::from_stream(stream))
@@ -200,6 +209,10 @@ async fn anthropic(
     if let Some(failure) = record(&inner, "/v1/messages", &headers, &body) {
         return failure;
     }
+    if last_user(&body).contains("SLOWHEAD") {
+        // Nothing at all for 30 s: longer than any test's idle timeout.
+        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+    }
     let system = body["system"].as_str().unwrap_or("none").to_string();
     let words = reply_words(&body, &system);
     let input = prompt_tokens(&body);
@@ -212,7 +225,9 @@ async fn anthropic(
         }))
         .into_response();
     }
-    let cut = last_user(&body).contains("CUTSTREAM");
+    let cut = ["CUTSTREAM", "STALLSTREAM"]
+        .iter()
+        .any(|w| last_user(&body).contains(w));
     let frame = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
     let mut frames = vec![
         frame(
@@ -237,7 +252,7 @@ async fn anthropic(
         frames.push(frame("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": output}})));
         frames.push(frame("message_stop", json!({"type": "message_stop"})));
     }
-    sse(frames, cut, last_user(&body).contains("SLOWSTREAM"))
+    sse(frames, cut, &body)
 }
 
 async fn openai(
@@ -247,6 +262,10 @@ async fn openai(
 ) -> Response {
     if let Some(failure) = record(&inner, "/v1/chat/completions", &headers, &body) {
         return failure;
+    }
+    if last_user(&body).contains("SLOWHEAD") {
+        // Nothing at all for 30 s: longer than any test's idle timeout.
+        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
     }
     let system = body["messages"]
         .as_array()
@@ -272,7 +291,9 @@ async fn openai(
         }))
         .into_response();
     }
-    let cut = last_user(&body).contains("CUTSTREAM");
+    let cut = ["CUTSTREAM", "STALLSTREAM"]
+        .iter()
+        .any(|w| last_user(&body).contains(w));
     let chunk = |choices: Value, usage: Value| {
         format!(
             "data: {}\n\n",
@@ -301,5 +322,5 @@ async fn openai(
         frames.push(chunk(json!([]), usage));
         frames.push("data: [DONE]\n\n".to_string());
     }
-    sse(frames, cut, last_user(&body).contains("SLOWSTREAM"))
+    sse(frames, cut, &body)
 }

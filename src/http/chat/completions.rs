@@ -8,10 +8,15 @@ use serde_json::Value;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::stream::stream_completion;
+use std::sync::Arc;
+
+use super::stream::{sse_relay, stream_completion, stream_permit, SseRelay};
+use crate::http::chat_sessions::exchange::Exchange;
+use crate::http::chat_sessions::load_session;
 use crate::http::error::{ApiError, Result};
-use crate::http::extract::{AuthUser, Json};
-use crate::llm::{ChatMessage, ChatRequest, Role, Usage};
+use crate::http::extract::{AuthUser, ConsistencyHeader, Json, RequestContext};
+use crate::http::request_id::current_request_id;
+use crate::llm::{ChatMessage, ChatRequest, Completion, Provider, Role, Usage};
 use crate::state::AppState;
 
 /// OpenAI's request. Fields we do not use are ignored, as SDKs send extras.
@@ -42,9 +47,10 @@ pub struct ChatCompletionRequest {
     /// Only 1 is supported.
     #[serde(default)]
     pub n: Option<u32>,
-    /// Not supported yet: a request naming one is refused with 422.
+    /// One of your chat sessions: the last message (the user's) and the
+    /// reply are recorded in it (404 for a session that is not yours).
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, format = Uuid)]
     pub session_id: Option<Value>,
 }
 
@@ -86,7 +92,9 @@ pub struct CompletionChoice {
         (status = 401, description = "No or invalid credentials"),
         (status = 413, description = "Body too large"),
         (status = 415, description = "Not JSON"),
-        (status = 422, description = "Invalid request, unknown model, or `session_id` (not supported yet)"),
+        (status = 404, description = "`session_id` names no session of yours"),
+        (status = 409, description = "The session changed concurrently"),
+        (status = 422, description = "Invalid request, unknown model, or a `session_id` that is not a UUID or whose exchange does not end with a user message"),
         (status = 429, description = "Rate limited, or too many streams open for this user"),
         (status = 502, description = "The upstream failed (`UPSTREAM_ERROR`)"),
         (status = 503, description = "No upstream configured for this model (`UPSTREAM_NOT_CONFIGURED`)"),
@@ -94,14 +102,46 @@ pub struct CompletionChoice {
 pub async fn create_chat_completion(
     State(state): State<AppState>,
     user: AuthUser,
+    context: RequestContext,
+    token: ConsistencyHeader,
     Json(body): Json<ChatCompletionRequest>,
 ) -> Result<Response> {
     let streamed = body.stream.unwrap_or(false);
+    let session_id = match &body.session_id {
+        None | Some(Value::Null) => None,
+        Some(value) => Some(
+            value
+                .as_str()
+                .and_then(|text| Uuid::parse_str(text).ok())
+                .ok_or_else(|| ApiError::invalid_field("session_id", "must be a UUID"))?,
+        ),
+    };
     let request = chat_request(body)?;
     state.llm.ensure_configured()?;
     let (provider, upstream_model) = state.llm.resolve(&request.model)?;
     let id = format!("chatcmpl-{}", Uuid::new_v4().simple());
     let created = chrono::Utc::now().timestamp();
+    if let Some(session_id) = session_id {
+        load_session(&state, &user, token, session_id).await?;
+        let upstream_model = upstream_model.to_string();
+        let exchange = Exchange {
+            state: state.clone(),
+            user,
+            context,
+            session_id,
+            model: request.model.clone(),
+        };
+        return in_session(
+            exchange,
+            provider,
+            &upstream_model,
+            request,
+            streamed,
+            id,
+            created,
+        )
+        .await;
+    }
     if streamed {
         return stream_completion(
             &state,
@@ -115,11 +155,20 @@ pub async fn create_chat_completion(
         .await;
     }
     let completion = provider.complete(upstream_model, &request).await?;
-    Ok(axum::Json(ChatCompletion {
+    Ok(completion_response(id, created, request.model, completion).into_response())
+}
+
+fn completion_response(
+    id: String,
+    created: i64,
+    model: String,
+    completion: Completion,
+) -> axum::Json<ChatCompletion> {
+    axum::Json(ChatCompletion {
         id,
         object: "chat.completion",
         created,
-        model: request.model,
+        model,
         choices: vec![CompletionChoice {
             index: 0,
             message: ChatMessage {
@@ -130,17 +179,76 @@ pub async fn create_chat_completion(
         }],
         usage: completion.usage,
     })
-    .into_response())
+}
+
+/// A completion recorded in a session: the request's last message (the
+/// user's) is stored first, then the reply (or the failure). Streamed, the
+/// upstream is read to its end and the reply stored even if the client leaves.
+async fn in_session(
+    exchange: Exchange,
+    provider: Arc<dyn Provider>,
+    upstream_model: &str,
+    request: ChatRequest,
+    streamed: bool,
+    id: String,
+    created: i64,
+) -> Result<Response> {
+    let Some(last) = request.messages.last().filter(|m| m.role == Role::User) else {
+        return Err(ApiError::invalid_field(
+            "messages",
+            "must end with the user's message to be recorded in a session",
+        ));
+    };
+    let (headers, _) = exchange.add_user_message(last.content.clone()).await?;
+    if streamed {
+        let permit = stream_permit(&exchange.state, &exchange.user)?;
+        let upstream = match provider.stream(upstream_model, &request).await {
+            Ok(upstream) => upstream,
+            Err(err) => {
+                exchange.record_failure(&err).await;
+                return Err(err.into());
+            }
+        };
+        let relay = SseRelay {
+            id,
+            created,
+            model: request.model,
+            request_id: current_request_id(),
+            send_timeout: exchange.state.settings.http.stream_send_timeout,
+            finish_after_client_leaves: true,
+            on_finished: Some(Box::new(move |outcome| {
+                Box::pin(async move { exchange.finish_stream(outcome).await })
+            })),
+        };
+        let mut response = sse_relay(upstream, permit, relay);
+        response.headers_mut().extend(headers);
+        return Ok(response);
+    }
+    let completion = match provider.complete(upstream_model, &request).await {
+        Ok(completion) => completion,
+        Err(err) => {
+            exchange.record_failure(&err).await;
+            return Err(err.into());
+        }
+    };
+    let usage = completion.usage;
+    let (reply_headers, _) = exchange
+        .store_reply(
+            completion.content.clone(),
+            chronicle_aggregates::chat_session::Usage {
+                prompt_tokens: usage.prompt_tokens,
+                completion_tokens: usage.completion_tokens,
+                total_tokens: usage.total_tokens,
+            },
+        )
+        .await?;
+    let mut response = completion_response(id, created, request.model, completion).into_response();
+    response.headers_mut().extend(reply_headers);
+    Ok(response)
 }
 
 /// Validates the OpenAI request and maps it to ours.
 pub fn chat_request(body: ChatCompletionRequest) -> Result<ChatRequest> {
-    if body.session_id.is_some() {
-        return Err(ApiError::invalid_field(
-            "session_id",
-            "is not supported yet on this route; use POST /v1/sessions/{id}/messages",
-        ));
-    }
     if body.model.trim().is_empty() {
         return Err(ApiError::invalid_field("model", "is required"));
     }

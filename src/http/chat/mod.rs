@@ -6,6 +6,7 @@ mod completions;
 pub(crate) mod stream;
 
 pub use completions::*;
+pub use stream::{sse_relay, stream_permit, OnFinished, SseRelay, StreamOutcome};
 
 use axum::body::{to_bytes, Body};
 use axum::extract::{Path, Request, State};

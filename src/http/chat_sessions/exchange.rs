@@ -6,39 +6,28 @@
 //! format. The upstream call and the storing run in a task of their own: a
 //! client that leaves mid-stream still gets its reply stored.
 
-use std::convert::Infallible;
-use std::time::Duration;
-
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use chronicle_aggregates::chat_session::{ChatSessionCommand, ChatSessionEvent, Role, Usage};
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::events::HEARTBEAT;
 use super::messages::MessageResponse;
 use super::{load_session, run, TokenUsage};
 use crate::commands::now;
-use crate::http::chat::stream::{error_event, ChunkHeader};
+use crate::http::chat::{self, SseRelay, StreamOutcome};
 use crate::http::error::{ApiError, Result};
 use crate::http::extract::{AuthUser, ConsistencyHeader, IdPath, Json, RequestContext};
 use crate::http::request_id::current_request_id;
-use crate::llm::{self, ChatChunk, ChatMessage, ChatRequest, UpstreamError};
+use crate::llm::{self, ChatMessage, ChatRequest, UpstreamError};
 use crate::state::AppState;
 
 /// How much of the conversation goes upstream, in estimated tokens (four
 /// characters each). The system prompt and the new message always go; older
 /// turns are dropped first.
 pub const HISTORY_TOKEN_BUDGET: usize = 16_000;
-/// Chunks buffered between the upstream task and a slow client.
-const CHUNKS_IN_FLIGHT: usize = 32;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -77,23 +66,14 @@ pub async fn send_message(
     let session = load_session(&state, &user, token, id).await?;
     state.llm.resolve(&session.model).map_err(ApiError::from)?;
     let history = load_history(&state, id).await?;
-    let (headers, executed) = run(
-        &state,
-        &user,
-        &context,
-        id,
-        ChatSessionCommand::AddMessage {
-            actor: user.id,
-            message_id: Uuid::new_v4(),
-            role: Role::User,
-            content: request.content,
-            model: None,
-            usage: None,
-            at: now(),
-        },
-    )
-    .await?;
-    let user_message = recorded_message(executed.events.last())?;
+    let exchange = Exchange {
+        state,
+        user,
+        context,
+        session_id: id,
+        model: session.model.clone(),
+    };
+    let (headers, user_message) = exchange.add_user_message(request.content).await?;
     let mut messages = Vec::with_capacity(history.len() + 2);
     if let Some(prompt) = session.system_prompt {
         messages.push(ChatMessage {
@@ -107,16 +87,9 @@ pub async fn send_message(
         content: user_message.content.clone(),
     });
     let upstream = ChatRequest {
-        model: session.model.clone(),
+        model: session.model,
         messages,
         ..ChatRequest::default()
-    };
-    let exchange = Exchange {
-        state,
-        user,
-        context,
-        session_id: id,
-        model: session.model,
     };
     if request.stream {
         exchange.stream(upstream, headers).await
@@ -125,16 +98,43 @@ pub async fn send_message(
     }
 }
 
-/// What storing the reply needs, owned so that it can outlive the request.
-struct Exchange {
-    state: AppState,
-    user: AuthUser,
-    context: RequestContext,
-    session_id: Uuid,
-    model: String,
+/// One exchange recorded in a session, by this route or by
+/// `/v1/chat/completions` with a `session_id`. It owns what storing the
+/// reply needs, so that it can outlive the request.
+pub(crate) struct Exchange {
+    pub state: AppState,
+    pub user: AuthUser,
+    pub context: RequestContext,
+    pub session_id: Uuid,
+    /// The model id asked.
+    pub model: String,
 }
 
 impl Exchange {
+    /// Stores the user's message; returns its consistency header and the message.
+    pub(crate) async fn add_user_message(
+        &self,
+        content: String,
+    ) -> Result<(HeaderMap, MessageResponse)> {
+        let (headers, executed) = run(
+            &self.state,
+            &self.user,
+            &self.context,
+            self.session_id,
+            ChatSessionCommand::AddMessage {
+                actor: self.user.id,
+                message_id: Uuid::new_v4(),
+                role: Role::User,
+                content,
+                model: None,
+                usage: None,
+                at: now(),
+            },
+        )
+        .await?;
+        Ok((headers, recorded_message(executed.events.last())?))
+    }
+
     async fn complete(
         self,
         upstream: ChatRequest,
@@ -169,99 +169,59 @@ impl Exchange {
     }
 
     async fn stream(self, upstream: ChatRequest, headers: HeaderMap) -> Result<Response> {
-        let permit = self
-            .state
-            .llm
-            .streams
-            .try_acquire(self.user.id)
-            .ok_or_else(|| {
-                metrics::counter!("chronicle_chat_streams_refused_total").increment(1);
-                ApiError::RateLimited {
-                    retry_after_secs: 1,
-                }
-            })?;
+        let permit = chat::stream_permit(&self.state, &self.user)?;
         // Failures before the first byte are plain errors (502, 503).
-        let mut chunks = match self.state.llm.stream(&upstream).await {
+        let chunks = match self.state.llm.stream(&upstream).await {
             Ok(chunks) => chunks,
             Err(err) => {
                 self.record_failure(&err).await;
                 return Err(ApiError::from(err));
             }
         };
-        let (sender, receiver) = mpsc::channel::<Event>(CHUNKS_IN_FLIGHT);
-        let send_timeout = self.state.settings.http.stream_send_timeout;
-        let request_id = current_request_id();
-        let header = ChunkHeader {
+        let relay = SseRelay {
             id: format!("chatcmpl-{}", Uuid::new_v4().simple()),
             created: chrono::Utc::now().timestamp(),
             model: self.model.clone(),
+            request_id: current_request_id(),
+            send_timeout: self.state.settings.http.stream_send_timeout,
+            // The reply is the user's: it is read to its end and stored even
+            // when the client has left.
+            finish_after_client_leaves: true,
+            on_finished: Some(Box::new(move |outcome| {
+                Box::pin(async move { self.finish_stream(outcome).await })
+            })),
         };
-        tokio::spawn(async move {
-            let _permit = permit;
-            let mut client = Some(sender);
-            let mut text = String::new();
-            let mut role = Some("assistant");
-            let mut usage = llm::Usage::default();
-            // The upstream is read to its end even when the client has left:
-            // the reply is the user's, and it is stored.
-            while let Some(item) = chunks.next().await {
-                let event = match item {
-                    Ok(ChatChunk::Delta(delta)) => {
-                        text.push_str(&delta);
-                        let body = match role.take() {
-                            Some(role) => json!({"role": role, "content": delta}),
-                            None => json!({"content": delta}),
-                        };
-                        header.chunk(body, None, None)
-                    }
-                    Ok(ChatChunk::Finished {
-                        finish_reason,
-                        usage: reported,
-                    }) => {
-                        usage = reported.unwrap_or_default();
-                        let body = match role.take() {
-                            Some(role) => json!({"role": role}),
-                            None => json!({}),
-                        };
-                        header.chunk(body, Some(&finish_reason), reported)
-                    }
-                    Err(err) => {
-                        self.record_failure(&err).await;
-                        send(&mut client, error_event(&err, &request_id), send_timeout).await;
-                        return;
-                    }
-                };
-                send(&mut client, event, send_timeout).await;
+        let mut response = chat::sse_relay(chunks, permit, relay);
+        response.headers_mut().extend(headers);
+        Ok(response)
+    }
+
+    /// Stores what a stream ended with: the reply, or the failure.
+    pub(crate) async fn finish_stream(
+        self,
+        outcome: StreamOutcome,
+    ) -> std::result::Result<(), UpstreamError> {
+        if let Some(err) = outcome.error {
+            self.record_failure(&err).await;
+            return Ok(());
+        }
+        let usage = outcome.usage.unwrap_or_default();
+        let usage = Usage {
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            total_tokens: usage.total_tokens,
+        };
+        match self.store_reply(outcome.content, usage).await {
+            Ok(_) => Ok(()),
+            Err(err) => {
+                tracing::error!(error = %err, "a streamed reply could not be stored");
+                Err(UpstreamError::failed("the reply could not be stored"))
             }
-            let usage = Usage {
-                prompt_tokens: usage.prompt_tokens,
-                completion_tokens: usage.completion_tokens,
-                total_tokens: usage.total_tokens,
-            };
-            match self.store_reply(text, usage).await {
-                Ok(_) => send(&mut client, Event::default().data("[DONE]"), send_timeout).await,
-                Err(err) => {
-                    tracing::error!(error = %err, "a streamed reply could not be stored");
-                    let failure = UpstreamError::failed("the reply could not be stored");
-                    send(
-                        &mut client,
-                        error_event(&failure, &request_id),
-                        send_timeout,
-                    )
-                    .await;
-                }
-            }
-        });
-        let events = ReceiverStream::new(receiver).map(Ok::<_, Infallible>);
-        Ok((
-            headers,
-            Sse::new(events).keep_alive(KeepAlive::new().interval(HEARTBEAT)),
-        )
-            .into_response())
+        }
     }
 
     /// Stores the assistant's reply; returns its consistency header and the message.
-    async fn store_reply(
+    pub(crate) async fn store_reply(
         &self,
         content: String,
         usage: Usage,
@@ -285,7 +245,7 @@ impl Exchange {
         Ok((headers, recorded_message(executed.events.last())?))
     }
 
-    async fn record_failure(&self, err: &UpstreamError) {
+    pub(crate) async fn record_failure(&self, err: &UpstreamError) {
         let recorded = run(
             &self.state,
             &self.user,
@@ -302,16 +262,6 @@ impl Exchange {
         if let Err(err) = recorded {
             tracing::error!(error = %err, "a failed exchange could not be recorded");
         }
-    }
-}
-
-/// Sends to the client while it listens; a client gone (or too slow for
-/// `timeout`) stops receiving, and the exchange goes on without it.
-async fn send(client: &mut Option<mpsc::Sender<Event>>, event: Event, timeout: Duration) {
-    let Some(sender) = client else { return };
-    match tokio::time::timeout(timeout, sender.send(event)).await {
-        Ok(Ok(())) => {}
-        _ => *client = None,
     }
 }
 

@@ -62,10 +62,7 @@ impl Provider for Anthropic {
     ) -> Result<Completion, UpstreamError> {
         let body = request::body(upstream_model, request, false);
         let response = self.send(&body).await?;
-        let reply: request::MessageResponse = response
-            .json()
-            .await
-            .map_err(|err| http::transport_error(NAME, &err))?;
+        let reply: request::MessageResponse = http::json_answer(NAME, response).await?;
         Ok(reply.into_completion(upstream_model))
     }
 

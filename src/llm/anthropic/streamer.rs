@@ -76,7 +76,7 @@ impl EventParser for AnthropicEvents {
             "content_block_delta" => {
                 let delta: BlockDelta = json(NAME, event)?;
                 let chunks = (delta.delta.kind == "text_delta" && !delta.delta.text.is_empty())
-                    .then(|| ChatChunk::Delta(delta.delta.text))
+                    .then_some(ChatChunk::Delta(delta.delta.text))
                     .into_iter()
                     .collect();
                 Ok((chunks, false))

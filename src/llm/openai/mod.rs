@@ -61,10 +61,7 @@ impl Provider for OpenAi {
     ) -> Result<Completion, UpstreamError> {
         let body = request::body(upstream_model, request, false);
         let response = self.send(&body).await?;
-        let reply: request::CompletionResponse = response
-            .json()
-            .await
-            .map_err(|err| http::transport_error(NAME, &err))?;
+        let reply: request::CompletionResponse = http::json_answer(NAME, response).await?;
         reply.into_completion(upstream_model)
     }
 
