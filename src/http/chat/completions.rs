@@ -231,16 +231,8 @@ async fn in_session(
             return Err(err.into());
         }
     };
-    let usage = completion.usage;
     let (reply_headers, _) = exchange
-        .store_reply(
-            completion.content.clone(),
-            chronicle_aggregates::chat_session::Usage {
-                prompt_tokens: usage.prompt_tokens,
-                completion_tokens: usage.completion_tokens,
-                total_tokens: usage.total_tokens,
-            },
-        )
+        .store_reply(completion.content.clone(), completion.usage)
         .await?;
     let mut response = completion_response(id, created, request.model, completion).into_response();
     response.headers_mut().extend(reply_headers);

@@ -148,13 +148,8 @@ impl Exchange {
                 return Err(ApiError::from(err));
             }
         };
-        let usage = Usage {
-            prompt_tokens: completion.usage.prompt_tokens,
-            completion_tokens: completion.usage.completion_tokens,
-            total_tokens: completion.usage.total_tokens,
-        };
         let (reply_headers, assistant_message) =
-            self.store_reply(completion.content, usage).await?;
+            self.store_reply(completion.content, completion.usage).await?;
         let mut headers = headers;
         headers.extend(reply_headers);
         Ok((
@@ -206,11 +201,6 @@ impl Exchange {
             return Ok(());
         }
         let usage = outcome.usage.unwrap_or_default();
-        let usage = Usage {
-            prompt_tokens: usage.prompt_tokens,
-            completion_tokens: usage.completion_tokens,
-            total_tokens: usage.total_tokens,
-        };
         match self.store_reply(outcome.content, usage).await {
             Ok(_) => Ok(()),
             Err(err) => {
@@ -224,8 +214,13 @@ impl Exchange {
     pub(crate) async fn store_reply(
         &self,
         content: String,
-        usage: Usage,
+        usage: llm::Usage,
     ) -> Result<(HeaderMap, MessageResponse)> {
+        let usage = Usage {
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            total_tokens: usage.total_tokens,
+        };
         let (headers, executed) = run(
             &self.state,
             &self.user,
