@@ -4,9 +4,11 @@
 //! The aggregate guards the session (ownership, soft delete, validation)
 //! and records what happened in it. It deliberately does **not** keep the
 //! conversation: the history needed to build an upstream request is served
-//! by the read model, so loading a session costs the same after ten
-//! messages as after ten thousand, and personal text is not copied into
-//! aggregate state beyond the session's own settings.
+//! by the read model, so the state stays a few hundred bytes however long
+//! the conversation (a cheap snapshot: a session's event count grows with
+//! every message, so it belongs in `snapshot_every` in `src/commands.rs`),
+//! and personal text is not copied into aggregate state beyond the
+//! session's own settings.
 //!
 //! As with [`Task`](crate::task::Task), a session that belongs to someone
 //! else answers exactly like one that does not exist, and an update that
