@@ -36,12 +36,13 @@ pub fn micros(time: DateTime<Utc>) -> DateTime<Utc> {
 /// costs the same on a task with 10 events as on one with 10,000. The
 /// snapshot is written in the command's own transaction every `n` events.
 ///
-/// A snapshot is the aggregate's serde form: a change to `Task`'s fields must
+/// A snapshot is the aggregate's serde form: a change to `Task`'s or `ChatSession`'s fields must
 /// ship with a migration that deletes its rows from `snapshots` (they are a
 /// cache; the events stay the source of truth).
 fn snapshot_every(aggregate_type: &str) -> Option<usize> {
     match aggregate_type {
-        "Task" => Some(TASK_SNAPSHOT_EVERY),
+        // A chat session gains two events per exchange; its state is small.
+        "Task" | "ChatSession" => Some(TASK_SNAPSHOT_EVERY),
         _ => None,
     }
 }
@@ -207,13 +208,16 @@ where
         for attempt in 0..=CONFLICT_RETRIES {
             let mut context = self.store.load_aggregate(aggregate_id).await?;
             let sink = EventSink::default();
-            context
-                .aggregate()
+            // Handle on a copy: `EventSink::write` applies each event to the
+            // aggregate it is given, and the store applies the events again to
+            // the context's aggregate when it writes a snapshot. Handling on
+            // the context itself would count every event twice in snapshots.
+            let mut aggregate = context.aggregate().clone();
+            aggregate
                 .handle(command.clone(), &self.services, &sink)
                 .await
                 .map_err(AggregateError::UserError)?;
             let events = sink.collect().await;
-            let aggregate = context.aggregate().clone();
             if events.is_empty() {
                 return Ok(Executed {
                     aggregate,

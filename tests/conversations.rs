@@ -724,3 +724,52 @@ async fn a_chat_completion_with_a_session_id_is_recorded_in_that_session_only_fo
     assert_eq!(after.len(), 4);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_long_session_loads_from_its_snapshot_and_keeps_every_message() {
+    let (app, _fake) = app_with_fake_llm().await;
+    let user = app.register("long@example.com").await;
+    let id = start_session(&app, &user, json!({})).await;
+    // 1 + 2 × 12 events: past the snapshot taken every 20.
+    for n in 0..12 {
+        let response = app
+            .send(
+                Method::POST,
+                &format!("/v1/sessions/{id}/messages"),
+                &user,
+                Some(json!({"content": format!("turn {n}")})),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED, "turn {n}");
+    }
+    let snapshots: i64 = sqlx::query_scalar(
+        "select count(*) from snapshots where aggregate_type = 'ChatSession' and aggregate_id = $1",
+    )
+    .bind(&id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(snapshots, 1, "the session was snapshotted");
+    let patched: Value = app
+        .send_json(
+            Method::PATCH,
+            &format!("/v1/sessions/{id}"),
+            &user,
+            Some(json!({"title": "Long"})),
+        )
+        .await;
+    assert_eq!(
+        patched["message_count"], 24,
+        "state from the snapshot and the events after it"
+    );
+    let messages = app
+        .send(
+            Method::GET,
+            &format!("/v1/sessions/{id}/messages?limit=100"),
+            &user,
+            None,
+        )
+        .await;
+    assert_eq!(messages.headers()["x-total-count"], "24");
+    app.stop().await;
+}

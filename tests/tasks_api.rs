@@ -1026,3 +1026,30 @@ async fn a_wait_beyond_the_per_user_cap_is_refused_at_once_and_others_are_not_he
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_task_loaded_from_its_snapshot_counts_each_event_once() {
+    let app = TestApp::spawn().await;
+    let user = app.register("snapshot-version@example.com").await;
+    let task = app.create_task(&user, "v1").await;
+    let path = format!("/v1/tasks/{}", task["id"].as_str().unwrap());
+    // 1 + 24 events: the snapshot is taken at 20, then loaded.
+    let mut last = Value::Null;
+    for n in 2..=25 {
+        last = app
+            .send_json(
+                Method::PATCH,
+                &path,
+                &user,
+                Some(json!({"title": format!("v{n}")})),
+            )
+            .await;
+    }
+    assert_eq!(
+        last["version"], 25,
+        "one version per event, snapshot or not"
+    );
+    let read: Value = app.send_json(Method::GET, &path, &user, None).await;
+    assert_eq!(read["version"], 25);
+    app.stop().await;
+}

@@ -127,6 +127,8 @@ impl ReadModel for ChatSessionsProjection {
                 .execute(conn)
                 .await?;
             }
+            // A later record of the same execution supersedes the earlier
+            // one (`docs/events.md`): a running tool that finished.
             ChatSessionEvent::ToolExecutionRecorded {
                 execution_id,
                 tool_name,
@@ -142,7 +144,11 @@ impl ReadModel for ChatSessionsProjection {
                        insert into read.tool_executions (id, session_id, owner_id, sequence, \
                          tool_name, tool_type, input, output, status, duration_ms, created_at) \
                        select $2, s.id, s.owner_id, $3, $4, $5, $6, $7, $8, $9, $10 \
-                       from read.chat_sessions s where s.id = $1) \
+                       from read.chat_sessions s where s.id = $1 \
+                       on conflict (id) do update set sequence = excluded.sequence, \
+                         tool_name = excluded.tool_name, tool_type = excluded.tool_type, \
+                         input = excluded.input, output = excluded.output, status = excluded.status, \
+                         duration_ms = excluded.duration_ms, created_at = excluded.created_at) \
                      update read.chat_sessions set last_activity_at = $10, version = $3 where id = $1",
                 )
                 .bind(id)

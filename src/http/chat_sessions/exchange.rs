@@ -148,8 +148,9 @@ impl Exchange {
                 return Err(ApiError::from(err));
             }
         };
-        let (reply_headers, assistant_message) =
-            self.store_reply(completion.content, completion.usage).await?;
+        let (reply_headers, assistant_message) = self
+            .store_reply(completion.content, completion.usage)
+            .await?;
         let mut headers = headers;
         headers.extend(reply_headers);
         Ok((
@@ -216,6 +217,12 @@ impl Exchange {
         content: String,
         usage: llm::Usage,
     ) -> Result<(HeaderMap, MessageResponse)> {
+        // A message may not be blank: an empty reply is the upstream's failure.
+        if content.trim().is_empty() {
+            let err = UpstreamError::failed("the model returned an empty reply");
+            self.record_failure(&err).await;
+            return Err(ApiError::from(err));
+        }
         let usage = Usage {
             prompt_tokens: usage.prompt_tokens,
             completion_tokens: usage.completion_tokens,
