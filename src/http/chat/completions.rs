@@ -199,9 +199,13 @@ async fn in_session(
             "must end with the user's message to be recorded in a session",
         ));
     };
+    // A stream's slot is taken before anything is stored: a 429 changes nothing.
+    let permit = match streamed {
+        true => Some(stream_permit(&exchange.state, &exchange.user)?),
+        false => None,
+    };
     let (headers, _) = exchange.add_user_message(last.content.clone()).await?;
-    if streamed {
-        let permit = stream_permit(&exchange.state, &exchange.user)?;
+    if let Some(permit) = permit {
         let upstream = match provider.stream(upstream_model, &request).await {
             Ok(upstream) => upstream,
             Err(err) => {

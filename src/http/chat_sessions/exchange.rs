@@ -21,7 +21,7 @@ use crate::http::chat::{self, SseRelay, StreamOutcome};
 use crate::http::error::{ApiError, Result};
 use crate::http::extract::{AuthUser, ConsistencyHeader, IdPath, Json, RequestContext};
 use crate::http::request_id::current_request_id;
-use crate::llm::{self, ChatMessage, ChatRequest, UpstreamError};
+use crate::llm::{self, ChatMessage, ChatRequest, StreamPermit, UpstreamError};
 use crate::state::AppState;
 
 /// How much of the conversation goes upstream, in estimated tokens (four
@@ -73,6 +73,11 @@ pub async fn send_message(
         session_id: id,
         model: session.model.clone(),
     };
+    // A stream's slot is taken before anything is stored: a 429 changes nothing.
+    let permit = match request.stream {
+        true => Some(chat::stream_permit(&exchange.state, &exchange.user)?),
+        false => None,
+    };
     let (headers, user_message) = exchange.add_user_message(request.content).await?;
     let mut messages = Vec::with_capacity(history.len() + 2);
     if let Some(prompt) = session.system_prompt {
@@ -91,8 +96,8 @@ pub async fn send_message(
         messages,
         ..ChatRequest::default()
     };
-    if request.stream {
-        exchange.stream(upstream, headers).await
+    if let Some(permit) = permit {
+        exchange.stream(upstream, permit, headers).await
     } else {
         exchange.complete(upstream, user_message, headers).await
     }
@@ -164,8 +169,12 @@ impl Exchange {
             .into_response())
     }
 
-    async fn stream(self, upstream: ChatRequest, headers: HeaderMap) -> Result<Response> {
-        let permit = chat::stream_permit(&self.state, &self.user)?;
+    async fn stream(
+        self,
+        upstream: ChatRequest,
+        permit: StreamPermit,
+        headers: HeaderMap,
+    ) -> Result<Response> {
         // Failures before the first byte are plain errors (502, 503).
         let chunks = match self.state.llm.stream(&upstream).await {
             Ok(chunks) => chunks,
