@@ -40,6 +40,8 @@ pub struct LlmSettings {
     pub retries: u32,
     /// Streamed chat answers one user may hold open at once; more answer 429.
     pub max_streams_per_user: usize,
+    /// Upstream tokens one user may use per minute; past it, 429 (0: no limit).
+    pub tokens_per_minute: u64,
 }
 
 impl Default for LlmSettings {
@@ -59,6 +61,7 @@ impl Default for LlmSettings {
             idle_timeout: Duration::from_secs(60),
             retries: 2,
             max_streams_per_user: 4,
+            tokens_per_minute: 0,
         }
     }
 }
@@ -442,6 +445,10 @@ impl Settings {
                 max_streams_per_user: number(
                     "CHRONICLE_CHAT_MAX_STREAMS_PER_USER",
                     parse("CHRONICLE_CHAT_MAX_STREAMS_PER_USER", "4")?,
+                )?,
+                tokens_per_minute: number(
+                    "CHRONICLE_CHAT_TOKENS_PER_MINUTE",
+                    parse("CHRONICLE_CHAT_TOKENS_PER_MINUTE", "100000")?,
                 )?,
             },
         };

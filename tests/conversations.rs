@@ -773,3 +773,67 @@ async fn a_long_session_loads_from_its_snapshot_and_keeps_every_message() {
     assert_eq!(messages.headers()["x-total-count"], "24");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_user_who_spent_this_minutes_tokens_gets_429_and_nothing_is_stored() {
+    let fake = FakeLlm::start().await;
+    let mut settings = test_settings().await;
+    fake.configure(&mut settings);
+    // The fake's first exchange costs about 20 tokens, the second about 40.
+    settings.llm.tokens_per_minute = 40;
+    let app = TestApp::spawn_with(settings).await;
+    let user = app.register("budget@example.com").await;
+    let other = app.register("budget-other@example.com").await;
+    let id = start_session(&app, &user, json!({})).await;
+    let path = format!("/v1/sessions/{id}/messages");
+    for turn in ["one", "two"] {
+        let response = app
+            .send(Method::POST, &path, &user, Some(json!({"content": turn})))
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED, "{turn}");
+    }
+    let refused = app
+        .send(
+            Method::POST,
+            &path,
+            &user,
+            Some(json!({"content": "three"})),
+        )
+        .await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "RATE_LIMITED");
+    let completion = app
+        .send(
+            Method::POST,
+            "/v1/chat/completions",
+            &user,
+            Some(json!({"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]})),
+        )
+        .await;
+    assert_eq!(
+        completion.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "every chat route"
+    );
+    let messages = app.send(Method::GET, &path, &user, None).await;
+    assert_eq!(
+        messages.headers()["x-total-count"],
+        "4",
+        "the refused message was not stored"
+    );
+
+    // Another user's budget is their own.
+    let theirs = start_session(&app, &other, json!({})).await;
+    let response = app
+        .send(
+            Method::POST,
+            &format!("/v1/sessions/{theirs}/messages"),
+            &other,
+            Some(json!({"content": "hi"})),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    app.stop().await;
+}

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::config::{LlmSettings, ModelSpec, ProviderKind};
-pub use limits::{StreamLimiter, StreamPermit};
+pub use limits::{StreamLimiter, StreamPermit, TokenBudget};
 
 /// Who wrote a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -163,6 +163,8 @@ pub struct Llm {
     pub created: i64,
     /// Streamed replies open per user.
     pub streams: StreamLimiter,
+    /// Upstream tokens per user and minute.
+    pub tokens: TokenBudget,
 }
 
 impl Llm {
@@ -191,7 +193,9 @@ impl Llm {
             };
             (spec.clone(), provider)
         });
-        Ok(Self::from_parts(models, settings.max_streams_per_user))
+        let mut llm = Self::from_parts(models, settings.max_streams_per_user);
+        llm.tokens = TokenBudget::new(settings.tokens_per_minute);
+        Ok(llm)
     }
 
     /// A registry over given providers (tests may pass their own).
@@ -214,6 +218,8 @@ impl Llm {
             entries,
             created: chrono::Utc::now().timestamp(),
             streams: StreamLimiter::new(max_streams_per_user),
+            // Unlimited unless configured (`from_settings`).
+            tokens: TokenBudget::new(0),
         }
     }
 

@@ -95,7 +95,7 @@ pub struct CompletionChoice {
         (status = 404, description = "`session_id` names no session of yours"),
         (status = 409, description = "The session changed concurrently"),
         (status = 422, description = "Invalid request, unknown model, or a `session_id` that is not a UUID or whose exchange does not end with a user message"),
-        (status = 429, description = "Rate limited, or too many streams open for this user"),
+        (status = 429, description = "Rate limited, too many streams open for this user, or this minute's upstream tokens spent"),
         (status = 502, description = "The upstream failed (`UPSTREAM_ERROR`)"),
         (status = 503, description = "No upstream configured for this model (`UPSTREAM_NOT_CONFIGURED`)"),
     ))]
@@ -118,6 +118,7 @@ pub async fn create_chat_completion(
     };
     let request = chat_request(body)?;
     state.llm.ensure_configured()?;
+    super::check_token_budget(&state, &user)?;
     let (provider, upstream_model) = state.llm.resolve(&request.model)?;
     let id = format!("chatcmpl-{}", Uuid::new_v4().simple());
     let created = chrono::Utc::now().timestamp();
@@ -155,6 +156,10 @@ pub async fn create_chat_completion(
         .await;
     }
     let completion = provider.complete(upstream_model, &request).await?;
+    state
+        .llm
+        .tokens
+        .spend(user.id, u64::from(completion.usage.total_tokens));
     Ok(completion_response(id, created, request.model, completion).into_response())
 }
 

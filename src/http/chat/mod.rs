@@ -113,6 +113,14 @@ impl From<UpstreamError> for ApiError {
     }
 }
 
+/// 429 with `Retry-After` when `user` has spent this minute's upstream tokens.
+pub fn check_token_budget(state: &AppState, user: &AuthUser) -> Result<()> {
+    state.llm.tokens.check(user.id).map_err(|retry_after_secs| {
+        metrics::counter!("chronicle_chat_token_budget_refused_total").increment(1);
+        ApiError::RateLimited { retry_after_secs }
+    })
+}
+
 /// OpenAI's error `type` for a status.
 pub fn openai_type(status: StatusCode) -> &'static str {
     match status {

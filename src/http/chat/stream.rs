@@ -102,6 +102,7 @@ pub async fn stream_completion(
 ) -> Result<Response> {
     let permit = stream_permit(state, user)?;
     let upstream = provider.stream(upstream_model, &request).await?;
+    let (tokens, user_id) = (state.llm.tokens.clone(), user.id);
     let relay = SseRelay {
         id,
         created,
@@ -109,7 +110,16 @@ pub async fn stream_completion(
         request_id: current_request_id(),
         send_timeout: state.settings.http.stream_send_timeout,
         finish_after_client_leaves: false,
-        on_finished: None,
+        // Count what the upstream reported (nothing when the client left early).
+        on_finished: Some(Box::new(move |outcome| {
+            Box::pin(async move {
+                let used = outcome
+                    .usage
+                    .map_or(0, |usage| u64::from(usage.total_tokens));
+                tokens.spend(user_id, used);
+                Ok(())
+            })
+        })),
     };
     Ok(sse_relay(upstream, permit, relay))
 }

@@ -52,7 +52,7 @@ pub struct ExchangeResponse {
     (status = 200, content_type = "text/event-stream", description = "With `stream: true`: OpenAI chunks, then `data: [DONE]`; a failure mid-stream is an `event: error`"),
     (status = 400, description = "Body is not JSON"), (status = 401), (status = 404, description = "No such session of yours"),
     (status = 409, description = "Changed concurrently"), (status = 422, description = "Invalid content"),
-    (status = 429, description = "Too many streams at once"),
+    (status = 429, description = "Too many streams at once, or this minute's upstream tokens are spent"),
     (status = 502, description = "The model's upstream failed"), (status = 503, description = "No upstream configured for the session's model"),
 ))]
 pub async fn send_message(
@@ -65,6 +65,7 @@ pub async fn send_message(
 ) -> Result<Response> {
     let session = load_session(&state, &user, token, id).await?;
     state.llm.resolve(&session.model).map_err(ApiError::from)?;
+    chat::check_token_budget(&state, &user)?;
     let history = load_history(&state, id).await?;
     let exchange = Exchange {
         state,
@@ -226,6 +227,10 @@ impl Exchange {
         content: String,
         usage: llm::Usage,
     ) -> Result<(HeaderMap, MessageResponse)> {
+        self.state
+            .llm
+            .tokens
+            .spend(self.user.id, u64::from(usage.total_tokens));
         // A message may not be blank: an empty reply is the upstream's failure.
         if content.trim().is_empty() {
             let err = UpstreamError::failed("the model returned an empty reply");
