@@ -837,3 +837,94 @@ async fn a_user_who_spent_this_minutes_tokens_gets_429_and_nothing_is_stored() {
     assert_eq!(response.status(), StatusCode::CREATED);
     app.stop().await;
 }
+
+mod websocket {
+    use super::*;
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    type Socket = tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >;
+
+    async fn connect(app: &TestApp, user: &TestUser) -> Socket {
+        let url = format!(
+            "{}/v1/ws?access_token={}",
+            app.base.replacen("http", "ws", 1),
+            user.token
+        );
+        let (socket, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("websocket");
+        socket
+    }
+
+    /// The next event message, `(position, event_type, aggregate_id)`.
+    async fn next_event(socket: &mut Socket) -> (u64, String, String) {
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(20), socket.next())
+                .await
+                .expect("an event in time")
+                .expect("open")
+                .expect("a message");
+            if let Message::Text(text) = message {
+                let event: Value = serde_json::from_str(&text).unwrap();
+                return (
+                    event["position"].as_u64().unwrap(),
+                    event["event_type"].as_str().unwrap().to_string(),
+                    event["envelope"]["aggregate_id"]
+                        .as_str()
+                        .unwrap()
+                        .to_string(),
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_websocket_carries_the_callers_task_and_session_events_and_resumes_after_a_position(
+    ) {
+        let (app, _fake) = app_with_fake_llm().await;
+        let user = app.register("ws@example.com").await;
+        let other = app.register("ws-other@example.com").await;
+        let mut socket = connect(&app, &user).await;
+
+        // Someone else's task first: the caller must not see it.
+        app.create_task(&other, "not yours").await;
+        let task = app.create_task(&user, "yours").await;
+        let task_id = task["id"].as_str().unwrap().to_string();
+        let (first, kind, id) = next_event(&mut socket).await;
+        assert_eq!(
+            (kind.as_str(), id.as_str()),
+            ("TaskCreated", task_id.as_str())
+        );
+        let session = start_session(&app, &user, json!({})).await;
+        let (second, kind, id) = next_event(&mut socket).await;
+        assert_eq!(
+            (kind.as_str(), id.as_str()),
+            ("ChatSessionStarted", session.as_str())
+        );
+        assert!(second > first, "positions follow the stream");
+        drop(socket);
+
+        // A new connection resumes after the first: it gets the second again.
+        let mut resumed = connect(&app, &user).await;
+        resumed
+            .send(Message::Text(
+                json!({"resume_after": first}).to_string().into(),
+            ))
+            .await
+            .unwrap();
+        let (position, kind, _) = next_event(&mut resumed).await;
+        assert_eq!((position, kind.as_str()), (second, "ChatSessionStarted"));
+
+        // Without a token there is no feed.
+        let anonymous = format!("{}/v1/ws", app.base.replacen("http", "ws", 1));
+        assert!(tokio_tungstenite::connect_async(anonymous).await.is_err());
+        let plain = app.client.get(app.url("/v1/ws")).send().await.unwrap();
+        assert_eq!(plain.status(), StatusCode::UNAUTHORIZED);
+        let not_upgraded = app.send(Method::GET, "/v1/ws", &user, None).await;
+        assert_eq!(not_upgraded.status(), StatusCode::BAD_REQUEST);
+        app.stop().await;
+    }
+}

@@ -19,6 +19,7 @@ pub mod server;
 pub mod service;
 pub mod tasks;
 pub mod write;
+pub mod ws;
 
 use std::time::Instant;
 
@@ -47,6 +48,7 @@ pub fn router(state: AppState) -> Router {
         .merge(tasks::router())
         .merge(projects::router())
         .merge(chat_sessions::router())
+        .merge(ws::router())
         .merge(chat::router())
         .merge(profile::router())
         .merge(admin::router())

@@ -8,7 +8,7 @@ use axum::{Json, Router};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::http::{admin, audit, auth, chat, chat_sessions, profile, projects, service, tasks};
+use crate::http::{admin, audit, auth, chat, chat_sessions, profile, projects, service, tasks, ws};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -29,7 +29,7 @@ use crate::state::AppState;
         chat_sessions::patch_session, chat_sessions::delete_session,
         chat_sessions::messages::list_messages, chat_sessions::exchange::send_message,
         chat_sessions::tools::list_tool_executions, chat_sessions::tools::record_tool_execution,
-        chat_sessions::events::session_events,
+        chat_sessions::events::session_events, ws::open_feed,
         audit::list_audit_events, audit::list_audit_log, audit::verify_audit_trail,
         audit::list_audit_checkpoints, audit::get_audit_aggregate, audit::export_audit_trail,
         chat::list_models, chat::get_model, chat::create_chat_completion,

@@ -17,7 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::load_session;
 use crate::http::error::{ApiError, Result};
-use crate::http::event_feed;
+use crate::http::event_feed::{self, Start};
 use crate::http::extract::{AuthUser, ConsistencyHeader, IdPath};
 use crate::state::AppState;
 
@@ -57,11 +57,12 @@ pub async fn session_events(
     };
     let stream = &state.settings.nats.stream;
     let filter = format!("{}.ChatSession.{id}.*", stream.subject_prefix);
-    let mut feed = Box::pin(event_feed::follow(&state, filter, after).await?);
+    let start = after.map_or(Start::Live, Start::AfterPosition);
+    let mut feed = Box::pin(event_feed::follow(&state, filter, start).await?);
     let (sender, receiver) = mpsc::channel::<Event>(EVENTS_IN_FLIGHT);
     let send_timeout = state.settings.http.stream_send_timeout;
     tokio::spawn(async move {
-        while let Some(envelope) = feed.next().await {
+        while let Some((_, envelope)) = feed.next().await {
             let Ok(data) = serde_json::to_string(&envelope) else {
                 continue;
             };

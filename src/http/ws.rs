@@ -1,0 +1,168 @@
+//! `GET /v1/ws`: a WebSocket with the events of all of the caller's tasks
+//! and chat sessions, `{"position", "event_type", "envelope"}` each, live.
+//! The client may send `{"resume_after": N}` at any time: the feed restarts
+//! after position N.
+//!
+//! `position` is the event's sequence on the stream, which is commit order
+//! across aggregates, so a resume is exact (a global position is not commit
+//! order across aggregates; see `docs/architecture.md`, "Event feeds").
+//! Tasks and chat sessions are commanded only by their owner, so the
+//! caller's events are those whose metadata names the caller as the actor.
+
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::response::Response;
+use axum::routing::get;
+use axum::{Extension, Router};
+use chronicle_nats::EventEnvelope;
+use futures::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::json;
+use utoipa::IntoParams;
+use uuid::Uuid;
+
+use crate::http::error::{ApiError, Result};
+use crate::http::event_feed::{self, Start};
+use crate::http::extract::AuthUser;
+use crate::http::identity::{identify, Identity};
+use crate::state::AppState;
+
+/// A ping this often; a client silent for three of them is let go.
+const HEARTBEAT: Duration = Duration::from_secs(15);
+/// The aggregate types whose events the feed carries.
+const FEED_TYPES: [&str; 2] = ["Task", "ChatSession"];
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/ws", get(open_feed))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct FeedQuery {
+    /// An access token, for clients that cannot set `Authorization` on a
+    /// WebSocket (browsers).
+    pub access_token: Option<String>,
+}
+
+/// What a client may send.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientMessage {
+    resume_after: u64,
+}
+
+/// Opens the caller's event feed.
+#[utoipa::path(get, path = "/v1/ws", tag = "sessions", security(("bearer" = [])), params(FeedQuery), responses(
+    (status = 101, description = "WebSocket: `{\"position\", \"event_type\", \"envelope\"}` per event; send `{\"resume_after\": N}` to replay after position N"),
+    (status = 400, description = "Not a WebSocket upgrade"), (status = 401, description = "No or invalid token"),
+    (status = 503, description = "Credentials cannot be checked right now"),
+))]
+pub async fn open_feed(
+    State(state): State<AppState>,
+    Extension(identity): Extension<Identity>,
+    Query(query): Query<FeedQuery>,
+    // Checked after the credentials, so that a caller without any learns that first.
+    upgrade: std::result::Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response> {
+    let identity = match (identity, query.access_token) {
+        (Identity::Anonymous, Some(token)) => identify(&state, &token).await,
+        (identity, _) => identity,
+    };
+    let user = match identity {
+        Identity::User(user) => user,
+        Identity::Anonymous => return Err(ApiError::AuthRequired),
+        Identity::Invalid => return Err(ApiError::InvalidToken),
+        Identity::Unknown => {
+            return Err(ApiError::Unavailable(
+                "cannot check credentials right now".into(),
+            ))
+        }
+    };
+    let upgrade =
+        upgrade.map_err(|_| ApiError::BadRequest("this route takes a WebSocket upgrade".into()))?;
+    // Fail before the upgrade if the stream is not reachable.
+    let filter = format!("{}.>", state.settings.nats.stream.subject_prefix);
+    let feed = event_feed::follow(&state, filter.clone(), Start::Live).await?;
+    Ok(upgrade.on_upgrade(move |socket| run_feed(socket, state, user, filter, feed)))
+}
+
+async fn run_feed(
+    socket: WebSocket,
+    state: AppState,
+    user: AuthUser,
+    filter: String,
+    feed: impl futures::Stream<Item = event_feed::FeedItem> + Send + 'static,
+) {
+    let (mut to_client, mut from_client) = socket.split();
+    let send_timeout = state.settings.http.stream_send_timeout;
+    let mut feed = feed.boxed();
+    let mut ping = tokio::time::interval(HEARTBEAT);
+    let mut last_heard = Instant::now();
+    let reason = loop {
+        let outgoing = tokio::select! {
+            item = feed.next() => match item {
+                Some((position, envelope)) if is_callers(&envelope, user.id) => {
+                    let event_type = envelope.event_type.clone();
+                    let text = json!({"position": position, "event_type": event_type, "envelope": envelope});
+                    Message::Text(text.to_string().into())
+                }
+                Some(_) => continue,
+                None => break "the event stream ended; reconnect with resume_after",
+            },
+            incoming = from_client.next() => match incoming {
+                Some(Ok(Message::Text(text))) => {
+                    last_heard = Instant::now();
+                    match serde_json::from_str::<ClientMessage>(&text) {
+                        Ok(ClientMessage { resume_after }) => {
+                            match event_feed::follow(&state, filter.clone(), Start::AfterSequence(resume_after)).await {
+                                Ok(resumed) => feed = resumed.boxed(),
+                                Err(_) => break "the event stream is not reachable",
+                            }
+                            continue;
+                        }
+                        Err(_) => Message::Text(
+                            json!({"error": {"code": "VALIDATION_ERROR",
+                                "message": "expected {\"resume_after\": <position>}"}})
+                            .to_string()
+                            .into(),
+                        ),
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {
+                    last_heard = Instant::now();
+                    continue;
+                }
+            },
+            _ = ping.tick() => {
+                if last_heard.elapsed() > 3 * HEARTBEAT {
+                    break "no answer to pings";
+                }
+                Message::Ping(Default::default())
+            }
+        };
+        // A client that stops reading is let go, not buffered for.
+        match tokio::time::timeout(send_timeout, to_client.send(outgoing)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => break "too slow: events were not read in time",
+        }
+    };
+    let close = Message::Close(Some(CloseFrame {
+        code: axum::extract::ws::close_code::AGAIN,
+        reason: reason.into(),
+    }));
+    let _ = tokio::time::timeout(send_timeout, to_client.send(close)).await;
+}
+
+/// Whether `envelope` is an event of one of `user`'s tasks or chat sessions.
+fn is_callers(envelope: &EventEnvelope, user: Uuid) -> bool {
+    FEED_TYPES.contains(&envelope.aggregate_type.as_str())
+        && envelope
+            .metadata
+            .get("actor_id")
+            .and_then(|actor| actor.as_str())
+            == Some(user.to_string().as_str())
+}
