@@ -928,3 +928,36 @@ mod websocket {
         app.stop().await;
     }
 }
+
+#[tokio::test]
+async fn the_environment_names_the_models_and_features_without_any_secret() {
+    let (app, _fake) = app_with_fake_llm().await;
+    let response = app.client.get(app.url("/v1/environment")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "public");
+    let text = response.text().await.unwrap();
+    assert!(!text.contains(fake_llm::ANTHROPIC_KEY) && !text.contains(fake_llm::OPENAI_KEY));
+    assert!(!text.contains("127.0.0.1"), "no upstream address: {text}");
+    let environment: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(environment["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        environment["models"],
+        json!([{"id": "claude-test", "provider": "anthropic"}, {"id": "gpt-test", "provider": "openai"}])
+    );
+    assert_eq!(environment["features"]["chat"], true);
+    assert_eq!(environment["features"]["mcp_servers"], false);
+    app.stop().await;
+
+    let bare = TestApp::spawn().await;
+    let environment: Value = bare
+        .client
+        .get(bare.url("/v1/environment"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(environment["models"], json!([]));
+    assert_eq!(environment["features"]["chat"], false);
+    bare.stop().await;
+}

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod auth;
 pub mod chat;
 pub mod chat_sessions;
+pub mod environment;
 pub mod error;
 pub mod event_feed;
 pub mod extract;
@@ -49,6 +50,7 @@ pub fn router(state: AppState) -> Router {
         .merge(projects::router())
         .merge(chat_sessions::router())
         .merge(ws::router())
+        .merge(environment::router())
         .merge(chat::router())
         .merge(profile::router())
         .merge(admin::router())

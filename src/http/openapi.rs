@@ -8,7 +8,9 @@ use axum::{Json, Router};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::http::{admin, audit, auth, chat, chat_sessions, profile, projects, service, tasks, ws};
+use crate::http::{
+    admin, audit, auth, chat, chat_sessions, environment, profile, projects, service, tasks, ws,
+};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -16,6 +18,7 @@ use crate::state::AppState;
     info(title = "Chronicle API", description = "Event-sourced backend: users, tasks and more."),
     paths(
         service::index, service::health, service::ready, service::metrics, service::jwks,
+        environment::environment,
         auth::register, auth::login, auth::refresh, auth::logout, auth::change_password,
         auth::verify_token, auth::me,
         profile::get_profile, profile::update_profile, profile::deactivate_profile,
