@@ -932,7 +932,12 @@ mod websocket {
 #[tokio::test]
 async fn the_environment_names_the_models_and_features_without_any_secret() {
     let (app, _fake) = app_with_fake_llm().await;
-    let response = app.client.get(app.url("/v1/environment")).send().await.unwrap();
+    let response = app
+        .client
+        .get(app.url("/v1/environment"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::OK, "public");
     let text = response.text().await.unwrap();
     assert!(!text.contains(fake_llm::ANTHROPIC_KEY) && !text.contains(fake_llm::OPENAI_KEY));
@@ -960,4 +965,38 @@ async fn the_environment_names_the_models_and_features_without_any_secret() {
     assert_eq!(environment["models"], json!([]));
     assert_eq!(environment["features"]["chat"], false);
     bare.stop().await;
+}
+
+#[tokio::test]
+async fn errors_raised_before_the_chat_route_runs_also_carry_openai_type() {
+    let fake = FakeLlm::start().await;
+    let mut settings = test_settings().await;
+    fake.configure(&mut settings);
+    settings.rate_limit.per_ip_per_minute = 3;
+    let app = TestApp::spawn_with(settings).await;
+    let user = app.register("limited-chat@example.com").await;
+    let body = json!({"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]});
+    let mut last = None;
+    for _ in 0..3 {
+        last = Some(
+            app.send(
+                Method::POST,
+                "/v1/chat/completions",
+                &user,
+                Some(body.clone()),
+            )
+            .await,
+        );
+    }
+    let refused = last.unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let error: Value = refused.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "RATE_LIMITED");
+    assert_eq!(error["error"]["type"], "rate_limit_error", "{error}");
+    // Other routes keep our format alone.
+    let other = app.send(Method::GET, "/v1/tasks", &user, None).await;
+    assert_eq!(other.status(), StatusCode::TOO_MANY_REQUESTS);
+    let error: Value = other.json().await.unwrap();
+    assert!(error["error"].get("type").is_none());
+    app.stop().await;
 }

@@ -59,9 +59,13 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound })
         .layer(middleware::from_fn_with_state(state.clone(), identity::resolve_identity))
         .with_state(state.clone())
-        .layer(middleware::map_response(error_format_for_bare_errors))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout))
+        // Outside the timeout, so that its bare 503 gets the error format too.
+        .layer(middleware::map_response(error_format_for_bare_errors))
+        // Outside everything that can answer a chat route (rate limits,
+        // timeout, routing), so that every error there carries OpenAI's `type`.
+        .layer(middleware::from_fn(chat::openai_error_type))
         .layer(middleware::from_fn(record_metrics))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
             let route = request

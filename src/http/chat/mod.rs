@@ -11,7 +11,7 @@ pub use stream::{sse_relay, stream_permit, OnFinished, SseRelay, StreamOutcome};
 use axum::body::{to_bytes, Body};
 use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -28,7 +28,6 @@ pub fn router() -> Router<AppState> {
         .route("/v1/models", get(list_models))
         .route("/v1/models/{*id}", get(get_model))
         .route("/v1/chat/completions", post(create_chat_completion))
-        .route_layer(middleware::from_fn(openai_error_type))
 }
 
 /// A model in OpenAI's format.
@@ -132,12 +131,20 @@ pub fn openai_type(status: StatusCode) -> &'static str {
     }
 }
 
-/// Adds OpenAI's `type` to the error bodies of these routes, so SDKs that
-/// branch on it work, while `code`, `message`, `details` and `request_id`
-/// stay as on every other route. Error bodies are small JSON; anything else
-/// (a stream, a success) passes untouched.
-async fn openai_error_type(request: Request, next: Next) -> Response {
+/// Adds OpenAI's `type` to the error bodies of the OpenAI-compatible routes
+/// (`/v1/chat/completions`, `/v1/models…`), so SDKs that branch on it work,
+/// while `code`, `message`, `details` and `request_id` stay as on every
+/// other route. Applied around the whole router (`src/http/mod.rs`), so
+/// rate-limit, timeout and routing errors get it too. Error bodies are small
+/// JSON; anything else (a stream, a success, another route) passes untouched.
+pub async fn openai_error_type(request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    let openai_route =
+        path == "/v1/chat/completions" || path == "/v1/models" || path.starts_with("/v1/models/");
     let response = next.run(request).await;
+    if !openai_route {
+        return response;
+    }
     let status = response.status();
     let is_json = response
         .headers()
