@@ -429,22 +429,35 @@ impl Relay {
         cursor: EventCursor,
         parked: &[Parked],
     ) -> Result<(), NatsError> {
+        // The common case, nothing parked, stays one round trip.
+        if parked.is_empty() {
+            return write_checkpoint(conn, &self.config.name, cursor).await;
+        }
         let mut tx = conn.begin().await?;
         dead_letter::park(&mut tx, RELAY_STAGE, parked).await?;
-        sqlx::query(
-            "insert into relay_checkpoints (name, transaction_id, global_position, updated_at) \
-             values ($1, $2::text::xid8, $3, now()) \
-             on conflict (name) do update set transaction_id = excluded.transaction_id, \
-               global_position = excluded.global_position, updated_at = excluded.updated_at",
-        )
-        .bind(&self.config.name)
-        .bind(cursor.transaction_id.to_string())
-        .bind(cursor.global_position)
-        .execute(&mut *tx)
-        .await?;
+        write_checkpoint(&mut tx, &self.config.name, cursor).await?;
         tx.commit().await?;
         Ok(())
     }
+}
+
+async fn write_checkpoint(
+    conn: &mut PgConnection,
+    name: &str,
+    cursor: EventCursor,
+) -> Result<(), NatsError> {
+    sqlx::query(
+        "insert into relay_checkpoints (name, transaction_id, global_position, updated_at) \
+         values ($1, $2::text::xid8, $3, now()) \
+         on conflict (name) do update set transaction_id = excluded.transaction_id, \
+           global_position = excluded.global_position, updated_at = excluded.updated_at",
+    )
+    .bind(name)
+    .bind(cursor.transaction_id.to_string())
+    .bind(cursor.global_position)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 async fn stream_last_sequence(mut stream: jetstream::stream::Stream) -> Result<u64, NatsError> {

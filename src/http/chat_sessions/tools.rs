@@ -1,7 +1,7 @@
 //! `/v1/sessions/{id}/tools`: the tools the assistant ran in a session.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use chronicle_aggregates::chat_session::{
     ChatSessionCommand, ChatSessionEvent, ToolStatus, ToolType,
 };
@@ -15,7 +15,7 @@ use super::{load_session, run};
 use crate::commands::now;
 use crate::http::error::{ApiError, Result};
 use crate::http::extract::{AuthUser, ConsistencyHeader, IdPath, Json, Query, RequestContext};
-use crate::http::write::Page;
+use crate::http::write::{total_count, Page};
 use crate::state::AppState;
 
 /// One tool execution.
@@ -125,10 +125,8 @@ pub async fn list_tool_executions(
     } else {
         succeeded as f64 / finished as f64
     };
-    let mut headers = HeaderMap::new();
-    headers.insert("x-total-count", HeaderValue::from(total));
     Ok((
-        headers,
+        total_count(total),
         axum::Json(ToolExecutionsPage {
             items,
             total,
