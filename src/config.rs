@@ -23,6 +23,45 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// The language-model upstreams behind the chat routes.
     pub llm: LlmSettings,
+    /// MCP server configurations: discovery limits and per-user quota.
+    pub mcp: McpSettings,
+    /// The master keys that wrap the per-user data keys sealing secrets.
+    pub secrets: SecretsSettings,
+}
+
+/// How `POST /v1/mcp/servers/{id}/discover` reaches MCP servers, and how many
+/// servers a user may configure.
+#[derive(Debug, Clone)]
+pub struct McpSettings {
+    /// Let discovery connect to private, loopback and link-local addresses
+    /// (`CHRONICLE_MCP_ALLOW_PRIVATE`); off by default, against SSRF.
+    pub allow_private: bool,
+    /// The whole discovery exchange, connection included.
+    pub discovery_timeout: Duration,
+    /// The most bytes read from one answer of an MCP server.
+    pub max_response_bytes: usize,
+    /// Servers one user may have configured at once; more answer 422.
+    pub max_servers_per_user: u32,
+}
+
+impl Default for McpSettings {
+    fn default() -> Self {
+        Self {
+            allow_private: false,
+            discovery_timeout: Duration::from_secs(15),
+            max_response_bytes: 4 * 1024 * 1024,
+            max_servers_per_user: 50,
+        }
+    }
+}
+
+/// Master keys for sealed secrets (see `docs/mcp.md`).
+#[derive(Debug, Clone, Default)]
+pub struct SecretsSettings {
+    /// `CHRONICLE_MASTER_KEYS`: base64 of 32-byte keys, comma-separated, the
+    /// first one wrapping new data keys. Empty: keys are generated into and
+    /// read from `<data dir>/master-keys/`.
+    pub master_keys: Vec<SecretString>,
 }
 
 /// Which models the chat routes offer and how their upstreams are reached.
@@ -265,6 +304,17 @@ impl Settings {
             })
         }
 
+        fn boolean(name: &'static str, raw: String) -> Result<bool, ConfigError> {
+            match raw.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" => Ok(true),
+                "false" | "0" | "no" => Ok(false),
+                _ => Err(ConfigError {
+                    name,
+                    problem: format!("`{raw}` is neither `true` nor `false`"),
+                }),
+            }
+        }
+
         let database_url = get("DATABASE_URL").ok_or(ConfigError {
             name: "DATABASE_URL",
             problem: "is required (e.g. postgres://postgres@127.0.0.1:55432/chronicle)".into(),
@@ -451,6 +501,35 @@ impl Settings {
                     parse("CHRONICLE_CHAT_TOKENS_PER_MINUTE", "100000")?,
                 )?,
             },
+            mcp: McpSettings {
+                allow_private: boolean(
+                    "CHRONICLE_MCP_ALLOW_PRIVATE",
+                    parse("CHRONICLE_MCP_ALLOW_PRIVATE", "false")?,
+                )?,
+                discovery_timeout: Duration::from_secs(number(
+                    "CHRONICLE_MCP_DISCOVERY_TIMEOUT_SECS",
+                    parse("CHRONICLE_MCP_DISCOVERY_TIMEOUT_SECS", "15")?,
+                )?),
+                max_response_bytes: number(
+                    "CHRONICLE_MCP_MAX_RESPONSE_BYTES",
+                    parse("CHRONICLE_MCP_MAX_RESPONSE_BYTES", "4194304")?,
+                )?,
+                max_servers_per_user: number(
+                    "CHRONICLE_MCP_MAX_SERVERS_PER_USER",
+                    parse("CHRONICLE_MCP_MAX_SERVERS_PER_USER", "50")?,
+                )?,
+            },
+            secrets: SecretsSettings {
+                master_keys: get("CHRONICLE_MASTER_KEYS")
+                    .map(|keys| {
+                        keys.split(',')
+                            .map(str::trim)
+                            .filter(|key| !key.is_empty())
+                            .map(SecretString::from)
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            },
         };
         settings.validate()?;
         Ok(settings)
@@ -511,6 +590,15 @@ impl Settings {
                 "CHRONICLE_HTTP_STREAM_SEND_TIMEOUT_SECS",
                 "must be at least 1",
             );
+        }
+        if self.mcp.discovery_timeout.is_zero() {
+            return fail("CHRONICLE_MCP_DISCOVERY_TIMEOUT_SECS", "must be at least 1");
+        }
+        if self.mcp.max_response_bytes < 1024 {
+            return fail("CHRONICLE_MCP_MAX_RESPONSE_BYTES", "must be at least 1024");
+        }
+        if self.mcp.max_servers_per_user == 0 {
+            return fail("CHRONICLE_MCP_MAX_SERVERS_PER_USER", "must be at least 1");
         }
         if self.auth.access_token_ttl < Duration::from_secs(30) {
             return fail("CHRONICLE_ACCESS_TOKEN_TTL_SECS", "must be at least 30");

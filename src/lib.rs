@@ -12,6 +12,8 @@ pub mod consistency;
 pub mod dead_letters;
 pub mod http;
 pub mod llm;
+pub mod mcp;
+pub mod secrets;
 pub mod startup;
 pub mod state;
 pub mod telemetry;

@@ -130,6 +130,12 @@ pub async fn test_settings() -> Settings {
         // No models: chat routes answer 503 unless a test points them at
         // a fake (`fake_llm::FakeLlm::configure`).
         llm: chronicle::config::LlmSettings::default(),
+        // The fake MCP servers of the tests listen on loopback.
+        mcp: chronicle::config::McpSettings {
+            allow_private: true,
+            ..chronicle::config::McpSettings::default()
+        },
+        secrets: chronicle::config::SecretsSettings::default(),
     }
 }
 

@@ -1,0 +1,2 @@
+//! MCP (Model Context Protocol) client side: tool discovery against the
+//! servers users configure.
