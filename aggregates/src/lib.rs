@@ -11,6 +11,7 @@
 pub mod audit_query;
 pub mod auth_session;
 pub mod chat_session;
+pub mod mcp_server;
 pub mod personal;
 pub mod project;
 pub mod task;
@@ -18,6 +19,7 @@ pub mod user;
 pub mod validation;
 
 pub use chat_session::{ChatSession, ChatSessionCommand, ChatSessionError, ChatSessionEvent};
+pub use mcp_server::{McpServer, McpServerCommand, McpServerError, McpServerEvent};
 pub use personal::{Personal, PersonalJson, PersonalText};
 pub use project::{Project, ProjectCommand, ProjectError, ProjectEvent};
 pub use task::{Task, TaskCommand, TaskError, TaskEvent};
