@@ -169,6 +169,7 @@ pub fn projection_for(aggregate_type: &str) -> Option<&'static str> {
         "AuthSession" => Some("auth_sessions"),
         "Project" => Some("projects"),
         "ChatSession" => Some("chat_sessions"),
+        "McpServer" => Some("mcp_servers"),
         _ => None,
     }
 }

@@ -182,6 +182,14 @@ impl Application {
             chat_sessions: Arc::new(
                 CommandExecutor::new(pool.clone(), ()).issuing_tokens(token_keys.clone()),
             ),
+            mcp_servers: Arc::new(
+                CommandExecutor::new(pool.clone(), ()).issuing_tokens(token_keys.clone()),
+            ),
+            secrets: crate::secrets::SecretBox::load(pool.clone(), &settings)
+                .await
+                .context("loading the master keys for sealed secrets")?,
+            mcp: crate::mcp::McpClient::new(&settings.mcp)
+                .context("building the MCP discovery client")?,
             audit_queries: Arc::new(
                 CommandExecutor::new(pool.clone(), ()).issuing_tokens(token_keys),
             ),

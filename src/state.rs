@@ -5,6 +5,7 @@ use std::sync::Arc;
 use chronicle_aggregates::audit_query::AuditQuery;
 use chronicle_aggregates::auth_session::AuthSession;
 use chronicle_aggregates::chat_session::ChatSession;
+use chronicle_aggregates::mcp_server::McpServer;
 use chronicle_aggregates::project::Project;
 use chronicle_aggregates::task::Task;
 use chronicle_aggregates::user::User;
@@ -32,6 +33,11 @@ pub struct AppState {
     pub auth_sessions: Arc<CommandExecutor<AuthSession>>,
     pub projects: Arc<CommandExecutor<Project>>,
     pub chat_sessions: Arc<CommandExecutor<ChatSession>>,
+    pub mcp_servers: Arc<CommandExecutor<McpServer>>,
+    /// Seals and opens the secret values of MCP server configurations.
+    pub secrets: crate::secrets::SecretBox,
+    /// Speaks MCP to the servers users configure, for discovery.
+    pub mcp: crate::mcp::McpClient,
     /// Records every audit query as an event.
     pub audit_queries: Arc<CommandExecutor<AuditQuery>>,
     pub rate_limiter: Arc<RateLimiter>,

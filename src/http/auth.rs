@@ -23,7 +23,7 @@ use uuid::Uuid;
 use crate::auth::refresh_tokens;
 use crate::commands::now;
 use crate::consistency::ConsistencyToken;
-use crate::http::error::{infrastructure_error, ApiError, Result};
+use crate::http::error::{infrastructure_error, is_sqlstate, ApiError, Result};
 use crate::http::extract::{
     json_rejection, AuthUser, ConsistencyHeader, Json, RequestContext, CONSISTENCY_HEADER,
 };
@@ -156,7 +156,9 @@ pub fn user_error(err: AggregateError<UserError>) -> ApiError {
         AggregateError::UserError(UserError::Service(message)) => {
             ApiError::Internal(anyhow::anyhow!("user services: {message}"))
         }
-        AggregateError::UnexpectedError(ref cause) if username_taken(cause.as_ref()) => {
+        AggregateError::UnexpectedError(ref cause)
+            if is_sqlstate(cause.as_ref(), USERNAME_TAKEN_SQLSTATE) =>
+        {
             ApiError::Conflict("this username is taken".into())
         }
         other => infrastructure_error(other),
@@ -166,15 +168,6 @@ pub fn user_error(err: AggregateError<UserError>) -> ApiError {
 /// SQLSTATE raised by the `events` trigger of migration 0310 when a User
 /// event would give a user a username that someone else holds.
 const USERNAME_TAKEN_SQLSTATE: &str = "CU409";
-
-/// Whether the event store refused a commit because its username is taken.
-fn username_taken(cause: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
-    cause
-        .downcast_ref::<sqlx::Error>()
-        .and_then(sqlx::Error::as_database_error)
-        .and_then(|err| err.code())
-        .is_some_and(|code| code == USERNAME_TAKEN_SQLSTATE)
-}
 
 fn auth_session_error(err: AggregateError<AuthSessionError>) -> ApiError {
     match err {

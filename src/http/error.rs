@@ -213,6 +213,16 @@ impl From<sqlx::Error> for ApiError {
 
 /// Maps the infrastructure half of a command failure; the domain half
 /// (`UserError`) is mapped by each resource, which knows what it means.
+/// Whether `cause` is a database error with SQLSTATE `code`, as the event
+/// store's triggers raise to refuse an event (e.g. `CU409`, a name taken).
+pub fn is_sqlstate(cause: &(dyn std::error::Error + Send + Sync + 'static), code: &str) -> bool {
+    cause
+        .downcast_ref::<sqlx::Error>()
+        .and_then(sqlx::Error::as_database_error)
+        .and_then(|err| err.code())
+        .is_some_and(|found| found == code)
+}
+
 pub fn infrastructure_error<E: std::error::Error>(err: AggregateError<E>) -> ApiError {
     match err {
         AggregateError::UserError(err) => {

@@ -11,6 +11,7 @@ pub mod error;
 pub mod event_feed;
 pub mod extract;
 pub mod identity;
+pub mod mcp;
 pub mod openapi;
 pub mod profile;
 pub mod projects;
@@ -49,6 +50,7 @@ pub fn router(state: AppState) -> Router {
         .merge(tasks::router())
         .merge(projects::router())
         .merge(chat_sessions::router())
+        .merge(mcp::router())
         .merge(ws::router())
         .merge(environment::router())
         .merge(chat::router())

@@ -9,7 +9,8 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::http::{
-    admin, audit, auth, chat, chat_sessions, environment, profile, projects, service, tasks, ws,
+    admin, audit, auth, chat, chat_sessions, environment, mcp, profile, projects, service, tasks,
+    ws,
 };
 use crate::state::AppState;
 
@@ -33,12 +34,16 @@ use crate::state::AppState;
         chat_sessions::messages::list_messages, chat_sessions::exchange::send_message,
         chat_sessions::tools::list_tool_executions, chat_sessions::tools::record_tool_execution,
         chat_sessions::events::session_events, ws::open_feed,
+        mcp::servers::list_servers, mcp::servers::create_server, mcp::servers::get_server,
+        mcp::servers::replace_server, mcp::servers::remove_server, mcp::servers::enable_server,
+        mcp::servers::disable_server, mcp::discovery::discover_tools, mcp::discovery::list_tools,
+        mcp::export::export_servers,
         audit::list_audit_events, audit::list_audit_log, audit::verify_audit_trail,
         audit::list_audit_checkpoints, audit::get_audit_aggregate, audit::export_audit_trail,
         chat::list_models, chat::get_model, chat::create_chat_completion,
     ),
     modifiers(&BearerAuth),
-    tags((name = "service"), (name = "auth"), (name = "profile"), (name = "admin"), (name = "tasks"), (name = "projects"), (name = "sessions"), (name = "audit"), (name = "chat"))
+    tags((name = "service"), (name = "auth"), (name = "profile"), (name = "admin"), (name = "tasks"), (name = "projects"), (name = "sessions"), (name = "audit"), (name = "chat"), (name = "mcp"))
 )]
 pub struct ApiDoc;
 

@@ -238,3 +238,26 @@ pub async fn delete_project(
     let (headers, _) = run(&state, &user, &context, id, command).await?;
     Ok((StatusCode::NO_CONTENT, headers))
 }
+
+/// A project id must name one of the caller's live projects.
+pub(crate) async fn check_project(
+    state: &AppState,
+    user: &AuthUser,
+    project_id: Option<Uuid>,
+) -> Result<()> {
+    let Some(project_id) = project_id else {
+        return Ok(());
+    };
+    let project = state
+        .projects
+        .load(&project_id.to_string())
+        .await
+        .map_err(infrastructure_error)?;
+    if project.owner_id != Some(user.id) || project.is_deleted {
+        return Err(ApiError::invalid_field(
+            "project_id",
+            "must be one of your projects",
+        ));
+    }
+    Ok(())
+}

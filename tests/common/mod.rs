@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod fake_llm;
+pub mod log_capture;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -391,17 +392,19 @@ pub async fn wait_for_projections(pool: &PgPool) {
 /// Every row of every read model, as JSON, in a stable order.
 pub async fn read_model_rows(pool: &PgPool) -> Vec<Value> {
     let mut rows = Vec::new();
-    for table in [
-        "tasks",
-        "users",
-        "auth_sessions",
-        "projects",
-        "chat_sessions",
-        "chat_messages",
-        "tool_executions",
+    for (table, order) in [
+        ("tasks", "id"),
+        ("users", "id"),
+        ("auth_sessions", "id"),
+        ("projects", "id"),
+        ("chat_sessions", "id"),
+        ("chat_messages", "id"),
+        ("tool_executions", "id"),
+        ("mcp_servers", "id"),
+        ("mcp_tools", "server_id, position"),
     ] {
         let table_rows: Vec<Value> = sqlx::query_scalar(&format!(
-            "select to_jsonb(t) from read.{table} t order by id"
+            "select to_jsonb(t) from read.{table} t order by {order}"
         ))
         .fetch_all(pool)
         .await

@@ -47,11 +47,26 @@ pub struct McpServer {
     pub is_removed: bool,
     /// The tools of the last successful discovery.
     pub tools: Vec<McpTool>,
+    /// How the last discovery went, if there was one.
+    pub last_discovery: Option<LastDiscovery>,
     pub created_at: Option<DateTime<Utc>>,
     /// Time of the most recent event.
     pub updated_at: Option<DateTime<Utc>>,
     /// Number of events applied, i.e. the aggregate's sequence number.
     pub version: u64,
+}
+
+/// The outcome of the most recent discovery.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LastDiscovery {
+    pub succeeded: bool,
+    pub at: DateTime<Utc>,
+    /// Why it failed (failures only).
+    pub error: Option<String>,
+    /// What the server said of itself (successes only).
+    pub protocol_version: Option<String>,
+    pub server_name: Option<String>,
+    pub server_version: Option<String>,
 }
 
 /// Whether a discovered tool list may be recorded; the reason if not.
@@ -219,8 +234,33 @@ impl Aggregate for McpServer {
             McpServerEvent::McpServerUpdated { config, .. } => self.config = Some(config),
             McpServerEvent::McpServerEnabled { .. } => self.enabled = true,
             McpServerEvent::McpServerDisabled { .. } => self.enabled = false,
-            McpServerEvent::McpToolsDiscovered { tools, .. } => self.tools = tools,
-            McpServerEvent::McpDiscoveryFailed { .. } => {}
+            McpServerEvent::McpToolsDiscovered {
+                tools,
+                protocol_version,
+                server_name,
+                server_version,
+                discovered_at,
+            } => {
+                self.tools = tools;
+                self.last_discovery = Some(LastDiscovery {
+                    succeeded: true,
+                    at: discovered_at,
+                    error: None,
+                    protocol_version: Some(protocol_version),
+                    server_name,
+                    server_version,
+                });
+            }
+            McpServerEvent::McpDiscoveryFailed { reason, failed_at } => {
+                self.last_discovery = Some(LastDiscovery {
+                    succeeded: false,
+                    at: failed_at,
+                    error: Some(reason),
+                    protocol_version: None,
+                    server_name: None,
+                    server_version: None,
+                });
+            }
             McpServerEvent::McpServerRemoved { .. } => {
                 self.is_removed = true;
                 self.enabled = false;

@@ -179,7 +179,9 @@ fn bad_secret_names_reserved_headers_and_unsealed_values_are_refused() {
         invalid_fields(error_of(vec![], configure(reserved))),
         vec!["headers"]
     );
-    let clear = http_input(SecretInput::Sealed(SealedSecret::new("Bearer clear".into())));
+    let clear = http_input(SecretInput::Sealed(SealedSecret::new(
+        "Bearer clear".into(),
+    )));
     assert_eq!(
         invalid_fields(error_of(vec![], configure(clear))),
         vec!["headers"]
@@ -205,7 +207,11 @@ fn three_stars_keep_the_stored_value_and_are_refused_where_nothing_is_stored() {
     // A new value replaces it.
     server()
         .given(vec![configured()])
-        .when(update(OWNER, http_input(SecretInput::Sealed(sealed("two"))), None))
+        .when(update(
+            OWNER,
+            http_input(SecretInput::Sealed(sealed("two"))),
+            None,
+        ))
         .then_expect_events(vec![McpServerEvent::McpServerUpdated {
             config: http_config("two"),
             updated_at: at(10),

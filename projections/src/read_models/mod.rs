@@ -2,6 +2,7 @@
 
 pub mod auth_sessions;
 pub mod chat_sessions;
+pub mod mcp_servers;
 pub mod projects;
 pub mod tasks;
 pub mod users;

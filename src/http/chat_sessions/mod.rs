@@ -21,6 +21,7 @@ use uuid::Uuid;
 use crate::commands::{now, Executed};
 use crate::http::error::{infrastructure_error, ApiError, Result};
 use crate::http::extract::{AuthUser, ConsistencyHeader, IdPath, Json, Query, RequestContext};
+use crate::http::projects::check_project;
 use crate::http::write::{self, total_count, Page};
 use crate::state::AppState;
 
@@ -205,25 +206,6 @@ pub(crate) async fn load_session(
     .fetch_optional(&state.pool)
     .await?;
     row.map(ChatSessionResponse::from).ok_or(ApiError::NotFound)
-}
-
-/// A project id must name one of the caller's live projects.
-async fn check_project(state: &AppState, user: &AuthUser, project_id: Option<Uuid>) -> Result<()> {
-    let Some(project_id) = project_id else {
-        return Ok(());
-    };
-    let project = state
-        .projects
-        .load(&project_id.to_string())
-        .await
-        .map_err(infrastructure_error)?;
-    if project.owner_id != Some(user.id) || project.is_deleted {
-        return Err(ApiError::invalid_field(
-            "project_id",
-            "must be one of your projects",
-        ));
-    }
-    Ok(())
 }
 
 /// A model must be one the server offers; with none configured, sessions
