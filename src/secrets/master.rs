@@ -102,7 +102,12 @@ impl MasterKey {
     }
 
     /// The data key, or `None` if `wrapped` was altered or belongs to another id or owner.
-    pub(crate) fn unwrap(&self, data_key_id: Uuid, owner: Uuid, wrapped: &[u8]) -> Option<KeyBytes> {
+    pub(crate) fn unwrap(
+        &self,
+        data_key_id: Uuid,
+        owner: Uuid,
+        wrapped: &[u8],
+    ) -> Option<KeyBytes> {
         if wrapped.len() < NONCE_LEN {
             return None;
         }
@@ -195,9 +200,11 @@ impl MasterKeys {
                 std::fs::read_to_string(&path)
                     .with_context(|| format!("reading {}", path.display()))?,
             );
-            keys.push(MasterKey::from_base64(&text).with_context(|| {
-                format!("{} is not base64 of a 32-byte key", path.display())
-            })?);
+            keys.push(
+                MasterKey::from_base64(&text).with_context(|| {
+                    format!("{} is not base64 of a 32-byte key", path.display())
+                })?,
+            );
         }
         // Oldest first on disk; the newest is active.
         keys.reverse();

@@ -348,7 +348,10 @@ mod tests {
         assert_eq!(opened.expose_secret(), "s3cr3t-tøken");
         // An empty value seals too.
         let empty = seal_with(&cipher, key_id, owner, "").unwrap();
-        assert_eq!(open_with(&cipher, owner, &empty).unwrap().expose_secret(), "");
+        assert_eq!(
+            open_with(&cipher, owner, &empty).unwrap().expose_secret(),
+            ""
+        );
     }
 
     #[test]
