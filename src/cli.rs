@@ -23,6 +23,11 @@ pub enum KeysCommand {
     /// Generate a new signing key. Restart the servers: the new key signs,
     /// the old ones still verify the tokens they signed until those expire.
     Rotate,
+    /// Make a new master key active for sealed secrets and re-wrap every data
+    /// key under it. With keys in the data dir a new key file is generated;
+    /// with CHRONICLE_MASTER_KEYS, put the new key first before running this.
+    /// Then restart the servers.
+    RotateMaster,
 }
 
 #[derive(Debug, Subcommand)]
@@ -128,6 +133,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let path = crate::auth::keys::rotate(&settings.data_dir)?;
             println!("new signing key: {}", path.display());
+            Ok(())
+        }
+        Command::Keys {
+            command: KeysCommand::RotateMaster,
+        } => {
+            let pool = connect_database(&settings).await?;
+            let report = crate::secrets::rotate_master(&pool, &settings).await?;
+            println!(
+                "master key {} is active; {} data keys re-wrapped under it. \
+                 Restart the servers so they seal with it.",
+                report.master_key_id, report.rewrapped
+            );
             Ok(())
         }
         Command::User {

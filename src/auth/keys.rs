@@ -241,7 +241,9 @@ pub fn generate_private_key_pem() -> anyhow::Result<String> {
     ))
 }
 
-fn write_private_file(path: &Path, contents: &str) -> anyhow::Result<()> {
+/// Writes `contents` to a new file readable by its owner only (0600 on unix);
+/// refuses to overwrite. Also used for the master keys of `crate::secrets`.
+pub(crate) fn write_private_file(path: &Path, contents: &str) -> anyhow::Result<()> {
     let dir = path.parent().context("key path has no parent")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut options = std::fs::OpenOptions::new();
