@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod fake_llm;
+pub mod fake_mcp;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
