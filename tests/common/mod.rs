@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod fake_llm;
+pub mod fake_mcp;
 pub mod log_capture;
 
 use std::path::PathBuf;
