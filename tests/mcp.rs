@@ -530,7 +530,11 @@ async fn discovery_lists_every_page_of_tools_over_streamable_http_json_and_event
             ..FakeMcpOptions::default()
         })
         .await;
-        let url = if transport == "sse" { fake.sse_url() } else { fake.http_url() };
+        let url = if transport == "sse" {
+            fake.sse_url()
+        } else {
+            fake.http_url()
+        };
         let server = create(
             &app,
             &user,
@@ -555,7 +559,10 @@ async fn discovery_lists_every_page_of_tools_over_streamable_http_json_and_event
             "{name}: every page, in order"
         );
         assert_eq!(found["tools"][2]["input_schema"]["type"], "object");
-        assert!(found["protocol_version"].as_str().unwrap().starts_with("20"));
+        assert!(found["protocol_version"]
+            .as_str()
+            .unwrap()
+            .starts_with("20"));
         assert_eq!(
             fake.last_headers().get("authorization").map(String::as_str),
             Some("Bearer discovery-secret"),
@@ -563,7 +570,12 @@ async fn discovery_lists_every_page_of_tools_over_streamable_http_json_and_event
         );
 
         let tools = app
-            .send(Method::GET, &format!("{SERVERS}/{id}/tools?limit=5&offset=5"), &user, None)
+            .send(
+                Method::GET,
+                &format!("{SERVERS}/{id}/tools?limit=5&offset=5"),
+                &user,
+                None,
+            )
             .await;
         assert_eq!(tools.headers()["x-total-count"], "7");
         let tools: Value = tools.json().await.unwrap();
@@ -601,19 +613,30 @@ async fn a_rediscovery_after_a_header_change_uses_the_new_secret_and_a_failure_i
     assert_eq!(failed.status(), StatusCode::BAD_GATEWAY);
     let error: Value = failed.json().await.unwrap();
     assert_eq!(error["error"]["code"], "UPSTREAM_ERROR");
-    assert!(error["error"]["message"].as_str().unwrap().contains("401"), "{error}");
+    assert!(
+        error["error"]["message"].as_str().unwrap().contains("401"),
+        "{error}"
+    );
     assert!(!error.to_string().contains("old-secret"));
     let read: Value = app
         .send_json(Method::GET, &format!("{SERVERS}/{id}"), &user, None)
         .await;
     assert_eq!(read["last_discovery"]["status"], "failed");
-    assert!(read["last_discovery"]["error"].as_str().unwrap().contains("401"));
+    assert!(read["last_discovery"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("401"));
     assert_eq!(read["tool_count"], 3, "the last good list stays");
 
     let mut renewed = body;
     renewed["headers"]["Authorization"] = json!("Bearer new-secret");
     let replaced = app
-        .send(Method::PUT, &format!("{SERVERS}/{id}"), &user, Some(renewed))
+        .send(
+            Method::PUT,
+            &format!("{SERVERS}/{id}"),
+            &user,
+            Some(renewed),
+        )
         .await;
     assert_eq!(replaced.status(), StatusCode::OK);
     assert_eq!(discover(&app, &user, id).await.status(), StatusCode::OK);
@@ -646,11 +669,18 @@ async fn discovery_refuses_loopback_addresses_unless_private_addresses_are_allow
         assert_eq!(response.status(), StatusCode::BAD_GATEWAY, "{name}");
         let error: Value = response.json().await.unwrap();
         assert!(
-            error["error"]["message"].as_str().unwrap().contains("CHRONICLE_MCP_ALLOW_PRIVATE"),
+            error["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("CHRONICLE_MCP_ALLOW_PRIVATE"),
             "{name}: {error}"
         );
     }
-    assert_eq!(fake.request_count(), 0, "no request reached the private address");
+    assert_eq!(
+        fake.request_count(),
+        0,
+        "no request reached the private address"
+    );
     app.stop().await;
 }
 
@@ -658,7 +688,10 @@ async fn discovery_refuses_loopback_addresses_unless_private_addresses_are_allow
 async fn stream_messages(app: &TestApp) -> Vec<String> {
     use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy};
     let jetstream = jetstream::new(app.nats.clone());
-    let mut stream = jetstream.get_stream(&app.settings.nats.stream.name).await.unwrap();
+    let mut stream = jetstream
+        .get_stream(&app.settings.nats.stream.name)
+        .await
+        .unwrap();
     let total = stream.info().await.unwrap().state.messages as usize;
     let consumer = stream
         .create_consumer(pull::Config {
@@ -712,11 +745,22 @@ async fn secret_values_are_never_in_clear_in_events_on_the_bus_in_the_audit_trai
     fake.set_behaviour(Behaviour::Normal);
     let mut rotated = body;
     rotated["headers"]["Authorization"] = json!(secrets[2]);
-    app.send(Method::PUT, &format!("{SERVERS}/{id}"), &user, Some(rotated))
-        .await;
+    app.send(
+        Method::PUT,
+        &format!("{SERVERS}/{id}"),
+        &user,
+        Some(rotated),
+    )
+    .await;
     let document = export(&app, &user).await;
-    assert_eq!(document["mcpServers"]["github"]["env"]["GITHUB_TOKEN"], secrets[0]);
-    assert_eq!(document["mcpServers"]["remote"]["headers"]["Authorization"], secrets[2]);
+    assert_eq!(
+        document["mcpServers"]["github"]["env"]["GITHUB_TOKEN"],
+        secrets[0]
+    );
+    assert_eq!(
+        document["mcpServers"]["remote"]["headers"]["Authorization"],
+        secrets[2]
+    );
 
     app.wait_for_projections().await;
     let trail = common::assert_audit_trail_complete(&app.pool).await;
@@ -730,13 +774,20 @@ async fn secret_values_are_never_in_clear_in_events_on_the_bus_in_the_audit_trai
         .iter()
         .map(Value::to_string)
         .collect();
-    let on_bus = eventually(Duration::from_secs(20), "every event on the bus", || async {
-        let messages = stream_messages(&app).await;
-        (messages.len() == stored.len()).then_some(messages)
-    })
+    let on_bus = eventually(
+        Duration::from_secs(20),
+        "every event on the bus",
+        || async {
+            let messages = stream_messages(&app).await;
+            (messages.len() == stored.len()).then_some(messages)
+        },
+    )
     .await;
     let logged = log.contents();
-    assert!(logged.contains("MCP discovery failed"), "the log was captured");
+    assert!(
+        logged.contains("MCP discovery failed"),
+        "the log was captured"
+    );
     for secret in secrets {
         let bare = secret.trim_start_matches("Bearer ");
         for (place, texts) in [
@@ -760,14 +811,24 @@ async fn after_a_master_key_rotation_old_configurations_still_open_and_new_ones_
     let settings = test_settings().await;
     let app = TestApp::spawn_with(settings.clone()).await;
     let user = app.register("mcp-rotation@example.com").await;
-    create(&app, &user, stdio_server("before", "sealed-before-rotation")).await;
-    let pool = app.pool.clone();
+    create(
+        &app,
+        &user,
+        stdio_server("before", "sealed-before-rotation"),
+    )
+    .await;
+    app.wait_for_projections().await;
     app.stop_keeping_data().await;
 
+    // `chronicle keys rotate-master`, run while the servers are down.
+    let pool = sqlx::PgPool::connect(secrecy::ExposeSecret::expose_secret(&settings.database.url))
+        .await
+        .unwrap();
     let report = chronicle::secrets::rotate_master(&pool, &settings)
         .await
         .expect("rotation");
     assert!(report.rewrapped >= 1);
+    pool.close().await;
 
     let app = TestApp::spawn_with(settings).await;
     let document = export(&app, &user).await;

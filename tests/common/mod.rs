@@ -367,13 +367,14 @@ pub async fn wait_for_projections(pool: &PgPool) {
         let behind: i64 = sqlx::query_scalar(
             "select count(*) from ( \
                select e.aggregate_type, e.aggregate_id, max(e.sequence) as last \
-               from events e where e.aggregate_type in ('Task', 'User', 'AuthSession', 'Project', 'ChatSession') \
+               from events e where e.aggregate_type in ('Task', 'User', 'AuthSession', 'Project', 'ChatSession', 'McpServer') \
                group by 1, 2) latest \
              left join read.aggregate_versions v \
                on v.aggregate_type = latest.aggregate_type and v.aggregate_id = latest.aggregate_id \
               and v.projection = case latest.aggregate_type \
                     when 'Task' then 'tasks' when 'User' then 'users' when 'Project' then 'projects' \
-                    when 'ChatSession' then 'chat_sessions' else 'auth_sessions' end \
+                    when 'ChatSession' then 'chat_sessions' when 'McpServer' then 'mcp_servers' \
+                    else 'auth_sessions' end \
              where coalesce(v.version, 0) < latest.last",
         )
         .fetch_one(pool)
