@@ -545,3 +545,64 @@ async fn when_every_stream_slot_is_busy_an_ndjson_history_answers_503_at_once() 
     assert_eq!(page.status(), StatusCode::OK);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_json_body_that_is_not_an_object_is_a_422_on_every_route_and_changes_nothing() {
+    let app = TestApp::spawn().await;
+    let user = app.register("not-an-object@example.com").await;
+    let task = app.create_task(&user, "stays as it is").await;
+    let task_path = format!("/v1/tasks/{}", task["id"].as_str().unwrap());
+    let events_before: i64 = sqlx::query_scalar("select count(*) from events")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let routes = [
+        (Method::POST, "/v1/auth/register".to_string()),
+        (Method::POST, "/v1/auth/login".to_string()),
+        (Method::POST, "/v1/auth/refresh".to_string()),
+        (Method::POST, "/v1/auth/logout".to_string()),
+        (Method::POST, "/v1/auth/change-password".to_string()),
+        (Method::PUT, "/v1/user/profile".to_string()),
+        (Method::POST, "/v1/user/profile/reset-api-key".to_string()),
+        (Method::POST, "/v1/tasks".to_string()),
+        (Method::PUT, task_path.clone()),
+        (Method::PATCH, task_path.clone()),
+        (Method::PATCH, format!("{task_path}/complete")),
+        (Method::POST, "/v1/projects".to_string()),
+        (Method::POST, "/v1/sessions".to_string()),
+        (Method::POST, "/v1/mcp/servers".to_string()),
+    ];
+    for (method, path) in &routes {
+        for body in [
+            json!(["stays as it is"]),
+            json!("a string"),
+            json!(42),
+            json!(null),
+        ] {
+            let response = app
+                .client
+                .request(method.clone(), app.url(path))
+                .bearer_auth(&user.token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                response.status(),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "{method} {path} {body}"
+            );
+            let error: Value = response.json().await.unwrap();
+            assert_eq!(
+                error["error"]["code"], "VALIDATION_ERROR",
+                "{method} {path}"
+            );
+        }
+    }
+    let events_after: i64 = sqlx::query_scalar("select count(*) from events")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(events_before, events_after, "a refused body wrote an event");
+    app.stop().await;
+}

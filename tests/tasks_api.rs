@@ -75,18 +75,18 @@ async fn a_task_goes_through_its_whole_lifecycle_over_http() {
     assert_eq!(replaced["description"], "by Friday");
     assert_eq!(replaced["version"], 2);
 
-    let incomplete_put = app
+    let untitled = app
         .send(
             Method::PUT,
             &format!("/v1/tasks/{id}"),
             &user,
-            Some(json!({"title": "only a title"})),
+            Some(json!({"description": "no title"})),
         )
         .await;
     assert_eq!(
-        incomplete_put.status(),
+        untitled.status(),
         StatusCode::UNPROCESSABLE_ENTITY,
-        "PUT needs every field"
+        "PUT needs a title"
     );
 
     let patched: Value = app
@@ -1051,5 +1051,39 @@ async fn a_task_loaded_from_its_snapshot_counts_each_event_once() {
     );
     let read: Value = app.send_json(Method::GET, &path, &user, None).await;
     assert_eq!(read["version"], 25);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_put_with_only_title_and_description_nulls_the_rest_and_keeps_completed() {
+    let app = TestApp::spawn().await;
+    let user = app.register("partial-put@example.com").await;
+    let task = app.create_task(&user, "complete me").await;
+    let id = task["id"].as_str().unwrap();
+    let due: Value = app
+        .send_json(
+            Method::PATCH,
+            &format!("/v1/tasks/{id}"),
+            &user,
+            Some(json!({"due_at": "2030-01-01T00:00:00Z", "completed": true})),
+        )
+        .await;
+    assert_eq!(due["completed"], true);
+    let replaced: Value = app
+        .send_json(
+            Method::PUT,
+            &format!("/v1/tasks/{id}"),
+            &user,
+            Some(json!({"title": "only a title", "description": "and a description"})),
+        )
+        .await;
+    assert_eq!(replaced["title"], "only a title");
+    assert_eq!(replaced["description"], "and a description");
+    assert_eq!(replaced["due_at"], Value::Null);
+    assert_eq!(replaced["project_id"], Value::Null);
+    assert_eq!(
+        replaced["completed"], true,
+        "absent `completed` is unchanged"
+    );
     app.stop().await;
 }

@@ -562,7 +562,8 @@ pub async fn revoke_auth_session(
 /// Revokes the caller's session: its refresh tokens and this access token stop working.
 #[utoipa::path(post, path = "/v1/auth/logout", tag = "auth", security(("bearer" = [])), request_body(content = Option<LogoutRequest>), responses(
     (status = 204, description = "Logged out"),
-    (status = 401, description = "AUTH_REQUIRED or INVALID_TOKEN"),
+    (status = 400, description = "Body is not JSON"), (status = 401, description = "AUTH_REQUIRED or INVALID_TOKEN"),
+    (status = 422, description = "Body is not an object with a string `refresh_token`"),
 ))]
 pub async fn logout(
     State(state): State<AppState>,
@@ -570,14 +571,7 @@ pub async fn logout(
     context: RequestContext,
     body: axum::body::Bytes,
 ) -> Result<StatusCode> {
-    let request: LogoutRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        LogoutRequest::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|err| ApiError::Validation {
-            message: format!("invalid body: {err}"),
-            details: Vec::new(),
-        })?
-    };
+    let request: LogoutRequest = crate::http::extract::optional_json(&body)?;
     let mut sessions = Vec::from_iter(user.auth_session_id);
     if let Some(token) = request.refresh_token {
         // Only a family of the caller's own can be named this way.

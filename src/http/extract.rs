@@ -19,19 +19,82 @@ use crate::http::request_id::RequestId;
 use crate::state::AppState;
 
 /// `axum::Json` with our error format: 415 without a JSON content type, 400
-/// for malformed JSON, 422 for wrong types, missing or unknown fields, 413
-/// over the body limit.
+/// for malformed JSON, 422 for a body that is JSON but not an object (serde
+/// would otherwise read `["title"]` into a struct field by field), for wrong
+/// types, missing or unknown fields, 413 over the body limit.
 pub struct Json<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(request, state).await {
+        if !is_json_content_type(request.headers()) {
+            return Err(ApiError::UnsupportedMediaType(
+                "expected Content-Type: application/json".into(),
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge
+                } else {
+                    ApiError::BadRequest(rejection.body_text())
+                }
+            })?;
+        let is_object = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+        if !is_object && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok() {
+            return Err(ApiError::Validation {
+                message: "the body must be a JSON object".into(),
+                details: Vec::new(),
+            });
+        }
+        match axum::Json::<T>::from_bytes(&bytes) {
             Ok(axum::Json(value)) => Ok(Self(value)),
             Err(rejection) => Err(json_rejection(rejection)),
         }
     }
+}
+
+/// `application/json` or any `application/*+json`, parameters ignored.
+fn is_json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(content_type) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    match essence.split_once('/') {
+        Some(("application", subtype)) => subtype == "json" || subtype.ends_with("+json"),
+        _ => false,
+    }
+}
+
+/// A JSON body that may be left out: no body (or only whitespace) is
+/// `T::default()`; a body that is not JSON is a 400, one that is not an
+/// object or has the wrong fields a 422.
+pub fn optional_json<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|err| ApiError::BadRequest(format!("malformed JSON: {err}")))?;
+    if !value.is_object() {
+        return Err(ApiError::Validation {
+            message: "the body must be a JSON object".into(),
+            details: Vec::new(),
+        });
+    }
+    serde_json::from_value(value).map_err(|err| ApiError::Validation {
+        message: format!("invalid body: {err}"),
+        details: Vec::new(),
+    })
 }
 
 pub fn json_rejection(rejection: JsonRejection) -> ApiError {
@@ -211,14 +274,6 @@ where
             .map(Self)
             .map_err(|err| ApiError::invalid_field(CONSISTENCY_HEADER, err.to_string()))
     }
-}
-
-/// Makes an `Option` field required while still accepting `null`
-/// (`#[serde(deserialize_with = "present_or_null")]`).
-pub fn present_or_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
-    d: D,
-) -> Result<Option<T>, D::Error> {
-    Option::<T>::deserialize(d)
 }
 
 /// Tells "absent" (outer `None`, with `#[serde(default)]`) from "null" (`Some(None)`).

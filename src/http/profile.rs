@@ -9,7 +9,6 @@ use axum::routing::{get, post};
 use axum::Router;
 use chronicle_aggregates::user::{PhotoInfo, UserCommand};
 use chrono::{DateTime, Utc};
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -109,27 +108,6 @@ pub struct ResetApiKeyRequest {
 
 /// Longest lifetime an expiring API key may be given.
 pub const MAX_API_KEY_DAYS: i64 = 365;
-
-/// A JSON body that may be left out: no body (or only whitespace) is
-/// `T::default()`; a body that is not JSON is a 400, one that is not an
-/// object or has the wrong fields a 422.
-fn optional_json<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|err| ApiError::BadRequest(format!("malformed JSON: {err}")))?;
-    if !value.is_object() {
-        return Err(ApiError::Validation {
-            message: "the body must be a JSON object".into(),
-            details: Vec::new(),
-        });
-    }
-    serde_json::from_value(value).map_err(|err| ApiError::Validation {
-        message: format!("invalid body: {err}"),
-        details: Vec::new(),
-    })
-}
 
 async fn load_profile(state: &AppState, user_id: Uuid) -> Result<ProfileResponse> {
     type Row = (
@@ -290,7 +268,7 @@ pub async fn reset_api_key(
     context: RequestContext,
     body: Bytes,
 ) -> Result<axum::Json<ApiKeyResponse>> {
-    let request: ResetApiKeyRequest = optional_json(&body)?;
+    let request: ResetApiKeyRequest = crate::http::extract::optional_json(&body)?;
     if let Some(days) = request.expires_in_days {
         if !(1..=MAX_API_KEY_DAYS).contains(&days) {
             return Err(ApiError::invalid_field(

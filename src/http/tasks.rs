@@ -81,18 +81,22 @@ pub struct CreateTaskRequest {
     pub due_at: Option<DateTime<Utc>>,
 }
 
-/// PUT: every field must be present (`null` where allowed).
+/// PUT replaces the task: `title` required; `description`, `project_id` and
+/// `due_at` absent become null; `completed` absent stays as it is.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplaceTaskRequest {
+    /// 1–200 characters.
     pub title: String,
-    #[serde(deserialize_with = "crate::http::extract::present_or_null")]
+    /// At most 1000 characters.
+    #[serde(default)]
     pub description: Option<String>,
-    #[serde(deserialize_with = "crate::http::extract::present_or_null")]
+    #[serde(default)]
     pub project_id: Option<Uuid>,
-    #[serde(deserialize_with = "crate::http::extract::present_or_null")]
+    #[serde(default)]
     pub due_at: Option<DateTime<Utc>>,
-    pub completed: bool,
+    #[serde(default)]
+    pub completed: Option<bool>,
 }
 
 /// PATCH: only the fields to change; `null` clears an optional field.

@@ -37,8 +37,8 @@ pub enum TaskCommand {
         project_id: Option<Uuid>,
         /// New deadline (`None` clears it).
         due_at: Option<DateTime<Utc>>,
-        /// New completion state.
-        completed: bool,
+        /// New completion state; `None` leaves it as it is.
+        completed: Option<bool>,
         /// When the command was issued.
         at: DateTime<Utc>,
     },

@@ -206,7 +206,7 @@ impl Aggregate for Task {
                     project_id,
                     due_at,
                 };
-                self.write_changes(content, Some(completed), at, sink).await;
+                self.write_changes(content, completed, at, sink).await;
             }
             TaskCommand::Patch {
                 actor_id,
@@ -360,7 +360,7 @@ mod tests {
             description: Some("semi-skimmed".into()),
             project_id: Some(PROJECT),
             due_at: Some(at(86_400)),
-            completed: false,
+            completed: Some(false),
             at: at(10),
         }
     }
@@ -525,6 +525,27 @@ mod tests {
     // ----- Replace -----
 
     #[test]
+    fn a_replace_without_completed_leaves_the_completion_as_it_is() {
+        task()
+            .given(vec![
+                created(),
+                TaskEvent::TaskCompleted {
+                    completed_at: at(5),
+                },
+            ])
+            .when(TaskCommand::Replace {
+                actor_id: OWNER,
+                title: "Buy milk".into(),
+                description: Some("semi-skimmed".into()),
+                project_id: Some(PROJECT),
+                due_at: Some(at(86_400)),
+                completed: None,
+                at: at(10),
+            })
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
     fn replacing_a_task_records_its_full_new_content() {
         task()
             .given(vec![created()])
@@ -534,7 +555,7 @@ mod tests {
                 description: None,
                 project_id: None,
                 due_at: Some(at(172_800)),
-                completed: false,
+                completed: Some(false),
                 at: at(10),
             })
             .then_expect_events(vec![TaskEvent::TaskUpdated {
@@ -564,7 +585,7 @@ mod tests {
                 description: Some("semi-skimmed".into()),
                 project_id: Some(PROJECT),
                 due_at: Some(at(86_400)),
-                completed: true,
+                completed: Some(true),
                 at: at(10),
             })
             .then_expect_events(vec![TaskEvent::TaskCompleted {
@@ -587,7 +608,7 @@ mod tests {
                 description: Some("whole".into()),
                 project_id: Some(PROJECT),
                 due_at: Some(at(86_400)),
-                completed: false,
+                completed: Some(false),
                 at: at(10),
             })
             .then_expect_events(vec![
@@ -625,7 +646,7 @@ mod tests {
                 description: Some("d".repeat(1001)),
                 project_id: None,
                 due_at: None,
-                completed: false,
+                completed: Some(false),
                 at: at(10),
             })
             .inspect_result()
