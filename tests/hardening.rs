@@ -606,3 +606,43 @@ async fn a_json_body_that_is_not_an_object_is_a_422_on_every_route_and_changes_n
     assert_eq!(events_before, events_after, "a refused body wrote an event");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn every_metric_on_metrics_is_described_with_help_and_type() {
+    let app = TestApp::spawn().await;
+    let user = app.register("metrics-help@example.com").await;
+    app.create_task(&user, "counted").await;
+    app.wait_for_projections().await;
+    let metrics = eventually(
+        Duration::from_secs(20),
+        "relay and projection metrics",
+        || async {
+            let text = app
+                .client
+                .get(app.url("/metrics"))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            (text.contains("chronicle_relay_published_events_total")
+                && text.contains("chronicle_projection_events_total"))
+            .then_some(text)
+        },
+    )
+    .await;
+    let typed: Vec<&str> = metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .collect();
+    assert!(typed.len() >= 8, "{metrics}");
+    for name in typed {
+        assert!(
+            metrics.contains(&format!("# HELP {name} ")),
+            "{name} has no # HELP line"
+        );
+    }
+    app.stop().await;
+}

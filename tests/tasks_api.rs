@@ -768,17 +768,24 @@ async fn service_routes_describe_and_expose_the_server() {
             .status(),
         StatusCode::OK
     );
-    eventually(Duration::from_secs(30), "readiness", || async {
-        (app.client
-            .get(app.url("/ready"))
-            .send()
-            .await
-            .ok()?
-            .status()
-            == StatusCode::OK)
-            .then_some(())
+    let ready: Value = eventually(Duration::from_secs(30), "readiness", || async {
+        let response = app.client.get(app.url("/ready")).send().await.ok()?;
+        if response.status() != StatusCode::OK {
+            return None;
+        }
+        response.json().await.ok()
     })
     .await;
+    assert_eq!(ready["status"], "ready");
+    for component in ["postgres", "nats", "projections", "dead_letters"] {
+        assert!(
+            ready["checks"][component]
+                .as_str()
+                .unwrap()
+                .starts_with("ok"),
+            "/ready names what it checked: {ready}"
+        );
+    }
     let jwks: Value = app
         .client
         .get(app.url("/.well-known/jwks.json"))
