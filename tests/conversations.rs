@@ -949,7 +949,7 @@ async fn the_environment_names_the_models_and_features_without_any_secret() {
         json!([{"id": "claude-test", "provider": "anthropic"}, {"id": "gpt-test", "provider": "openai"}])
     );
     assert_eq!(environment["features"]["chat"], true);
-    assert_eq!(environment["features"]["mcp_servers"], false);
+    assert_eq!(environment["features"]["mcp_servers"], true);
     app.stop().await;
 
     let bare = TestApp::spawn().await;

@@ -646,3 +646,47 @@ async fn every_metric_on_metrics_is_described_with_help_and_type() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_detailed_health_shows_each_component_the_relay_and_every_projection() {
+    let app = TestApp::spawn().await;
+    let developer = app.register("developer-health@example.com").await;
+    let developer = app.grant_role(&developer, "developer").await;
+    app.create_task(&developer, "something to relay").await;
+    app.wait_for_projections().await;
+    let health: Value = eventually(Duration::from_secs(20), "the relay caught up", || async {
+        let health: Value = app
+            .send_json(Method::GET, "/v1/debug/health/detailed", &developer, None)
+            .await;
+        (health["relay"]["lag_events"] == 0).then_some(health)
+    })
+    .await;
+    for component in ["postgres", "nats"] {
+        assert_eq!(health[component]["status"], "ok", "{health}");
+        assert!(health[component]["latency_ms"].as_f64().unwrap() >= 0.0);
+    }
+    assert!(health["relay"]["global_position"].as_i64().unwrap() > 0);
+    assert_eq!(
+        health["relay"]["global_position"],
+        health["relay"]["head_position"]
+    );
+    assert_eq!(health["pool"]["max"], app.settings.database.max_connections);
+    let listed: Vec<&str> = health["projections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            assert_eq!(p["state"], "running", "{p}");
+            p["name"].as_str().unwrap()
+        })
+        .collect();
+    for projection in chronicle_projections::all_projections() {
+        assert!(
+            listed.contains(&projection.name()),
+            "{} missing",
+            projection.name()
+        );
+    }
+    assert_eq!(health["build"]["version"], env!("CARGO_PKG_VERSION"));
+    app.stop().await;
+}

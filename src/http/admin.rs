@@ -25,7 +25,10 @@ pub fn router() -> Router<AppState> {
         .route("/v1/admin/users/{id}/roles", post(set_roles))
         .route("/v1/admin/users/{id}/unlock", post(unlock_user))
         .route("/v1/analytics", get(analytics))
-        .route("/v1/debug/health/detailed", get(detailed_health))
+        .route(
+            "/v1/debug/health/detailed",
+            get(crate::http::diagnostics::detailed_health),
+        )
 }
 
 /// A user as administrators see it.
@@ -219,52 +222,5 @@ pub async fn analytics(State(state): State<AppState>, user: AuthUser) -> Result<
             "sessions": 0, "messages": 0, "tokens": 0,
         },
         "daily": daily.into_iter().map(|(day, users, tasks)| json!({"date": day, "users": users, "tasks": tasks})).collect::<Vec<_>>(),
-    })))
-}
-
-/// name, stream sequence, last recorded_at applied, failure, updated_at
-type ProjectionRow = (
-    String,
-    i64,
-    Option<DateTime<Utc>>,
-    Option<String>,
-    DateTime<Utc>,
-);
-
-/// Each component, the projections' positions and lags, and the relay's position.
-#[utoipa::path(get, path = "/v1/debug/health/detailed", tag = "admin", security(("bearer" = [])), responses(
-    (status = 200, description = "Component details"), (status = 403),
-))]
-pub async fn detailed_health(
-    State(state): State<AppState>,
-    user: AuthUser,
-) -> Result<axum::Json<Value>> {
-    user.require_any_role(&["admin", "developer"])?;
-    let postgres_ok = sqlx::query_scalar::<_, i32>("select 1")
-        .fetch_one(&state.pool)
-        .await
-        .is_ok();
-    let projections: Vec<ProjectionRow> = sqlx::query_as(
-        "select projection, stream_sequence, last_recorded_at, failure, updated_at \
-         from read.projection_checkpoints order by projection",
-    )
-    .fetch_all(&state.pool)
-    .await?;
-    let relay: Option<(i64, DateTime<Utc>)> = sqlx::query_as(
-        "select global_position, updated_at from relay_checkpoints where name = 'main'",
-    )
-    .fetch_optional(&state.pool)
-    .await?;
-    Ok(axum::Json(json!({
-        "postgres": {"ok": postgres_ok, "pool_size": state.pool.size(), "idle": state.pool.num_idle()},
-        "nats": {"state": format!("{:?}", state.nats.connection_state())},
-        "relay": relay.map(|(position, at)| json!({"global_position": position, "updated_at": at})),
-        "projections": projections.into_iter().map(|(name, sequence, recorded, failure, updated)| json!({
-            "name": name,
-            "stream_sequence": sequence,
-            "lag_seconds": recorded.map(|r| (updated - r).num_milliseconds() as f64 / 1000.0),
-            "failure": failure,
-            "updated_at": updated,
-        })).collect::<Vec<_>>(),
     })))
 }

@@ -76,8 +76,8 @@ pub async fn environment(State(state): State<AppState>) -> Json<Environment> {
         features: Features {
             chat: state.llm.ensure_configured().is_ok(),
             event_feeds: true,
+            mcp_servers: true,
             // Not built yet: clients hide them.
-            mcp_servers: false,
             notifications: false,
             files: false,
             analytics: false,

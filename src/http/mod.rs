@@ -6,6 +6,7 @@ pub mod audit;
 pub mod auth;
 pub mod chat;
 pub mod chat_sessions;
+pub mod diagnostics;
 pub mod environment;
 pub mod error;
 pub mod event_feed;

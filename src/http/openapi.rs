@@ -9,8 +9,8 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::http::{
-    admin, audit, auth, chat, chat_sessions, environment, mcp, profile, projects, service, tasks,
-    ws,
+    admin, audit, auth, chat, chat_sessions, diagnostics, environment, mcp, profile, projects,
+    service, tasks, ws,
 };
 use crate::state::AppState;
 
@@ -24,7 +24,7 @@ use crate::state::AppState;
         auth::verify_token, auth::me,
         profile::get_profile, profile::update_profile, profile::deactivate_profile,
         profile::reset_api_key, profile::upload_photo, profile::get_photo, profile::delete_photo,
-        admin::list_users, admin::set_roles, admin::unlock_user, admin::analytics, admin::detailed_health,
+        admin::list_users, admin::set_roles, admin::unlock_user, admin::analytics, diagnostics::detailed_health,
         tasks::list_tasks, tasks::create_task, tasks::get_task, tasks::replace_task,
         tasks::patch_task, tasks::complete_task, tasks::delete_task, tasks::restore_task,
         projects::list_projects, projects::create_project, projects::get_project,
