@@ -823,6 +823,51 @@ async fn service_routes_describe_and_expose_the_server() {
     ] {
         assert!(spec["paths"][path].is_object(), "{path} is documented");
     }
+    // Every operation declares the answers the shared layers can give it,
+    // each error with the error body's schema.
+    let public = [
+        "/",
+        "/health",
+        "/ready",
+        "/metrics",
+        "/.well-known/jwks.json",
+        "/v1/environment",
+        "/v1/auth/register",
+        "/v1/auth/login",
+        "/v1/auth/refresh",
+    ];
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let responses = operation["responses"].as_object().unwrap();
+            let declares = |status: &str| responses.contains_key(status);
+            let mut expected = vec!["500", "503"];
+            if !public.contains(&path.as_str()) {
+                expected.push("401");
+            }
+            if operation.get("requestBody").is_some() {
+                expected.extend(["400", "413", "415", "422"]);
+            }
+            if path.contains('{') {
+                expected.extend(["404", "422"]);
+            }
+            for status in expected {
+                assert!(
+                    declares(status),
+                    "{method} {path} does not declare {status}"
+                );
+            }
+            for (status, response) in responses {
+                if status.starts_with('4') || status.starts_with('5') {
+                    assert!(
+                        response["content"]["application/json"]["schema"]["$ref"]
+                            .as_str()
+                            .is_some_and(|r| r.ends_with("/ErrorBody")),
+                        "{method} {path} {status} has no error schema"
+                    );
+                }
+            }
+        }
+    }
     let user = app.register("metrics@example.com").await;
     app.create_task(&user, "counted").await;
     let metrics = app

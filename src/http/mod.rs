@@ -14,6 +14,7 @@ pub mod extract;
 pub mod identity;
 pub mod mcp;
 pub mod openapi;
+pub mod openapi_errors;
 pub mod profile;
 pub mod projects;
 pub mod rate_limit;

@@ -8,6 +8,7 @@ use axum::{Json, Router};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use crate::http::openapi_errors::CommonErrors;
 use crate::http::{
     admin, audit, auth, chat, chat_sessions, diagnostics, environment, mcp, profile, projects,
     service, tasks, ws,
@@ -42,7 +43,7 @@ use crate::state::AppState;
         audit::list_audit_checkpoints, audit::get_audit_aggregate, audit::export_audit_trail,
         chat::list_models, chat::get_model, chat::create_chat_completion,
     ),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &CommonErrors),
     tags((name = "service"), (name = "auth"), (name = "profile"), (name = "admin"), (name = "tasks"), (name = "projects"), (name = "sessions"), (name = "audit"), (name = "chat"), (name = "mcp"))
 )]
 pub struct ApiDoc;

@@ -1,0 +1,151 @@
+//! Makes every operation of `/openapi.json` declare the error answers the
+//! shared layers can give it (authentication, body parsing, path and query
+//! extraction, rate limits, timeouts, internal errors), each with the error
+//! body's schema. Handlers declare what is theirs (404 of a missing thing,
+//! 409, 422 of a field rule); this adds what every route of a kind shares,
+//! so no route can forget one.
+
+use utoipa::openapi::path::{Operation, PathItem};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
+use utoipa::{Modify, PartialSchema};
+
+/// The body of every error answer.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // a schema only: answers are built as JSON in `error.rs`
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ErrorDetail {
+    /// `AUTH_REQUIRED`, `INVALID_TOKEN`, `INVALID_CREDENTIALS`, `TOKEN_REUSED`,
+    /// `FORBIDDEN`, `NOT_FOUND`, `METHOD_NOT_ALLOWED`, `CONFLICT`,
+    /// `PAYLOAD_TOO_LARGE`, `UNSUPPORTED_MEDIA_TYPE`, `VALIDATION_ERROR`,
+    /// `BAD_REQUEST`, `ACCOUNT_LOCKED`, `RATE_LIMITED`, `UPSTREAM_ERROR`,
+    /// `UPSTREAM_NOT_CONFIGURED`, `UNAVAILABLE`, `INTERNAL_ERROR`.
+    pub code: String,
+    pub message: String,
+    /// Per-field problems of a `VALIDATION_ERROR` (`{field, message}`), or
+    /// the failing components of an `UNAVAILABLE`.
+    #[schema(value_type = Vec<Object>)]
+    pub details: Vec<serde_json::Value>,
+    /// Equals the answer's `X-Request-ID`.
+    pub request_id: String,
+}
+
+/// Routes anyone may call (API.md "Conventions").
+const PUBLIC: &[&str] = &[
+    "/",
+    "/health",
+    "/ready",
+    "/metrics",
+    "/.well-known/jwks.json",
+    "/v1/environment",
+    "/v1/auth/register",
+    "/v1/auth/login",
+    "/v1/auth/refresh",
+];
+
+fn description(status: &str) -> &'static str {
+    match status {
+        "400" => "BAD_REQUEST: the body is not JSON",
+        "401" => "AUTH_REQUIRED or INVALID_TOKEN",
+        "403" => "FORBIDDEN: no role that may do this",
+        "404" => "NOT_FOUND: no such resource of yours",
+        "409" => "CONFLICT",
+        "413" => "PAYLOAD_TOO_LARGE",
+        "415" => "UNSUPPORTED_MEDIA_TYPE: Content-Type is not application/json",
+        "422" => "VALIDATION_ERROR: a field, a parameter or the body's shape is invalid",
+        "429" => "RATE_LIMITED (Retry-After)",
+        "500" => "INTERNAL_ERROR",
+        "502" => "UPSTREAM_ERROR",
+        "503" => "UNAVAILABLE: overloaded, timed out, or your last write is not readable yet (Retry-After)",
+        _ => "Error",
+    }
+}
+
+fn error_response(status: &str, text: Option<&str>) -> Response {
+    ResponseBuilder::new()
+        .description(
+            text.filter(|t| !t.is_empty())
+                .unwrap_or(description(status)),
+        )
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .build(),
+        )
+        .build()
+}
+
+pub struct CommonErrors;
+
+impl Modify for CommonErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components
+            .schemas
+            .insert("ErrorBody".into(), ErrorBody::schema());
+        components
+            .schemas
+            .insert("ErrorDetail".into(), ErrorDetail::schema());
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            for operation in operations(item) {
+                complete(path, operation);
+            }
+        }
+    }
+}
+
+fn operations(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
+    [
+        item.get.as_mut(),
+        item.put.as_mut(),
+        item.post.as_mut(),
+        item.delete.as_mut(),
+        item.patch.as_mut(),
+    ]
+    .into_iter()
+    .flatten()
+}
+
+fn complete(path: &str, operation: &mut Operation) {
+    let mut shared = vec!["500", "503"];
+    if path.starts_with("/v1/") {
+        shared.push("429");
+    }
+    if !PUBLIC.contains(&path) {
+        shared.push("401");
+    }
+    if operation.request_body.is_some() {
+        shared.extend(["400", "413", "415", "422"]);
+    }
+    if operation
+        .parameters
+        .as_ref()
+        .is_some_and(|parameters| !parameters.is_empty())
+    {
+        shared.push("422");
+    }
+    if path.contains('{') {
+        shared.push("404");
+    }
+    let responses = &mut operation.responses.responses;
+    // Error answers declared bare get the error body's schema.
+    for (status, response) in responses.iter_mut() {
+        if let RefOr::T(declared) = response {
+            let is_error = status.starts_with('4') || status.starts_with('5');
+            if is_error && declared.content.is_empty() {
+                *declared = error_response(status, Some(&declared.description));
+            }
+        }
+    }
+    for status in shared {
+        responses
+            .entry(status.to_string())
+            .or_insert_with(|| RefOr::T(error_response(status, None)));
+    }
+}
