@@ -663,6 +663,9 @@ async fn upload(
         .unwrap()
 }
 
+/// A real 1×1 PNG.
+const TINY_PNG: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0\x1f\x15\xc4\x89\0\0\0\rIDATx\xdacd`\xf8_\x0f\0\x02\x87\x01\x80\xebG\xba\x92\0\0\0\0IEND\xaeB`\x82";
+
 #[tokio::test]
 async fn photos_are_checked_by_content_and_size() {
     let app = TestApp::spawn().await;
@@ -690,7 +693,7 @@ async fn photos_are_checked_by_content_and_size() {
         (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE".into())
     );
 
-    let png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR tiny".to_vec();
+    let png = TINY_PNG.to_vec();
     let stored = upload(&app, &user, "renamed.jpg", "image/jpeg", png.clone()).await;
     assert_eq!(stored.status(), StatusCode::OK);
     let profile: Value = stored.json().await.unwrap();
@@ -1000,5 +1003,46 @@ async fn every_auth_event_is_attributed_and_none_carries_a_secret() {
     ] {
         assert!(seen.contains(kind), "{kind} recorded");
     }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn no_exif_gps_position_survives_a_photo_upload() {
+    let app = TestApp::spawn().await;
+    let user = app.register("photo-gps@example.com").await;
+    let segment = |marker: u8, payload: &[u8]| {
+        let mut out = vec![0xFF, marker];
+        out.extend_from_slice(&((payload.len() + 2) as u16).to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    };
+    // A JPEG whose EXIF block holds a GPS position, as phones write it.
+    let mut jpeg = vec![0xFF, 0xD8];
+    jpeg.extend(segment(0xE0, b"JFIF\0\x01\x01\0\0\x01\0\x01\0\0"));
+    jpeg.extend(segment(
+        0xE1,
+        b"Exif\0\0MM\0*\0\0\0\x08GPSLatitude=48.858370 GPSLongitude=2.294481",
+    ));
+    jpeg.extend(segment(0xDB, &[0; 65]));
+    jpeg.extend(segment(0xDA, b"\x01\x01\0\0?\0"));
+    let picture = [0x7A, 0xFF, 0x00, 0x3C, 0xFF, 0xD9];
+    jpeg.extend(picture);
+    let uploaded = upload(&app, &user, "me.jpg", "image/jpeg", jpeg).await;
+    assert_eq!(uploaded.status(), StatusCode::OK);
+    let stored = app
+        .send(Method::GET, "/v1/user/profile/photo", &user, None)
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&stored);
+    assert!(
+        !text.contains("Exif") && !text.contains("GPS"),
+        "metadata survived"
+    );
+    assert!(stored.starts_with(&[0xFF, 0xD8]) && stored.ends_with(&picture));
+    // A PNG whose chunks do not add up is refused, not stored.
+    let broken = upload(&app, &user, "x.png", "image/png", TINY_PNG[..40].to_vec()).await;
+    assert_eq!(broken.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
     app.stop().await;
 }

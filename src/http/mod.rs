@@ -15,6 +15,7 @@ pub mod identity;
 pub mod mcp;
 pub mod openapi;
 pub mod openapi_errors;
+pub mod photo_metadata;
 pub mod profile;
 pub mod projects;
 pub mod rate_limit;

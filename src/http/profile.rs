@@ -318,7 +318,8 @@ fn sniff_image(bytes: &[u8]) -> Option<&'static str> {
     }
 }
 
-/// Uploads a JPEG, PNG, WebP or GIF (≤ 5 MB, checked by content) as `photo` (or `file`).
+/// Uploads a JPEG, PNG, WebP or GIF (≤ 5 MB, checked by content) as `photo` (or `file`);
+/// its metadata (EXIF with any GPS position, XMP, comments) is stripped.
 #[utoipa::path(post, path = "/v1/user/profile/photo", tag = "profile", security(("bearer" = [])), request_body(content_type = "multipart/form-data", description = "field `photo`"), responses(
     (status = 200, body = ProfileResponse), (status = 413), (status = 415), (status = 422),
 ))]
@@ -343,6 +344,9 @@ pub async fn upload_photo(
     let content_type = sniff_image(&bytes).ok_or_else(|| {
         ApiError::UnsupportedMediaType("the photo must be a JPEG, PNG, WebP or GIF image".into())
     })?;
+    // No GPS position, camera serial or comment leaves with the picture.
+    let bytes = crate::http::photo_metadata::strip(content_type, &bytes)
+        .map_err(|malformed| ApiError::UnsupportedMediaType(malformed.to_string()))?;
     let sha256 = hex::encode(Sha256::digest(&bytes));
     sqlx::query(
         "insert into profile_photos (user_id, content_type, bytes, sha256) values ($1, $2, $3, $4) \
@@ -351,7 +355,7 @@ pub async fn upload_photo(
     )
     .bind(user.id)
     .bind(content_type)
-    .bind(bytes.as_ref())
+    .bind(bytes.as_slice())
     .bind(&sha256)
     .execute(&state.pool)
     .await?;
