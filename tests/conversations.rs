@@ -1000,3 +1000,92 @@ async fn errors_raised_before_the_chat_route_runs_also_carry_openai_type() {
     assert!(error["error"].get("type").is_none());
     app.stop().await;
 }
+
+#[tokio::test]
+async fn analytics_figures_equal_the_counts_of_the_event_store_for_the_same_window() {
+    let (app, _fake) = app_with_fake_llm().await;
+    let analyst = app.register("analyst@example.com").await;
+    let analyst = app.grant_role(&analyst, "analyst").await;
+    let user = app.register("counted@example.com").await;
+    for title in ["one", "two", "three"] {
+        let task = app.create_task(&user, title).await;
+        if title != "two" {
+            app.send(
+                Method::PATCH,
+                &format!("/v1/tasks/{}/complete", task["id"].as_str().unwrap()),
+                &user,
+                Some(json!({"completed": true})),
+            )
+            .await;
+        }
+    }
+    let session = start_session(&app, &user, json!({})).await;
+    for content in ["hello", "again"] {
+        let response = app
+            .send(
+                Method::POST,
+                &format!("/v1/sessions/{session}/messages"),
+                &user,
+                Some(json!({"content": content})),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+
+    // A window of whole hours around now, counted straight from the events.
+    let now = chrono::Utc::now();
+    let hour = now - chrono::Duration::seconds(i64::from(now.timestamp() as u32 % 3600));
+    let from =
+        (hour - chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let to = (hour + chrono::Duration::hours(2)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let expected: Value = sqlx::query_scalar(
+        "select jsonb_build_object( \
+           'users', count(*) filter (where event_type = 'UserRegistered'), \
+           'tasks', count(*) filter (where event_type = 'TaskCreated'), \
+           'tasks_completed', count(*) filter (where event_type = 'TaskCompleted'), \
+           'sessions', count(*) filter (where event_type = 'ChatSessionStarted'), \
+           'messages', count(*) filter (where event_type = 'MessageAdded'), \
+           'tokens', coalesce(sum((payload -> 'MessageAdded' -> 'usage' ->> 'total_tokens')::bigint), 0)) \
+         from events where recorded_at >= $1::timestamptz and recorded_at < $2::timestamptz",
+    )
+    .bind(&from)
+    .bind(&to)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(expected["users"], 2);
+    assert!(expected["tokens"].as_i64().unwrap() > 0);
+
+    let path = format!("/v1/analytics?bucket=hour&from={from}&to={to}").replace('+', "%2B");
+    let analytics: Value = eventually(Duration::from_secs(20), "analytics caught up", || async {
+        let analytics: Value = app.send_json(Method::GET, &path, &analyst, None).await;
+        (analytics["totals"] == expected).then_some(analytics)
+    })
+    .await;
+    assert_eq!(
+        analytics["series"].as_array().unwrap().len(),
+        3,
+        "{analytics}"
+    );
+    let summed: i64 = analytics["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|point| point["messages"].as_i64().unwrap())
+        .sum();
+    assert_eq!(summed, 4);
+
+    for bad in [
+        format!("/v1/analytics?from={to}&to={from}"),
+        "/v1/analytics?bucket=minute".to_string(),
+        "/v1/analytics?bucket=hour&from=2000-01-01T00:00:00Z".to_string(),
+    ] {
+        let response = app.send(Method::GET, &bad, &analyst, None).await;
+        assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+    }
+    let plain = app.send(Method::GET, "/v1/analytics", &user, None).await;
+    assert_eq!(plain.status(), StatusCode::FORBIDDEN);
+    app.wait_for_projections().await;
+    assert_read_models_equal_rebuild(&app.pool).await;
+    app.stop().await;
+}

@@ -33,6 +33,9 @@ pub fn all_projections() -> Vec<Arc<dyn Projection>> {
         Arc::new(read_models::projects::ProjectsProjection),
         Arc::new(read_models::chat_sessions::ChatSessionsProjection),
         Arc::new(read_models::mcp_servers::McpServersProjection),
+        Arc::new(read_models::analytics::AnalyticsUsersProjection),
+        Arc::new(read_models::analytics::AnalyticsTasksProjection),
+        Arc::new(read_models::analytics::AnalyticsChatProjection),
         Arc::new(audit::AuditProjection::default()),
     ]
 }

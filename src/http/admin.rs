@@ -9,7 +9,7 @@ use axum::Router;
 use chronicle_aggregates::user::UserCommand;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -24,7 +24,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/admin/users", get(list_users))
         .route("/v1/admin/users/{id}/roles", post(set_roles))
         .route("/v1/admin/users/{id}/unlock", post(unlock_user))
-        .route("/v1/analytics", get(analytics))
+        .route("/v1/analytics", get(crate::http::analytics::analytics))
         .route(
             "/v1/debug/health/detailed",
             get(crate::http::diagnostics::detailed_health),
@@ -190,37 +190,4 @@ async fn administer(
         consistency_header(executed.token.as_ref()),
         axum::Json(admin_user(state, id).await?),
     ))
-}
-
-/// Users and tasks, in total and per day over the last 30 days. Chat
-/// sessions, messages and tokens are zero until chat exists.
-#[utoipa::path(get, path = "/v1/analytics", tag = "admin", security(("bearer" = [])), responses(
-    (status = 200, description = "Totals and a daily series"), (status = 403),
-))]
-pub async fn analytics(State(state): State<AppState>, user: AuthUser) -> Result<axum::Json<Value>> {
-    user.require_any_role(&["admin", "analyst"])?;
-    let (users, active_users): (i64, i64) =
-        sqlx::query_as("select count(*), count(*) filter (where active) from read.users")
-            .fetch_one(&state.pool)
-            .await?;
-    let (tasks, completed): (i64, i64) =
-        sqlx::query_as("select count(*), count(*) filter (where completed) from read.tasks")
-            .fetch_one(&state.pool)
-            .await?;
-    let daily: Vec<(String, i64, i64)> = sqlx::query_as(
-        "select to_char(day, 'YYYY-MM-DD'), \
-           (select count(*) from read.users u where u.created_at >= day and u.created_at < day + interval '1 day'), \
-           (select count(*) from read.tasks t where t.created_at >= day and t.created_at < day + interval '1 day') \
-         from generate_series(date_trunc('day', now()) - interval '29 days', date_trunc('day', now()), interval '1 day') day \
-         order by day",
-    )
-    .fetch_all(&state.pool)
-    .await?;
-    Ok(axum::Json(json!({
-        "totals": {
-            "users": users, "active_users": active_users, "tasks": tasks, "completed_tasks": completed,
-            "sessions": 0, "messages": 0, "tokens": 0,
-        },
-        "daily": daily.into_iter().map(|(day, users, tasks)| json!({"date": day, "users": users, "tasks": tasks})).collect::<Vec<_>>(),
-    })))
 }

@@ -77,10 +77,10 @@ pub async fn environment(State(state): State<AppState>) -> Json<Environment> {
             chat: state.llm.ensure_configured().is_ok(),
             event_feeds: true,
             mcp_servers: true,
+            analytics: true,
             // Not built yet: clients hide them.
             notifications: false,
             files: false,
-            analytics: false,
         },
         models,
     })

@@ -2,6 +2,7 @@
 //! route shares (request id, panics, tracing, metrics, timeout, body limit).
 
 pub mod admin;
+pub mod analytics;
 pub mod audit;
 pub mod auth;
 pub mod chat;

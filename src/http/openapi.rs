@@ -10,8 +10,8 @@ use utoipa::{Modify, OpenApi};
 
 use crate::http::openapi_errors::CommonErrors;
 use crate::http::{
-    admin, audit, auth, chat, chat_sessions, diagnostics, environment, mcp, profile, projects,
-    service, tasks, ws,
+    admin, analytics, audit, auth, chat, chat_sessions, diagnostics, environment, mcp, profile,
+    projects, service, tasks, ws,
 };
 use crate::state::AppState;
 
@@ -25,7 +25,7 @@ use crate::state::AppState;
         auth::verify_token, auth::me,
         profile::get_profile, profile::update_profile, profile::deactivate_profile,
         profile::reset_api_key, profile::upload_photo, profile::get_photo, profile::delete_photo,
-        admin::list_users, admin::set_roles, admin::unlock_user, admin::analytics, diagnostics::detailed_health,
+        admin::list_users, admin::set_roles, admin::unlock_user, analytics::analytics, diagnostics::detailed_health,
         tasks::list_tasks, tasks::create_task, tasks::get_task, tasks::replace_task,
         tasks::patch_task, tasks::complete_task, tasks::delete_task, tasks::restore_task,
         projects::list_projects, projects::create_project, projects::get_project,

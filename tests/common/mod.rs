@@ -362,21 +362,28 @@ pub async fn remove_test_resources(settings: &Settings) {
 
 /// Polls until the read models have applied every event in the store.
 pub async fn wait_for_projections(pool: &PgPool) {
+    // Every (aggregate type, projection) pair a read model consumes; the
+    // audit trail has its own wait (`wait_for_audit`).
+    let (types, projections): (Vec<&str>, Vec<&str>) = chronicle_projections::all_projections()
+        .iter()
+        .filter(|p| p.name() != chronicle_projections::audit::AUDIT_PROJECTION)
+        .flat_map(|p| p.aggregate_types().iter().map(move |t| (*t, p.name())))
+        .unzip();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let behind: i64 = sqlx::query_scalar(
-            "select count(*) from ( \
-               select e.aggregate_type, e.aggregate_id, max(e.sequence) as last \
-               from events e where e.aggregate_type in ('Task', 'User', 'AuthSession', 'Project', 'ChatSession', 'McpServer') \
-               group by 1, 2) latest \
+            "with consumers as (select * from unnest($1::text[], $2::text[]) as c(aggregate_type, projection)), \
+             latest as ( \
+               select e.aggregate_type, e.aggregate_id, max(e.sequence) as last from events e \
+               where e.aggregate_type in (select aggregate_type from consumers) group by 1, 2) \
+             select count(*) from latest l join consumers c using (aggregate_type) \
              left join read.aggregate_versions v \
-               on v.aggregate_type = latest.aggregate_type and v.aggregate_id = latest.aggregate_id \
-              and v.projection = case latest.aggregate_type \
-                    when 'Task' then 'tasks' when 'User' then 'users' when 'Project' then 'projects' \
-                    when 'ChatSession' then 'chat_sessions' when 'McpServer' then 'mcp_servers' \
-                    else 'auth_sessions' end \
-             where coalesce(v.version, 0) < latest.last",
+               on v.aggregate_type = l.aggregate_type and v.aggregate_id = l.aggregate_id \
+              and v.projection = c.projection \
+             where coalesce(v.version, 0) < l.last",
         )
+        .bind(&types)
+        .bind(&projections)
         .fetch_one(pool)
         .await
         .expect("projection progress");
@@ -404,6 +411,7 @@ pub async fn read_model_rows(pool: &PgPool) -> Vec<Value> {
         ("tool_executions", "id"),
         ("mcp_servers", "id"),
         ("mcp_tools", "server_id, position"),
+        ("analytics_hourly", "metric, hour"),
     ] {
         let table_rows: Vec<Value> = sqlx::query_scalar(&format!(
             "select to_jsonb(t) from read.{table} t order by {order}"

@@ -1,5 +1,6 @@
 //! The read models, one module each.
 
+pub mod analytics;
 pub mod auth_sessions;
 pub mod chat_sessions;
 pub mod mcp_servers;
