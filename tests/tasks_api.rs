@@ -1139,3 +1139,32 @@ async fn a_put_with_only_title_and_description_nulls_the_rest_and_keeps_complete
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn docs_serve_swagger_ui_from_this_server_alone() {
+    let app = TestApp::spawn().await;
+    let page = app.client.get(app.url("/docs/")).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("swagger-ui"), "{html}");
+    assert!(
+        !html.contains("https://"),
+        "no asset from another origin: {html}"
+    );
+    let initializer = app
+        .client
+        .get(app.url("/docs/swagger-initializer.js"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(initializer.contains("/openapi.json"), "{initializer}");
+    for asset in ["/docs/swagger-ui-bundle.js", "/docs/swagger-ui.css"] {
+        let response = app.client.get(app.url(asset)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{asset}");
+        assert!(response.bytes().await.unwrap().len() > 10_000, "{asset}");
+    }
+    app.stop().await;
+}
