@@ -620,7 +620,9 @@ async fn the_openapi_description_covers_the_chat_routes_with_their_security_and_
             .keys()
             .map(String::as_str)
             .collect();
-        assert_eq!(documented, statuses, "{path}");
+        for status in statuses {
+            assert!(documented.contains(status), "{path} does not declare {status}");
+        }
     }
     assert!(spec["components"]["schemas"]["ChatCompletionRequest"].is_object());
     app.stop().await;
