@@ -33,6 +33,7 @@ pub fn all_projections() -> Vec<Arc<dyn Projection>> {
         Arc::new(read_models::projects::ProjectsProjection),
         Arc::new(read_models::chat_sessions::ChatSessionsProjection),
         Arc::new(read_models::mcp_servers::McpServersProjection),
+        Arc::new(read_models::notifications::NotificationsProjection),
         Arc::new(audit::AuditProjection::default()),
     ]
 }

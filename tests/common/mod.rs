@@ -365,16 +365,20 @@ pub async fn wait_for_projections(pool: &PgPool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let behind: i64 = sqlx::query_scalar(
-            "select count(*) from ( \
+            "with consumers (aggregate_type, projection) as (values \
+               ('Task', 'tasks'), ('User', 'users'), ('AuthSession', 'auth_sessions'), \
+               ('Project', 'projects'), ('ChatSession', 'chat_sessions'), \
+               ('McpServer', 'mcp_servers'), ('Task', 'notifications'), \
+               ('User', 'notifications'), ('AuthSession', 'notifications'), \
+               ('NotificationInbox', 'notifications')) \
+             select count(*) from ( \
                select e.aggregate_type, e.aggregate_id, max(e.sequence) as last \
-               from events e where e.aggregate_type in ('Task', 'User', 'AuthSession', 'Project', 'ChatSession', 'McpServer') \
+               from events e where e.aggregate_type in (select aggregate_type from consumers) \
                group by 1, 2) latest \
+             join consumers c on c.aggregate_type = latest.aggregate_type \
              left join read.aggregate_versions v \
                on v.aggregate_type = latest.aggregate_type and v.aggregate_id = latest.aggregate_id \
-              and v.projection = case latest.aggregate_type \
-                    when 'Task' then 'tasks' when 'User' then 'users' when 'Project' then 'projects' \
-                    when 'ChatSession' then 'chat_sessions' when 'McpServer' then 'mcp_servers' \
-                    else 'auth_sessions' end \
+              and v.projection = c.projection \
              where coalesce(v.version, 0) < latest.last",
         )
         .fetch_one(pool)
@@ -404,6 +408,8 @@ pub async fn read_model_rows(pool: &PgPool) -> Vec<Value> {
         ("tool_executions", "id"),
         ("mcp_servers", "id"),
         ("mcp_tools", "server_id, position"),
+        ("notifications", "id"),
+        ("notification_sources", "aggregate_type, aggregate_id"),
     ] {
         let table_rows: Vec<Value> = sqlx::query_scalar(&format!(
             "select to_jsonb(t) from read.{table} t order by {order}"
