@@ -381,3 +381,69 @@ async fn read_unread_mark_all_read_and_deletes_are_seen_by_the_next_query() {
     assert_read_models_equal_rebuild(&app.pool).await;
     app.stop().await;
 }
+
+/// Holds the `notifications` projection (its batches take this lock) while
+/// `action` runs, then reads the caller's newest notification with `reader`,
+/// releasing the projection only after the read has had every chance to
+/// answer from the stale read model.
+async fn newest_after_lagging(
+    app: &TestApp,
+    reader: &TestUser,
+    action: impl std::future::Future<Output = StatusCode>,
+) -> Value {
+    let key = chronicle_projections::projection::lock_key("notifications");
+    let mut holder = app.pool.acquire().await.unwrap();
+    sqlx::query("select pg_advisory_lock($1)")
+        .bind(key)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    assert!(action.await.is_success());
+    let client = app.client.clone();
+    let url = app.url("/v1/notifications");
+    let token = reader.token.clone();
+    let read = tokio::spawn(async move {
+        let response = client.get(url).bearer_auth(token).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json::<Vec<Value>>().await.unwrap()
+    });
+    // Not a wait for something that could be polled: the window in which a
+    // server that does not wait for the caller's write would answer stale.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    sqlx::query("select pg_advisory_unlock($1)")
+        .bind(key)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    read.await.unwrap()[0].clone()
+}
+
+#[tokio::test]
+async fn a_profile_change_and_a_logout_are_read_back_without_a_token_while_the_projection_lags() {
+    let app = TestApp::spawn().await;
+    let user = app.register("lag@example.com").await;
+    let other = app.login("lag@example.com").await;
+    app.wait_for_projections().await;
+
+    let newest = newest_after_lagging(&app, &user, async {
+        app.send(
+            Method::PUT,
+            "/v1/user/profile",
+            &user,
+            Some(json!({"name": "Lag"})),
+        )
+        .await
+        .status()
+    })
+    .await;
+    assert_eq!(newest["type"], "PROFILE_UPDATED");
+
+    let newest = newest_after_lagging(&app, &other, async {
+        app.send(Method::POST, "/v1/auth/logout", &user, None)
+            .await
+            .status()
+    })
+    .await;
+    assert_eq!(newest["type"], "LOGOUT");
+    app.stop().await;
+}
