@@ -447,3 +447,69 @@ async fn a_profile_change_and_a_logout_are_read_back_without_a_token_while_the_p
     assert_eq!(newest["type"], "LOGOUT");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_openapi_description_covers_every_notifications_route_with_its_statuses() {
+    let app = TestApp::spawn().await;
+    let spec: Value = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for (path, method, statuses) in [
+        (
+            "/v1/notifications",
+            "get",
+            &["200", "401", "422", "503"][..],
+        ),
+        ("/v1/notifications", "delete", &["204", "401", "422", "503"]),
+        (
+            "/v1/notifications/{id}",
+            "get",
+            &["200", "401", "404", "422", "503"],
+        ),
+        (
+            "/v1/notifications/{id}",
+            "put",
+            &["200", "400", "401", "404", "422", "503"],
+        ),
+        (
+            "/v1/notifications/{id}",
+            "delete",
+            &["204", "401", "404", "422", "503"],
+        ),
+        (
+            "/v1/notifications/mark-all-read",
+            "put",
+            &["200", "401", "503"],
+        ),
+        (
+            "/v1/notifications/unread/count",
+            "get",
+            &["200", "401", "503"],
+        ),
+    ] {
+        let operation = &spec["paths"][path][method];
+        assert!(operation.is_object(), "{method} {path} is documented");
+        let mut declared: Vec<&str> = operation["responses"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        declared.sort_unstable();
+        assert_eq!(declared, statuses, "{method} {path}");
+        assert!(
+            operation["security"].is_array(),
+            "{method} {path} needs a token"
+        );
+    }
+    let headers = &spec["paths"]["/v1/notifications"]["get"]["responses"]["200"]["headers"];
+    assert!(headers["X-Total-Count"].is_object());
+    assert!(headers["X-Unread-Count"].is_object());
+    app.stop().await;
+}
