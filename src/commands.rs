@@ -42,7 +42,8 @@ pub fn micros(time: DateTime<Utc>) -> DateTime<Utc> {
 fn snapshot_every(aggregate_type: &str) -> Option<usize> {
     match aggregate_type {
         // A chat session gains two events per exchange; its state is small.
-        "Task" | "ChatSession" => Some(TASK_SNAPSHOT_EVERY),
+        // An inbox gains an event per read or delete; its state is a version.
+        "Task" | "ChatSession" | "NotificationInbox" => Some(TASK_SNAPSHOT_EVERY),
         _ => None,
     }
 }

@@ -163,14 +163,24 @@ impl TokenKeys {
 
 /// The projection that materialises an aggregate type's events.
 pub fn projection_for(aggregate_type: &str) -> Option<&'static str> {
+    projections_reading(aggregate_type).first().copied()
+}
+
+/// Every projection a query may wait on for an aggregate type's events: its
+/// own ([`projection_for`]) first, then `notifications`, which is made of
+/// Task, User and AuthSession events as well as its own inbox's. A write is
+/// remembered for each of them and a token is honoured by each of them, so a
+/// notifications query waits for the caller's last task write too.
+pub fn projections_reading(aggregate_type: &str) -> &'static [&'static str] {
     match aggregate_type {
-        "Task" => Some("tasks"),
-        "User" => Some("users"),
-        "AuthSession" => Some("auth_sessions"),
-        "Project" => Some("projects"),
-        "ChatSession" => Some("chat_sessions"),
-        "McpServer" => Some("mcp_servers"),
-        _ => None,
+        "Task" => &["tasks", "notifications"],
+        "User" => &["users", "notifications"],
+        "AuthSession" => &["auth_sessions", "notifications"],
+        "NotificationInbox" => &["notifications"],
+        "Project" => &["projects"],
+        "ChatSession" => &["chat_sessions"],
+        "McpServer" => &["mcp_servers"],
+        _ => &[],
     }
 }
 
@@ -334,11 +344,10 @@ impl Consistency {
 
     /// Remembers the caller's last write, for queries that send no token.
     pub fn record_write(&self, user_id: Uuid, token: &ConsistencyToken) {
-        let Some(projection) = projection_for(&token.aggregate_type) else {
-            return;
-        };
         if let Ok(mut writes) = self.last_writes.lock() {
-            writes.insert((user_id, projection), token.clone());
+            for projection in projections_reading(&token.aggregate_type) {
+                writes.insert((user_id, projection), token.clone());
+            }
         }
     }
 
@@ -375,7 +384,7 @@ impl Consistency {
         user_id: Option<Uuid>,
         token: &ConsistencyToken,
     ) -> Result<(), NotCaughtUp> {
-        if projection_for(&token.aggregate_type) != Some(projection) {
+        if !projections_reading(&token.aggregate_type).contains(&projection) {
             return Ok(());
         }
         let deadline = Instant::now() + self.max_wait;
@@ -503,6 +512,21 @@ mod tests {
         let before_rotation = TokenKeys::from_secrets([8; 32], Vec::new());
         let sealed = before_rotation.seal(alice, token(5));
         assert_eq!(keys().open(alice, sealed.clone()), Some(sealed));
+    }
+
+    #[test]
+    fn the_notifications_projection_honours_tokens_of_every_type_it_reads() {
+        for aggregate_type in
+            chronicle_projections::read_models::notifications::NOTIFICATION_SOURCES
+        {
+            assert!(
+                projections_reading(aggregate_type).contains(&"notifications"),
+                "{aggregate_type}"
+            );
+        }
+        assert_eq!(projection_for("Task"), Some("tasks"));
+        assert_eq!(projection_for("NotificationInbox"), Some("notifications"));
+        assert_eq!(projection_for("Nothing"), None);
     }
 
     #[test]

@@ -185,6 +185,9 @@ impl Application {
             mcp_servers: Arc::new(
                 CommandExecutor::new(pool.clone(), ()).issuing_tokens(token_keys.clone()),
             ),
+            notification_inboxes: Arc::new(
+                CommandExecutor::new(pool.clone(), ()).issuing_tokens(token_keys.clone()),
+            ),
             secrets: crate::secrets::SecretBox::load(pool.clone(), &settings)
                 .await
                 .context("loading the master keys for sealed secrets")?,

@@ -6,6 +6,7 @@ use chronicle_aggregates::audit_query::AuditQuery;
 use chronicle_aggregates::auth_session::AuthSession;
 use chronicle_aggregates::chat_session::ChatSession;
 use chronicle_aggregates::mcp_server::McpServer;
+use chronicle_aggregates::notification_inbox::NotificationInbox;
 use chronicle_aggregates::project::Project;
 use chronicle_aggregates::task::Task;
 use chronicle_aggregates::user::User;
@@ -34,6 +35,7 @@ pub struct AppState {
     pub projects: Arc<CommandExecutor<Project>>,
     pub chat_sessions: Arc<CommandExecutor<ChatSession>>,
     pub mcp_servers: Arc<CommandExecutor<McpServer>>,
+    pub notification_inboxes: Arc<CommandExecutor<NotificationInbox>>,
     /// Seals and opens the secret values of MCP server configurations.
     pub secrets: crate::secrets::SecretBox,
     /// Speaks MCP to the servers users configure, for discovery.

@@ -12,6 +12,7 @@ pub mod audit_query;
 pub mod auth_session;
 pub mod chat_session;
 pub mod mcp_server;
+pub mod notification_inbox;
 pub mod personal;
 pub mod project;
 pub mod task;

@@ -556,6 +556,9 @@ pub async fn revoke_auth_session(
         )
         .await
         .map_err(auth_session_error)?;
+    if let Some(token) = &executed.token {
+        state.consistency.record_write(user.id, token);
+    }
     await_projection(state, executed.token.as_ref()).await
 }
 

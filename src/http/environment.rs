@@ -78,8 +78,8 @@ pub async fn environment(State(state): State<AppState>) -> Json<Environment> {
             event_feeds: true,
             mcp_servers: true,
             analytics: true,
-            // Not built yet: clients hide them.
-            notifications: false,
+            notifications: true,
+            // Not built yet: clients hide it.
             files: false,
         },
         models,

@@ -14,6 +14,7 @@ pub mod event_feed;
 pub mod extract;
 pub mod identity;
 pub mod mcp;
+pub mod notifications;
 pub mod openapi;
 pub mod openapi_errors;
 pub mod photo_metadata;
@@ -53,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .merge(auth::router())
         .merge(tasks::router())
         .merge(projects::router())
+        .merge(notifications::router())
         .merge(chat_sessions::router())
         .merge(mcp::router())
         .merge(ws::router())

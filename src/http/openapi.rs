@@ -8,8 +8,8 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::http::openapi_errors::CommonErrors;
 use crate::http::{
-    admin, analytics, audit, auth, chat, chat_sessions, diagnostics, environment, mcp, profile,
-    projects, service, tasks, ws,
+    admin, analytics, audit, auth, chat, chat_sessions, diagnostics, environment, mcp,
+    notifications, profile, projects, service, tasks, ws,
 };
 use crate::state::AppState;
 
@@ -28,6 +28,10 @@ use crate::state::AppState;
         tasks::patch_task, tasks::complete_task, tasks::delete_task, tasks::restore_task,
         projects::list_projects, projects::create_project, projects::get_project,
         projects::replace_project, projects::delete_project,
+        notifications::list_notifications, notifications::get_notification,
+        notifications::update_notification, notifications::delete_notification,
+        notifications::mark_all_read, notifications::delete_notifications,
+        notifications::unread_count,
         chat_sessions::list_sessions, chat_sessions::create_session, chat_sessions::get_session,
         chat_sessions::patch_session, chat_sessions::delete_session,
         chat_sessions::messages::list_messages, chat_sessions::exchange::send_message,
@@ -42,7 +46,7 @@ use crate::state::AppState;
         chat::list_models, chat::get_model, chat::create_chat_completion,
     ),
     modifiers(&BearerAuth, &CommonErrors),
-    tags((name = "service"), (name = "auth"), (name = "profile"), (name = "admin"), (name = "tasks"), (name = "projects"), (name = "sessions"), (name = "audit"), (name = "chat"), (name = "mcp"))
+    tags((name = "service"), (name = "auth"), (name = "profile"), (name = "admin"), (name = "tasks"), (name = "projects"), (name = "notifications"), (name = "sessions"), (name = "audit"), (name = "chat"), (name = "mcp"))
 )]
 pub struct ApiDoc;
 

@@ -221,6 +221,9 @@ pub async fn update_profile(
     // The old username was released, and the new one confirmed, by the
     // event store in the transaction that stored the change (migration 0310).
     await_projection(&state, executed.token.as_ref()).await?;
+    if let Some(token) = &executed.token {
+        state.consistency.record_write(user.id, token);
+    }
     Ok((
         consistency_header(executed.token.as_ref()),
         axum::Json(load_profile(&state, user.id).await?),

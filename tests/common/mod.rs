@@ -412,6 +412,8 @@ pub async fn read_model_rows(pool: &PgPool) -> Vec<Value> {
         ("mcp_servers", "id"),
         ("mcp_tools", "server_id, position"),
         ("analytics_hourly", "metric, hour"),
+        ("notifications", "id"),
+        ("notification_sources", "aggregate_type, aggregate_id"),
     ] {
         let table_rows: Vec<Value> = sqlx::query_scalar(&format!(
             "select to_jsonb(t) from read.{table} t order by {order}"

@@ -4,6 +4,7 @@ pub mod analytics;
 pub mod auth_sessions;
 pub mod chat_sessions;
 pub mod mcp_servers;
+pub mod notifications;
 pub mod projects;
 pub mod tasks;
 pub mod users;
