@@ -621,7 +621,10 @@ async fn the_openapi_description_covers_the_chat_routes_with_their_security_and_
             .map(String::as_str)
             .collect();
         for status in statuses {
-            assert!(documented.contains(status), "{path} does not declare {status}");
+            assert!(
+                documented.contains(status),
+                "{path} does not declare {status}"
+            );
         }
     }
     assert!(spec["components"]["schemas"]["ChatCompletionRequest"].is_object());

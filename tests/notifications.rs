@@ -495,14 +495,15 @@ async fn the_openapi_description_covers_every_notifications_route_with_its_statu
     ] {
         let operation = &spec["paths"][path][method];
         assert!(operation.is_object(), "{method} {path} is documented");
-        let mut declared: Vec<&str> = operation["responses"]
+        let declared: Vec<&str> = operation["responses"]
             .as_object()
             .unwrap()
             .keys()
             .map(String::as_str)
             .collect();
-        declared.sort_unstable();
-        assert_eq!(declared, statuses, "{method} {path}");
+        for status in statuses {
+            assert!(declared.contains(status), "{method} {path} does not declare {status}");
+        }
         assert!(
             operation["security"].is_array(),
             "{method} {path} needs a token"

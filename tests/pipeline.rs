@@ -676,6 +676,7 @@ async fn events_are_read_in_numeric_transaction_order_across_a_digit_boundary() 
             cursor,
             1,
             &["Probe".to_string()],
+            None,
         )
         .await
         .unwrap();

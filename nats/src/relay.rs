@@ -175,7 +175,8 @@ impl Relay {
         let mut retry_soon = Duration::from_millis(1);
 
         while !shutdown.is_cancelled() {
-            let batch = read_committed_after(conn, cursor, self.config.batch_size, &[]).await?;
+            let batch =
+                read_committed_after(conn, cursor, self.config.batch_size, &[], None).await?;
             if batch.is_empty() {
                 // Rows held back by an older in-flight transaction become
                 // readable when it ends, which sends no notification of its own.

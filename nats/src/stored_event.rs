@@ -170,16 +170,26 @@ impl ReadEvent {
 /// Only rows below the oldest in-flight transaction are returned (see the
 /// module docs), so the next call with the last returned cursor never misses a
 /// row. `aggregate_types` restricts the read to some aggregate types (empty: all).
+///
+/// `known_committed`: a transaction id through which every transaction is
+/// known to be over (the relay's checkpoint: it published only below an
+/// earlier horizon). Rows up to it are read even when the horizon computed
+/// now is lower: the horizon may dip for a moment (a transaction of another
+/// database that ended between the snapshot and the activity check still
+/// counts as running), and a rebuild that stopped below what the relay
+/// already published would leave out events the live consumer has applied.
 pub async fn read_committed_after(
     conn: &mut PgConnection,
     after: EventCursor,
     limit: i64,
     aggregate_types: &[String],
+    known_committed: Option<u64>,
 ) -> Result<Vec<ReadEvent>, NatsError> {
     let sql = format!(
         "select {EVENT_COLUMNS} from events \
          where (transaction_id, global_position) > ($1::text::xid8, $2) \
-           and transaction_id < (select events_commit_horizon()) \
+           and (transaction_id < (select events_commit_horizon()) \
+                or transaction_id <= $5::text::xid8) \
            and (cardinality($4::text[]) = 0 or aggregate_type = any($4)) \
          order by transaction_id, global_position \
          limit $3"
@@ -189,6 +199,7 @@ pub async fn read_committed_after(
         .bind(after.global_position)
         .bind(limit)
         .bind(aggregate_types)
+        .bind(known_committed.unwrap_or(0).to_string())
         .fetch_all(conn)
         .await?;
     rows.iter().map(StoredEvent::read_row).collect()

@@ -70,11 +70,19 @@ pub async fn rebuild(
     .into_iter()
     .map(|(kind, id, sequence): (String, String, i64)| ((kind, id), sequence))
     .collect();
+    // Everything the relay has published is committed, whatever the horizon
+    // says now: the rebuild must reach at least that far, or it would leave
+    // out events the live consumer already applied (and will not see again).
+    let published: Option<String> =
+        sqlx::query_scalar("select max(transaction_id)::text from relay_checkpoints")
+            .fetch_one(&mut *tx)
+            .await?;
+    let published = published.and_then(|id| id.parse::<u64>().ok());
     let mut guard = VersionGuard::empty(name);
     let mut cursor = EventCursor::default();
     let mut done = 0u64;
     loop {
-        let batch = read_committed_after(&mut tx, cursor, REPLAY_BATCH, &types)
+        let batch = read_committed_after(&mut tx, cursor, REPLAY_BATCH, &types, published)
             .await
             .map_err(|err| ProjectionError::Stream(err.to_string()))?;
         let Some(last) = batch.last() else { break };
