@@ -53,8 +53,9 @@ impl Plan for CompletionPlan {
     }
 }
 
-/// Direct and through-Chronicle figures at [`CLIENTS`].
+/// Direct and through-Chronicle figures at one concurrency.
 pub struct CompletionRun {
+    pub clients: usize,
     pub direct: Stats,
     pub chronicle: Stats,
     pub direct_stream: Stats,
@@ -62,7 +63,7 @@ pub struct CompletionRun {
 }
 
 /// Direct, then through Chronicle, alternating so both see similar load.
-pub async fn completions(b: &Bench, upstream: SocketAddr) -> CompletionRun {
+pub async fn completions(b: &Bench, upstream: SocketAddr, clients: usize) -> CompletionRun {
     let tokens: Vec<Arc<str>> = b.users.iter().map(|u| u.auth.clone()).collect();
     let upstream_key: Vec<Arc<str>> = vec![Arc::from("Bearer sk-bench-not-a-secret")];
     let run = |addr, tokens: Vec<Arc<str>>, model, stream| async move {
@@ -71,7 +72,7 @@ pub async fn completions(b: &Bench, upstream: SocketAddr) -> CompletionRun {
             model,
             stream,
         });
-        closed_loop(addr, CLIENTS, b.sizes.timed(), 1, plan)
+        closed_loop(addr, clients, b.sizes.timed(), 1, plan)
             .await
             .pop()
             .expect("one group")
@@ -81,6 +82,7 @@ pub async fn completions(b: &Bench, upstream: SocketAddr) -> CompletionRun {
     let direct_stream = run(upstream, upstream_key, UPSTREAM_MODEL, true).await;
     let chronicle_stream = run(b.addr, tokens, MODEL, true).await;
     CompletionRun {
+        clients,
         direct,
         chronicle,
         direct_stream,

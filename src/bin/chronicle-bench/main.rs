@@ -724,10 +724,38 @@ async fn chat_scenarios(
     details: &mut serde_json::Map<String, Value>,
     series: &mut Vec<(String, Histogram<u64>)>,
 ) {
+    say("chat: POST /v1/chat/completions at c1, direct to the fake upstream and through Chronicle");
+    let single = chat::completions(bench, upstream.addr, 1).await;
+    // One client: what Chronicle adds to a request, without queueing.
+    for (kind, what, direct, through) in [
+        ("non-stream", "latency", &single.direct, &single.chronicle),
+        (
+            "stream",
+            "time to first byte",
+            &single.direct_stream,
+            &single.chronicle_stream,
+        ),
+    ] {
+        rows.push(Row::info(
+            "chat",
+            &format!("c1 {kind}: added p50 / p99 ({what})"),
+            format!(
+                "{:.3} / {:.3} ms (through {:.3} / {:.3}, direct {:.3} / {:.3}; {:.0} ÷ {:.0} req/s)",
+                through.ms(0.5) - direct.ms(0.5),
+                through.ms(0.99) - direct.ms(0.99),
+                through.ms(0.5),
+                through.ms(0.99),
+                direct.ms(0.5),
+                direct.ms(0.99),
+                through.throughput(),
+                direct.throughput()
+            ),
+        ));
+    }
     say(
         "chat: POST /v1/chat/completions at c16, direct to the fake upstream and through Chronicle",
     );
-    let run = chat::completions(bench, upstream.addr).await;
+    let run = chat::completions(bench, upstream.addr, chat::CLIENTS).await;
     let pairs = [
         ("non-stream", "latency", &run.direct, &run.chronicle),
         (
@@ -846,7 +874,10 @@ async fn chat_scenarios(
     details.insert(
         "chat".into(),
         json!({
-            "clients": chat::CLIENTS,
+            "clients": run.clients,
+            "c1": {"direct": single.direct.to_json(), "through": single.chronicle.to_json(),
+                "direct_stream_ttfb": single.direct_stream.to_json(),
+                "through_stream_ttfb": single.chronicle_stream.to_json()},
             "direct": run.direct.to_json(), "through": run.chronicle.to_json(),
             "direct_stream_ttfb": run.direct_stream.to_json(),
             "through_stream_ttfb": run.chronicle_stream.to_json(),
