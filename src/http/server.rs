@@ -81,6 +81,10 @@ pub async fn serve(
             },
             _ = shutdown.cancelled() => break,
         };
+        // Streamed answers (SSE) write small pieces after the head: without
+        // this, Nagle's algorithm holds each one back until the client's
+        // delayed ACK (~40 ms) arrives.
+        let _ = stream.set_nodelay(true);
         let service = match make_service.call(remote).await {
             Ok(service) => service,
             Err(never) => match never {},

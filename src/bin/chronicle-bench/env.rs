@@ -26,6 +26,8 @@ pub struct World {
     pub subject_prefix: String,
     pub chronicle: PathBuf,
     pub out_dir: PathBuf,
+    /// The fake chat upstream's `OPENAI_BASE_URL`, when one runs.
+    pub upstream: Option<String>,
 }
 
 impl World {
@@ -45,6 +47,7 @@ impl World {
             subject_prefix: format!("bench_{run_id}.chronicle.events"),
             chronicle,
             out_dir,
+            upstream: None,
         })
     }
 }
@@ -138,6 +141,32 @@ pub fn chronicle_env(world: &World, database_url: &str) -> Vec<(String, String)>
     .collect()
 }
 
+/// The chat upstream (the bench's fake) and limits sized for the chat
+/// scenarios: 16 clients on eight users, 1,000 open event streams.
+fn chat_env(world: &World) -> Vec<(&'static str, String)> {
+    let Some(base_url) = &world.upstream else {
+        return Vec::new();
+    };
+    vec![
+        (
+            "CHRONICLE_MODELS",
+            format!(
+                "{}=openai:{}",
+                crate::chat::MODEL,
+                crate::fake_upstream::UPSTREAM_MODEL
+            ),
+        ),
+        ("OPENAI_BASE_URL", base_url.clone()),
+        ("OPENAI_API_KEY", "sk-bench-not-a-secret".into()),
+        // Tokens per user and minute, and streams per user: a handful of
+        // users stand for many, as with the rate limits.
+        ("CHRONICLE_CHAT_TOKENS_PER_MINUTE", "0".into()),
+        ("CHRONICLE_CHAT_MAX_STREAMS_PER_USER", "1024".into()),
+        // 1,000 event streams plus the other clients: above the default 1,024.
+        ("CHRONICLE_HTTP_MAX_CONNECTIONS", "2048".into()),
+    ]
+}
+
 impl Server {
     /// Starts the server and waits until `/ready` answers 200.
     pub async fn start(world: &World) -> anyhow::Result<Self> {
@@ -149,6 +178,7 @@ impl Server {
             .args(["serve", "--all"])
             .envs(chronicle_env(world, &world.database_url))
             .env("CHRONICLE_ADDR", addr.to_string())
+            .envs(chat_env(world))
             // Whatever the caller's shell has (e.g. CHRONICLE_DB_MAX_CONNECTIONS)
             // still applies, as with `make run`.
             .stdin(Stdio::null())
@@ -321,4 +351,35 @@ pub fn read_trimmed(path: impl AsRef<Path>) -> String {
     std::fs::read_to_string(path)
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
+}
+
+/// Raises this process's soft open-file limit to `needed` (at most the hard
+/// limit) with `prlimit`, so that the server started next inherits it.
+/// Best effort: the sse scenario reports streams that fail to open.
+pub async fn raise_open_files(needed: u64) {
+    let limits = read_trimmed("/proc/self/limits");
+    let Some((soft, hard)) = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .and_then(|line| {
+            let mut numbers = line.split_whitespace().skip(3);
+            Some((numbers.next()?.to_string(), numbers.next()?.to_string()))
+        })
+    else {
+        return;
+    };
+    let soft: u64 = soft.parse().unwrap_or(u64::MAX);
+    if soft >= needed {
+        return;
+    }
+    // `hard` may be `unlimited`, which prlimit also understands.
+    let target = needed.min(hard.parse().unwrap_or(u64::MAX));
+    let pid = std::process::id().to_string();
+    let raised = Command::new("prlimit")
+        .args(["--pid", &pid, &format!("--nofile={target}:{hard}")])
+        .status()
+        .await;
+    if !matches!(raised, Ok(status) if status.success()) {
+        eprintln!("bench: open-file limit {soft} (could not raise it to {target} with prlimit)");
+    }
 }

@@ -27,6 +27,8 @@ pub struct Conn {
 pub struct Reply {
     pub status: StatusCode,
     pub body: Bytes,
+    /// When the first byte of the body arrived (the head, for an empty body).
+    pub first_byte: Instant,
 }
 
 impl Conn {
@@ -81,11 +83,22 @@ impl Conn {
         let request = builder.body(body)?;
         sender.ready().await?;
         let response = sender.send_request(request).await?;
-        let (parts, body) = response.into_parts();
-        let body = body.collect().await?.to_bytes();
+        let (parts, mut body) = response.into_parts();
+        // Frame by frame, to know when the first one came (streamed answers).
+        let mut first_byte = None;
+        let mut bytes = Vec::new();
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                if !data.is_empty() {
+                    first_byte.get_or_insert_with(Instant::now);
+                    bytes.extend_from_slice(&data);
+                }
+            }
+        }
         Ok(Reply {
             status: parts.status,
-            body,
+            body: Bytes::from(bytes),
+            first_byte: first_byte.unwrap_or_else(Instant::now),
         })
     }
 }
@@ -129,6 +142,11 @@ pub trait Plan: Send + Sync + 'static {
     fn next(&self, worker: usize, iteration: u64) -> Req;
     /// Sees each answer (e.g. to collect created ids).
     fn done(&self, _req: &Req, _reply: &Reply, _at: Instant) {}
+    /// Record the time to the first byte of the body instead of the whole
+    /// answer (streamed answers).
+    fn first_byte(&self) -> bool {
+        false
+    }
 }
 
 /// Latencies and outcomes of one group of requests.
@@ -248,6 +266,7 @@ pub async fn closed_loop(
         handles.push(tokio::spawn(async move {
             let mut conn = Conn::new(addr);
             let mut stats = vec![Stats::new(); groups];
+            let first_byte = plan.first_byte();
             let mut iteration = 0u64;
             loop {
                 let now = Instant::now();
@@ -259,19 +278,24 @@ pub async fn closed_loop(
                 let sent = Instant::now();
                 let result = tokio::time::timeout(Duration::from_secs(30), conn.send(&req)).await;
                 let answered = Instant::now();
-                let status = match &result {
+                let (status, measured) = match &result {
                     Ok(Ok(reply)) => {
                         plan.done(&req, reply, answered);
-                        reply.status.as_u16()
+                        let until = if first_byte {
+                            reply.first_byte
+                        } else {
+                            answered
+                        };
+                        (reply.status.as_u16(), until - sent)
                     }
-                    _ => 0,
+                    _ => (0, answered - sent),
                 };
                 if sent < measure_from || answered > deadline && limits.per_worker.is_none() {
                     continue;
                 }
                 let group = &mut stats[req.group.min(groups - 1)];
                 if (200..300).contains(&status) {
-                    let us = (answered - sent).as_micros().max(1) as u64;
+                    let us = measured.as_micros().max(1) as u64;
                     group.latency_us.saturating_record(us);
                     group.ok += 1;
                 } else {

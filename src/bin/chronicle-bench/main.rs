@@ -9,8 +9,10 @@
 //! a ratio or a target measured in the same run; see `docs/performance.md`.
 #![forbid(unsafe_code)]
 
+mod chat;
 mod checks;
 mod env;
+mod fake_upstream;
 mod load;
 mod report;
 mod scenarios;
@@ -26,6 +28,7 @@ use serde_json::{json, Value};
 
 use checks::Integrity;
 use env::{Server, World};
+use fake_upstream::FakeUpstream;
 use report::Row;
 use scenarios::{Bench, CreatePlan, Sizes};
 
@@ -50,7 +53,7 @@ struct Args {
     #[arg(long)]
     baseline: Option<PathBuf>,
     /// Run only these scenarios (comma list of ceiling, create, history, hot,
-    /// lag, read, rebuild); memory and integrity are always reported.
+    /// lag, read, chat, sse, rebuild); memory and integrity are always reported.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -63,6 +66,17 @@ const TARGET_LAG_P99_MS: f64 = 50.0;
 const TARGET_REBUILD_EPS: f64 = 100_000.0;
 const TARGET_GET_RPS: f64 = 15_000.0;
 const TARGET_RSS_MB: f64 = 100.0;
+const TARGET_CHAT_ADDED_P50_MS: f64 = 0.1;
+const TARGET_CHAT_ADDED_P99_MS: f64 = 1.0;
+const TARGET_CHAT_THROUGHPUT_RATIO: f64 = 0.5;
+const TARGET_EXCHANGE_ADDED_P99_MS: f64 = 10.0;
+const TARGET_SSE_RSS_MB: f64 = 200.0;
+/// Event streams held open at once by the sse scenario, over this many sessions.
+const SSE_STREAMS: usize = 1000;
+const SSE_SESSIONS: usize = 20;
+/// Open files the bench and its server need: the streams, both ends of each
+/// on this machine, plus pools and files.
+const NOFILE_NEEDED: u64 = 2 * SSE_STREAMS as u64 + 512;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
@@ -100,19 +114,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&args.out)?;
     let run_id = chrono::Utc::now().format("%Y%m%d_%H%M%S").to_string();
-    let world = World::new(chronicle, args.out.clone(), &run_id)?;
+    env::raise_open_files(NOFILE_NEEDED).await;
+    let upstream = FakeUpstream::start()?;
+    let mut world = World::new(chronicle, args.out.clone(), &run_id)?;
+    world.upstream = Some(upstream.base_url());
     let mut machine = machine_info(&world, &args).await;
 
     // The baseline first, then this build: both under the same conditions.
     let baseline = match &args.baseline {
         Some(path) => {
-            let base_world = World::new(path.clone(), args.out.clone(), &format!("{run_id}_base"))?;
+            let mut base_world =
+                World::new(path.clone(), args.out.clone(), &format!("{run_id}_base"))?;
+            base_world.upstream = Some(upstream.base_url());
             say(format!("baseline {}", path.display()));
-            Some(suite(&args, &base_world, sizes).await?)
+            Some(suite(&args, &base_world, sizes, &upstream).await?)
         }
         None => None,
     };
-    let (rows, details, series) = suite(&args, &world, sizes).await?;
+    let (rows, details, series) = suite(&args, &world, sizes, &upstream).await?;
     let rows = rows.0;
 
     machine["load_after"] = json!(env::read_trimmed("/proc/loadavg"));
@@ -155,7 +174,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
 /// Every scenario against the `chronicle` binary of `world`, with its own
 /// database and stream, which are removed afterwards (unless `--keep`).
-async fn suite(args: &Args, world: &World, sizes: Sizes) -> anyhow::Result<Outcome> {
+async fn suite(
+    args: &Args,
+    world: &World,
+    sizes: Sizes,
+    upstream: &FakeUpstream,
+) -> anyhow::Result<Outcome> {
     let run_id = &world.database;
     say(format!(
         "run {run_id} ({} mode, {}): database {}, stream {}",
@@ -173,11 +197,27 @@ async fn suite(args: &Args, world: &World, sizes: Sizes) -> anyhow::Result<Outco
     let server = Server::start(world).await?;
     say(format!("server pid {} on {}", server.pid, server.addr));
 
-    let result = scenarios_with_server(args, world, &server, pool.clone(), &jetstream, sizes).await;
-    let rss_peak_mb = server.rss.peak_mib() * 1.048_576;
+    let result = scenarios_with_server(
+        args,
+        world,
+        &server,
+        pool.clone(),
+        &jetstream,
+        sizes,
+        upstream,
+    )
+    .await;
+    let mut rss_peak_mb = server.rss.peak_mib() * 1.048_576;
     let rss_end_mb = server.rss.current_mib() * 1.048_576;
     server.stop().await.ok();
     let (mut rows, mut details, series) = result?;
+    // The sse scenario has its own memory target: the run's peak is taken before it.
+    let before_sse = details
+        .get("sse")
+        .and_then(|sse| sse["peak_rss_before_mb"].as_f64());
+    if let Some(peak) = before_sse {
+        rss_peak_mb = peak;
+    }
 
     if wanted(args, "rebuild") {
         say(format!("rebuild: {} events", sizes.rebuild_events));
@@ -233,7 +273,11 @@ async fn suite(args: &Args, world: &World, sizes: Sizes) -> anyhow::Result<Outco
 
     rows.push(Row::target(
         "memory",
-        "peak RSS of the server",
+        if before_sse.is_some() {
+            "peak RSS of the server (before the sse scenario)"
+        } else {
+            "peak RSS of the server"
+        },
         format!("{rss_peak_mb:.1} MB (at the end {rss_end_mb:.1} MB)"),
         "≤ 100 MB",
         rss_peak_mb <= TARGET_RSS_MB,
@@ -287,6 +331,7 @@ async fn scenarios_with_server(
     pool: sqlx::PgPool,
     jetstream: &async_nats::jetstream::Context,
     sizes: Sizes,
+    upstream: &FakeUpstream,
 ) -> anyhow::Result<Outcome> {
     let mut users = Vec::new();
     for n in 0..8 {
@@ -628,7 +673,260 @@ async fn scenarios_with_server(
             )),
         }
     }
+    if wanted(args, "chat") {
+        chat_scenarios(&bench, upstream, &mut rows, &mut details, &mut series).await;
+        let integrity = check("chat").await;
+        rows.push(integrity_row("chat", &integrity));
+    }
+    if wanted(args, "sse") {
+        let peak_before = server.rss.peak_mib() * 1.048_576;
+        say(format!(
+            "sse: {SSE_STREAMS} open GET /v1/sessions/{{id}}/events over {SSE_SESSIONS} sessions"
+        ));
+        match chat::sse(&bench, server.pid, SSE_STREAMS, SSE_SESSIONS).await {
+            Ok(run) => {
+                let integrity = check("sse").await;
+                sse_rows(&run, &mut rows);
+                rows.push(integrity_row("sse", &integrity));
+                details.insert(
+                    "sse".into(),
+                    json!({
+                        "streams_wanted": run.wanted, "streams_open": run.opened,
+                        "open_errors": run.open_errors, "open_seconds": run.open_seconds,
+                        "sessions": run.sessions, "rss_before_mb": run.rss_before_mb,
+                        "rss_open_mb": run.rss_open_mb, "rss_after_events_mb": run.rss_after_mb,
+                        "events_expected": run.expected, "events_received": run.received,
+                        "events_lost": run.lost(), "incomplete_streams": run.incomplete,
+                        "deliver_seconds": run.deliver_seconds,
+                        "peak_rss_before_mb": peak_before,
+                        "integrity": integrity.to_json(),
+                    }),
+                );
+            }
+            Err(err) => rows.push(Row::target(
+                "sse",
+                "server RSS with 1,000 streams open",
+                format!("error: {err:#}"),
+                "≤ 200 MB",
+                false,
+            )),
+        }
+    }
     Ok((rows, details, series))
+}
+
+/// `/v1/chat/completions` direct and through Chronicle, the relay check,
+/// and exchanges in sessions.
+async fn chat_scenarios(
+    bench: &Bench,
+    upstream: &FakeUpstream,
+    rows: &mut Rows,
+    details: &mut serde_json::Map<String, Value>,
+    series: &mut Vec<(String, Histogram<u64>)>,
+) {
+    say("chat: POST /v1/chat/completions at c1, direct to the fake upstream and through Chronicle");
+    let single = chat::completions(bench, upstream.addr, 1).await;
+    // One client: what Chronicle adds to a request, without queueing.
+    for (kind, what, direct, through) in [
+        ("non-stream", "latency", &single.direct, &single.chronicle),
+        (
+            "stream",
+            "time to first byte",
+            &single.direct_stream,
+            &single.chronicle_stream,
+        ),
+    ] {
+        rows.push(Row::info(
+            "chat",
+            &format!("c1 {kind}: added p50 / p99 ({what})"),
+            format!(
+                "{:.3} / {:.3} ms (through {:.3} / {:.3}, direct {:.3} / {:.3}; {:.0} ÷ {:.0} req/s)",
+                through.ms(0.5) - direct.ms(0.5),
+                through.ms(0.99) - direct.ms(0.99),
+                through.ms(0.5),
+                through.ms(0.99),
+                direct.ms(0.5),
+                direct.ms(0.99),
+                through.throughput(),
+                direct.throughput()
+            ),
+        ));
+    }
+    say(
+        "chat: POST /v1/chat/completions at c16, direct to the fake upstream and through Chronicle",
+    );
+    let run = chat::completions(bench, upstream.addr, chat::CLIENTS).await;
+    let pairs = [
+        ("non-stream", "latency", &run.direct, &run.chronicle),
+        (
+            "stream",
+            "time to first byte",
+            &run.direct_stream,
+            &run.chronicle_stream,
+        ),
+    ];
+    for (kind, what, direct, through) in pairs {
+        let added50 = through.ms(0.5) - direct.ms(0.5);
+        let added99 = through.ms(0.99) - direct.ms(0.99);
+        let ok = through.ok > 0 && direct.ok > 0;
+        rows.push(Row::target(
+            "chat",
+            &format!("c16 {kind}: added p50 ({what})"),
+            format!(
+                "{:.3} ms ({:.3} through − {:.3} direct)",
+                added50,
+                through.ms(0.5),
+                direct.ms(0.5)
+            ),
+            "≤ 0.1 ms",
+            ok && added50 <= TARGET_CHAT_ADDED_P50_MS,
+        ));
+        rows.push(Row::target(
+            "chat",
+            &format!("c16 {kind}: added p99 ({what})"),
+            format!(
+                "{:.3} ms ({:.3} through − {:.3} direct)",
+                added99,
+                through.ms(0.99),
+                direct.ms(0.99)
+            ),
+            "≤ 1 ms",
+            ok && added99 <= TARGET_CHAT_ADDED_P99_MS,
+        ));
+        let ratio = through.throughput() / direct.throughput().max(1e-9);
+        rows.push(Row::target(
+            "chat",
+            &format!("c16 {kind}: throughput through ÷ direct"),
+            format!(
+                "{ratio:.2} ({:.0} ÷ {:.0} req/s; {} / {} errors)",
+                through.throughput(),
+                direct.throughput(),
+                through.error_count(),
+                direct.error_count()
+            ),
+            "≥ 0.5",
+            ok && ratio >= TARGET_CHAT_THROUGHPUT_RATIO && through.error_count() == 0,
+        ));
+        series.push((format!("chat {kind} direct"), direct.latency_us.clone()));
+        series.push((format!("chat {kind} through"), through.latency_us.clone()));
+    }
+    let relay = chat::relay_check(bench.addr, &bench.users[0], &upstream.paced).await;
+    let relay_json = match &relay {
+        Ok(check) => {
+            rows.push(Row::target(
+                "chat",
+                "stream relays each chunk as it arrives",
+                format!(
+                    "{} of {} chunks, each at most {:.1} ms after the upstream sent it (sent {} ms apart)",
+                    check.received,
+                    fake_upstream::PACED_CHUNKS,
+                    check.max_delay.as_secs_f64() * 1000.0,
+                    fake_upstream::PACED_GAP.as_millis()
+                ),
+                "all, each before the next is sent",
+                check.ok(),
+            ));
+            json!({"chunks": check.received, "max_delay_ms": check.max_delay.as_secs_f64() * 1000.0})
+        }
+        Err(err) => {
+            rows.push(Row::target(
+                "chat",
+                "stream relays each chunk as it arrives",
+                format!("error: {err:#}"),
+                "all, each before the next is sent",
+                false,
+            ));
+            json!({"error": format!("{err:#}")})
+        }
+    };
+    say("chat: POST /v1/sessions/{id}/messages at c16");
+    let exchange_json = match chat::exchanges(bench).await {
+        Ok(s) => {
+            let added99 = s.ms(0.99) - run.direct.ms(0.99);
+            rows.push(Row::target(
+                "chat",
+                "c16 session exchange: added p99",
+                format!(
+                    "{added99:.2} ms ({:.2} − {:.3} direct; p50 {:.2} ms, {:.0} req/s, {} errors)",
+                    s.ms(0.99),
+                    run.direct.ms(0.99),
+                    s.ms(0.5),
+                    s.throughput(),
+                    s.error_count()
+                ),
+                "≤ 10 ms",
+                s.ok > 0 && added99 <= TARGET_EXCHANGE_ADDED_P99_MS,
+            ));
+            series.push(("session exchange c16".into(), s.latency_us.clone()));
+            s.to_json()
+        }
+        Err(err) => {
+            rows.push(Row::target(
+                "chat",
+                "c16 session exchange: added p99",
+                format!("error: {err:#}"),
+                "≤ 10 ms",
+                false,
+            ));
+            json!({"error": format!("{err:#}")})
+        }
+    };
+    details.insert(
+        "chat".into(),
+        json!({
+            "clients": run.clients,
+            "c1": {"direct": single.direct.to_json(), "through": single.chronicle.to_json(),
+                "direct_stream_ttfb": single.direct_stream.to_json(),
+                "through_stream_ttfb": single.chronicle_stream.to_json()},
+            "direct": run.direct.to_json(), "through": run.chronicle.to_json(),
+            "direct_stream_ttfb": run.direct_stream.to_json(),
+            "through_stream_ttfb": run.chronicle_stream.to_json(),
+            "relay": relay_json, "session_exchange": exchange_json,
+        }),
+    );
+}
+
+fn sse_rows(run: &chat::SseRun, rows: &mut Rows) {
+    rows.push(Row::info(
+        "sse",
+        "streams open",
+        format!(
+            "{} of {} in {:.1} s over {} sessions{}",
+            run.opened,
+            run.wanted,
+            run.open_seconds,
+            run.sessions,
+            if run.open_errors.is_empty() {
+                String::new()
+            } else {
+                format!("; failed: {}", run.open_errors.join("; "))
+            }
+        ),
+    ));
+    rows.push(Row::target(
+        "sse",
+        &format!("server RSS with {} streams open", run.wanted),
+        format!(
+            "{:.1} MB ({:.1} MB before opening; {:.1} MB after the events)",
+            run.rss_open_mb, run.rss_before_mb, run.rss_after_mb
+        ),
+        "≤ 200 MB",
+        run.opened == run.wanted && run.rss_open_mb <= TARGET_SSE_RSS_MB,
+    ));
+    rows.push(Row::target(
+        "sse",
+        "every stream receives every event",
+        format!(
+            "{} lost ({} of {} received; {} streams incomplete; in {:.2} s)",
+            run.lost(),
+            run.received,
+            run.expected,
+            run.incomplete,
+            run.deliver_seconds
+        ),
+        "lost = 0",
+        run.expected > 0 && run.lost() == 0 && run.opened == run.wanted,
+    ));
 }
 
 fn integrity_row(scenario: &str, integrity: &Integrity) -> Row {

@@ -61,7 +61,7 @@ impl Sizes {
         }
     }
 
-    fn timed(&self) -> Limits {
+    pub fn timed(&self) -> Limits {
         Limits::timed(self.warmup, self.measure)
     }
 }
