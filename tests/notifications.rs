@@ -502,7 +502,10 @@ async fn the_openapi_description_covers_every_notifications_route_with_its_statu
             .map(String::as_str)
             .collect();
         for status in statuses {
-            assert!(declared.contains(status), "{method} {path} does not declare {status}");
+            assert!(
+                declared.contains(status),
+                "{method} {path} does not declare {status}"
+            );
         }
         assert!(
             operation["security"].is_array(),
