@@ -108,7 +108,7 @@ impl SigningKeys {
             (None, None) => None,
         };
         let dir = keys_dir(data_dir);
-        let mut stored = stored_key_files(&dir)?;
+        let mut stored = stored_key_files(&dir, "jwt-", ".pem")?;
         if configured.is_none() && stored.is_empty() {
             stored.push(rotate(data_dir)?);
         }
@@ -198,8 +198,14 @@ fn keys_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("keys")
 }
 
-/// `jwt-*.pem` files in `dir`, oldest first (names carry a sortable timestamp).
-fn stored_key_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+/// Files `<prefix>*<suffix>` in `dir`, oldest first (their names carry a
+/// sortable timestamp); none when `dir` does not exist. Signing keys and
+/// master keys are both kept this way.
+pub(crate) fn stored_key_files(
+    dir: &Path,
+    prefix: &str,
+    suffix: &str,
+) -> anyhow::Result<Vec<PathBuf>> {
     if !dir.exists() {
         return Ok(Vec::new());
     }
@@ -209,7 +215,7 @@ fn stored_key_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         .filter(|path| {
             path.file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("jwt-") && n.ends_with(".pem"))
+                .is_some_and(|n| n.starts_with(prefix) && n.ends_with(suffix))
         })
         .collect();
     files.sort();

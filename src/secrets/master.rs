@@ -195,7 +195,7 @@ impl MasterKeys {
         }
         let dir = master_keys_dir(&settings.data_dir);
         let mut keys = Vec::new();
-        for path in stored_key_files(&dir)? {
+        for path in crate::auth::keys::stored_key_files(&dir, "master-", ".key")? {
             let text = Zeroizing::new(
                 std::fs::read_to_string(&path)
                     .with_context(|| format!("reading {}", path.display()))?,
@@ -225,24 +225,6 @@ impl MasterKeys {
 
 pub(crate) fn master_keys_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("master-keys")
-}
-
-/// `master-*.key` files in `dir`, oldest first (names carry a sortable timestamp).
-fn stored_key_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    if !dir.exists() {
-        return Ok(Vec::new());
-    }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("listing {}", dir.display()))?
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| {
-            path.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("master-") && n.ends_with(".key"))
-        })
-        .collect();
-    files.sort();
-    Ok(files)
 }
 
 /// Writes a new `master-<timestamp>.key` (mode 0600) into `dir` (mode 0700).
