@@ -216,6 +216,9 @@ pub struct HttpSettings {
     pub max_streams: Option<u32>,
     /// A streamed answer whose reader takes no chunk for this long is abandoned.
     pub stream_send_timeout: Duration,
+    /// Event feeds (`/v1/sessions/{id}/events`, `/v1/ws`) one user may hold
+    /// open at once, each a NATS consumer; more answer 429.
+    pub max_feeds_per_user: usize,
 }
 
 impl Settings {
@@ -386,6 +389,10 @@ impl Settings {
                     "CHRONICLE_HTTP_STREAM_SEND_TIMEOUT_SECS",
                     parse("CHRONICLE_HTTP_STREAM_SEND_TIMEOUT_SECS", "30")?,
                 )?),
+                max_feeds_per_user: number(
+                    "CHRONICLE_HTTP_MAX_FEEDS_PER_USER",
+                    parse("CHRONICLE_HTTP_MAX_FEEDS_PER_USER", "16")?,
+                )?,
             },
             database: DatabaseSettings {
                 url: SecretString::from(database_url),
@@ -584,6 +591,9 @@ impl Settings {
                 "CHRONICLE_HTTP_MAX_STREAMS",
                 "must be at least 1 and less than CHRONICLE_DB_MAX_CONNECTIONS",
             );
+        }
+        if http.max_feeds_per_user == 0 {
+            return fail("CHRONICLE_HTTP_MAX_FEEDS_PER_USER", "must be at least 1");
         }
         if http.stream_send_timeout.is_zero() {
             return fail(

@@ -197,6 +197,7 @@ impl Application {
                 CommandExecutor::new(pool.clone(), ()).issuing_tokens(token_keys),
             ),
             rate_limiter: Arc::default(),
+            feeds: crate::llm::StreamLimiter::new(settings.http.max_feeds_per_user),
             streams: StreamBudget::new(settings.stream_slots(), settings.http.stream_send_timeout),
             settings,
             pool,

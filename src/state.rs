@@ -49,6 +49,8 @@ pub struct AppState {
     pub streams: StreamBudget,
     /// The language-model upstreams behind the chat routes.
     pub llm: Arc<Llm>,
+    /// Event feeds open per user (`CHRONICLE_HTTP_MAX_FEEDS_PER_USER`).
+    pub feeds: crate::llm::StreamLimiter,
     /// Projections running in this process, for `/ready`.
     pub projections: Arc<Vec<(&'static str, Arc<ProjectionStatus>)>>,
 }

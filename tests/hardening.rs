@@ -690,3 +690,52 @@ async fn the_detailed_health_shows_each_component_the_relay_and_every_projection
     assert_eq!(health["build"]["version"], env!("CARGO_PKG_VERSION"));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn one_user_holds_at_most_the_configured_event_feeds_and_a_closed_one_frees_its_place() {
+    let fake = common::fake_llm::FakeLlm::start().await;
+    let mut settings = test_settings().await;
+    fake.configure(&mut settings);
+    settings.http.max_feeds_per_user = 2;
+    let app = TestApp::spawn_with(settings).await;
+    let user = app.register("feeds@example.com").await;
+    let other = app.register("feeds-other@example.com").await;
+    let session = |who: TestUser| {
+        let app = &app;
+        async move {
+            let created: Value = app
+                .send_json(Method::POST, "/v1/sessions", &who, Some(json!({})))
+                .await;
+            format!("/v1/sessions/{}/events", created["id"].as_str().unwrap())
+        }
+    };
+    let mine = session(user.clone()).await;
+    let theirs = session(other.clone()).await;
+
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let feed = app.send(Method::GET, &mine, &user, None).await;
+        assert_eq!(feed.status(), StatusCode::OK);
+        open.push(feed);
+    }
+    let refused = app.send(Method::GET, &mine, &user, None).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "RATE_LIMITED");
+    // Others are not affected.
+    let their_feed = app.send(Method::GET, &theirs, &other, None).await;
+    assert_eq!(their_feed.status(), StatusCode::OK);
+
+    // A client that goes away gives its place back, with no event to notice it by.
+    drop(open.pop());
+    let reopened = eventually(Duration::from_secs(40), "a freed feed place", || async {
+        let feed = app.send(Method::GET, &mine, &user, None).await;
+        (feed.status() == StatusCode::OK).then_some(feed)
+    })
+    .await;
+    drop(reopened);
+    drop(open);
+    drop(their_feed);
+    app.stop().await;
+}

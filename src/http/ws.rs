@@ -82,10 +82,20 @@ pub async fn open_feed(
     };
     let upgrade =
         upgrade.map_err(|_| ApiError::BadRequest("this route takes a WebSocket upgrade".into()))?;
+    // Each feed is a NATS consumer and a task: one user may not hold them all.
+    let permit = state
+        .feeds
+        .try_acquire(user.id)
+        .ok_or(ApiError::RateLimited {
+            retry_after_secs: 5,
+        })?;
     // Fail before the upgrade if the stream is not reachable.
     let filter = format!("{}.>", state.settings.nats.stream.subject_prefix);
     let feed = event_feed::follow(&state, filter.clone(), Start::Live).await?;
-    Ok(upgrade.on_upgrade(move |socket| run_feed(socket, state, user, filter, feed)))
+    Ok(upgrade.on_upgrade(move |socket| async move {
+        run_feed(socket, state, user, filter, feed).await;
+        drop(permit);
+    }))
 }
 
 async fn run_feed(

@@ -90,6 +90,7 @@ pub async fn test_settings() -> Settings {
             shutdown_grace: Duration::from_secs(10),
             max_streams: None,
             stream_send_timeout: Duration::from_secs(30),
+            max_feeds_per_user: 16,
         },
         database: DatabaseSettings {
             url: SecretString::from(create_test_database().await),

@@ -164,6 +164,8 @@ fn chat_env(world: &World) -> Vec<(&'static str, String)> {
         ("CHRONICLE_CHAT_MAX_STREAMS_PER_USER", "1024".into()),
         // 1,000 event streams plus the other clients: above the default 1,024.
         ("CHRONICLE_HTTP_MAX_CONNECTIONS", "2048".into()),
+        // The sse scenario opens 1,000 feeds for a few users.
+        ("CHRONICLE_HTTP_MAX_FEEDS_PER_USER", "1024".into()),
     ]
 }
 

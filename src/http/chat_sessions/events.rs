@@ -55,6 +55,13 @@ pub async fn session_events(
                 })?,
         ),
     };
+    // Each feed is a NATS consumer and a task: one user may not hold them all.
+    let permit = state
+        .feeds
+        .try_acquire(user.id)
+        .ok_or(ApiError::RateLimited {
+            retry_after_secs: 5,
+        })?;
     let stream = &state.settings.nats.stream;
     let filter = format!("{}.ChatSession.{id}.*", stream.subject_prefix);
     let start = after.map_or(Start::Live, Start::AfterPosition);
@@ -62,7 +69,14 @@ pub async fn session_events(
     let (sender, receiver) = mpsc::channel::<Event>(EVENTS_IN_FLIGHT);
     let send_timeout = state.settings.http.stream_send_timeout;
     tokio::spawn(async move {
-        while let Some((_, envelope)) = feed.next().await {
+        let _permit = permit;
+        loop {
+            // A client that left is noticed at once, not at the next event.
+            let next = tokio::select! {
+                _ = sender.closed() => return,
+                next = feed.next() => next,
+            };
+            let Some((_, envelope)) = next else { return };
             let Ok(data) = serde_json::to_string(&envelope) else {
                 continue;
             };
