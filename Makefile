@@ -1,6 +1,6 @@
 # Chronicle developer tasks. Local Postgres + NATS JetStream come from deploy/dev-services.sh.
 #
-#   make test            start services, run the workspace tests (nextest if installed)
+#   make test            start services, install schemathesis (venv), run the workspace tests
 #   make run             start services, migrate, serve
 #   make bench [QUICK=1] start services, run the benchmark (release build)
 #   make lint            rustfmt check + clippy -D warnings
@@ -44,6 +44,7 @@ test: services
 	@$(CARGO_ON_PATH); \
 	$(SERVICES_ENV); \
 	$(NATS_BIN_ENV); \
+	export CHRONICLE_SCHEMATHESIS="$$($(CURDIR)/deploy/schemathesis.sh install)"; \
 	if cargo nextest --version >/dev/null 2>&1; then \
 		cargo nextest run --workspace --no-fail-fast; \
 	else \

@@ -192,20 +192,36 @@ async fn a_chat_session_is_started_changed_and_deleted_and_others_get_404_everyw
     assert_eq!(patched["title"], Value::Null);
     assert_eq!(patched["model"], "gpt-test");
     assert_eq!(patched["system_prompt"], "Be brief", "untouched");
-    for body in [
-        json!({"model": "no-such-model"}),
-        json!({"model": null}),
-        json!({"title": "x".repeat(201)}),
-        json!({"project_id": uuid::Uuid::new_v4()}),
+    for (body, status) in [
+        (json!({"model": null}), StatusCode::UNPROCESSABLE_ENTITY),
+        (
+            json!({"title": "x".repeat(201)}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({"title": "a\u{0}b"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        // What the caller has not got is missing: 404, naming the field.
+        (json!({"model": "no-such-model"}), StatusCode::NOT_FOUND),
+        (
+            json!({"project_id": uuid::Uuid::new_v4()}),
+            StatusCode::NOT_FOUND,
+        ),
     ] {
         let response = app
             .send(Method::PATCH, &path, &owner, Some(body.clone()))
             .await;
-        assert_eq!(
-            response.status(),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "{body}"
-        );
+        assert_eq!(response.status(), status, "{body}");
+        if status == StatusCode::NOT_FOUND {
+            let error: Value = response.json().await.unwrap();
+            let field = body.as_object().unwrap().keys().next().unwrap().clone();
+            assert_eq!(
+                error["error"]["details"][0]["field"],
+                field.as_str(),
+                "{body}"
+            );
+        }
     }
 
     // Someone else's session does not exist for them, on every route.

@@ -739,3 +739,65 @@ async fn one_user_holds_at_most_the_configured_event_feeds_and_a_closed_one_free
     drop(their_feed);
     app.stop().await;
 }
+
+/// Postgres stores no U+0000 in text or jsonb: such a string used to reach the
+/// event store and answer 500. It is refused at the door, changing nothing.
+#[tokio::test]
+async fn a_string_holding_nul_is_refused_with_422_in_a_body_or_a_query_and_stores_nothing() {
+    let app = TestApp::spawn().await;
+    let user = app.register("nul@example.com").await;
+    let auditor = app
+        .user_with_role("nul-auditor@example.com", "auditor")
+        .await;
+    for (path, body) in [
+        (
+            "/v1/projects",
+            json!({"name": "p", "settings": {"a\u{0}": 1}}),
+        ),
+        (
+            "/v1/projects",
+            json!({"name": "p", "settings": {"k": ["a\u{0}b"]}}),
+        ),
+        ("/v1/tasks", json!({"title": "a\u{0}b"})),
+    ] {
+        let response = app
+            .send(Method::POST, path, &user, Some(body.clone()))
+            .await;
+        assert_eq!(
+            response.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}"
+        );
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["code"], "VALIDATION_ERROR");
+    }
+    // An escaped backslash before `u0000` is text, not NUL: accepted.
+    let response = app
+        .send(
+            Method::POST,
+            "/v1/tasks",
+            &user,
+            Some(json!({"title": "a\\u0000b"})),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+
+    let response = app
+        .send(
+            Method::GET,
+            "/v1/audit/events?event_type=%00",
+            &auditor,
+            None,
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+
+    let events_after: i64 = sqlx::query_scalar(
+        "select count(*) from events where aggregate_type not in ('User', 'AuthSession')",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(events_after, 1, "only the task with the escaped backslash");
+    app.stop().await;
+}

@@ -316,10 +316,6 @@ async fn invalid_configurations_are_refused_with_field_details_and_change_nothin
             json!({"name": "x", "transport": "http", "url": "https://x.example/", "headers": {"X-New": "***"}}),
             "headers",
         ),
-        (
-            json!({"name": "x", "transport": "http", "url": "https://x.example/", "project_id": uuid::Uuid::new_v4()}),
-            "project_id",
-        ),
     ];
     for (body, field) in &cases {
         for (method, route) in [(Method::POST, SERVERS), (Method::PUT, path.as_str())] {
@@ -359,6 +355,11 @@ async fn invalid_configurations_are_refused_with_field_details_and_change_nothin
         (
             json!(["not", "an", "object"]),
             StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        // A project that is not the caller's is missing for them: 404.
+        (
+            json!({"name": "x", "transport": "http", "url": "https://x.example/", "project_id": uuid::Uuid::new_v4()}),
+            StatusCode::NOT_FOUND,
         ),
     ] {
         let response = app

@@ -4,6 +4,12 @@
 //! where that is part of the field's identity) so that what gets stored in an
 //! event is exactly what was validated. Lengths are counted in `char`s rather
 //! than bytes so that limits mean the same thing for every script.
+//!
+//! The rules are the ones the OpenAPI document states, so that a client
+//! validating against it and the server never disagree: lengths apply to the
+//! text as sent (before trimming), "not blank" means holding a character other
+//! than [`BLANK`] (the document's pattern `[^ \t\n\r]`), and trimming removes
+//! exactly those characters.
 
 use std::fmt;
 
@@ -51,7 +57,7 @@ pub const JSON_MAX_BYTES: usize = 16 * 1024;
 /// Passwords that meet the length rule but appear at the top of every leaked
 /// password list, so a credential-stuffing attack would guess them first.
 /// Compared case-insensitively.
-const COMMON_PASSWORDS: &[&str] = &[
+pub const COMMON_PASSWORDS: &[&str] = &[
     "password",
     "password1",
     "password123",
@@ -201,17 +207,52 @@ fn json_shape(value: &serde_json::Value) -> (usize, usize) {
     (deepest, expansion)
 }
 
-/// Validates a task title: trimmed, then 1 to 200 characters.
-pub fn validate_title(title: &str) -> Result<String, FieldError> {
-    let title = title.trim();
-    let len = title.chars().count();
-    if len == 0 || len > TITLE_MAX_CHARS {
+/// What "blank" text consists of, and what trimming removes: the JSON
+/// whitespace characters (space, tab, line feed, carriage return).
+pub const BLANK: [char; 4] = [' ', '\t', '\n', '\r'];
+
+/// Whether `text` holds nothing but [`BLANK`] characters.
+pub fn is_blank(text: &str) -> bool {
+    text.chars().all(|c| BLANK.contains(&c))
+}
+
+/// `text` without leading and trailing [`BLANK`] characters.
+pub fn trim_blank(text: &str) -> &str {
+    text.trim_matches(&BLANK[..])
+}
+
+/// Required text of 1 to `max` characters as sent, not blank; returned trimmed.
+fn required_text(field: &'static str, text: &str, max: usize) -> Result<String, FieldError> {
+    if is_blank(text) || text.chars().count() > max {
         return Err(FieldError::new(
-            "title",
-            format!("title must be 1 to {TITLE_MAX_CHARS} characters"),
+            field,
+            format!("{field} must be 1 to {max} characters"),
         ));
     }
-    Ok(title.to_owned())
+    Ok(trim_blank(text).to_owned())
+}
+
+/// Optional text of at most `max` characters as sent; blank text is no text.
+fn optional_text(
+    field: &'static str,
+    text: Option<String>,
+    max: usize,
+) -> Result<Option<String>, FieldError> {
+    let Some(text) = text else {
+        return Ok(None);
+    };
+    if text.chars().count() > max {
+        return Err(FieldError::new(
+            field,
+            format!("{field} must be at most {max} characters"),
+        ));
+    }
+    Ok((!is_blank(&text)).then(|| trim_blank(&text).to_owned()))
+}
+
+/// Validates a task title: 1 to 200 characters, not blank; stored trimmed.
+pub fn validate_title(title: &str) -> Result<String, FieldError> {
+    required_text("title", title, TITLE_MAX_CHARS)
 }
 
 /// Validates an optional task description: at most 1000 characters.
@@ -228,56 +269,35 @@ pub fn validate_description(description: Option<String>) -> Result<Option<String
     }
 }
 
-/// Validates a project name: trimmed, then 1 to 100 characters.
+/// Validates a project name: 1 to 100 characters, not blank; stored trimmed.
 pub fn validate_project_name(name: &str) -> Result<String, FieldError> {
-    let name = name.trim();
-    let len = name.chars().count();
-    if len == 0 || len > PROJECT_NAME_MAX_CHARS {
-        return Err(FieldError::new(
-            "name",
-            format!("name must be 1 to {PROJECT_NAME_MAX_CHARS} characters"),
-        ));
-    }
-    Ok(name.to_owned())
+    required_text("name", name, PROJECT_NAME_MAX_CHARS)
 }
 
-/// Validates an optional chat-session title: trimmed, at most 200
-/// characters; an empty or all-blank title is treated as no title.
+/// Validates an optional chat-session title: at most 200 characters; a
+/// blank title is no title; stored trimmed.
 pub fn validate_session_title(title: Option<String>) -> Result<Option<String>, FieldError> {
-    let Some(title) = title else {
-        return Ok(None);
-    };
-    let title = title.trim();
-    if title.is_empty() {
-        return Ok(None);
-    }
-    if title.chars().count() > SESSION_TITLE_MAX_CHARS {
-        return Err(FieldError::new(
-            "title",
-            format!("title must be at most {SESSION_TITLE_MAX_CHARS} characters"),
-        ));
-    }
-    Ok(Some(title.to_owned()))
+    optional_text("title", title, SESSION_TITLE_MAX_CHARS)
 }
 
 /// Validates an optional system prompt: at most 20,000 characters, kept
-/// verbatim (layout matters in prompts); an all-blank prompt is no prompt,
-/// since upstreams refuse blank text.
+/// verbatim (layout matters in prompts); a blank prompt is no prompt, since
+/// upstreams refuse blank text.
 pub fn validate_system_prompt(prompt: Option<String>) -> Result<Option<String>, FieldError> {
     match prompt {
-        Some(text) if text.trim().is_empty() => Ok(None),
         Some(text) if text.chars().count() > SYSTEM_PROMPT_MAX_CHARS => Err(FieldError::new(
             "system_prompt",
             format!("system_prompt must be at most {SYSTEM_PROMPT_MAX_CHARS} characters"),
         )),
+        Some(text) if is_blank(&text) => Ok(None),
         other => Ok(other),
     }
 }
 
-/// Validates a chat message: 1 to 100,000 characters, not all blank (model
+/// Validates a chat message: 1 to 100,000 characters, not blank (model
 /// upstreams refuse blank text), kept verbatim.
 pub fn validate_message_content(content: String) -> Result<String, FieldError> {
-    if content.trim().is_empty() || content.chars().count() > MESSAGE_MAX_CHARS {
+    if is_blank(&content) || content.chars().count() > MESSAGE_MAX_CHARS {
         return Err(FieldError::new(
             "content",
             format!("content must be 1 to {MESSAGE_MAX_CHARS} characters and not blank"),
@@ -303,18 +323,23 @@ pub fn validate_model_id(model: &str) -> Result<String, FieldError> {
     Ok(model.to_owned())
 }
 
-/// Validates a tool name: trimmed, 1 to 200 characters, no control
-/// characters.
+/// Validates a tool name: 1 to 200 characters, no control characters, not
+/// only spaces; stored trimmed.
 pub fn validate_tool_name(name: &str) -> Result<String, FieldError> {
-    let name = name.trim();
     let len = name.chars().count();
-    if len == 0 || len > TOOL_NAME_MAX_CHARS || name.chars().any(char::is_control) {
+    if len == 0
+        || len > TOOL_NAME_MAX_CHARS
+        || name.chars().any(char::is_control)
+        || name.chars().all(|c| c == ' ')
+    {
         return Err(FieldError::new(
             "tool_name",
-            format!("tool_name must be 1 to {TOOL_NAME_MAX_CHARS} characters"),
+            format!(
+                "tool_name must be 1 to {TOOL_NAME_MAX_CHARS} characters, without control characters and not blank"
+            ),
         ));
     }
-    Ok(name.to_owned())
+    Ok(name.trim_matches(' ').to_owned())
 }
 
 /// Cuts a server-side failure reason to at most 2000 characters. Never
@@ -357,15 +382,16 @@ impl FieldErrors {
 /// Used both by [`validate_email`] and to derive the user aggregate id, so
 /// the two can never disagree about which addresses are "the same".
 pub fn normalize_email(email: &str) -> String {
-    email.trim().to_lowercase()
+    trim_blank(email).to_lowercase()
 }
 
 /// Validates an e-mail address and returns its canonical form.
 ///
 /// Deliberately shallow: one `@`, a non-empty local part, a dotted domain,
-/// no whitespace. Whether the mailbox exists is not our question.
+/// no whitespace or control characters inside ([`BLANK`] around it is
+/// trimmed, as a phone keyboard adds it). Whether the mailbox exists is not
+/// our question.
 pub fn validate_email(email: &str) -> Result<String, FieldError> {
-    let email = normalize_email(email);
     let invalid = || FieldError::new("email", "email must be a valid e-mail address");
     if email.is_empty() || email.chars().count() > EMAIL_MAX_CHARS {
         return Err(FieldError::new(
@@ -373,7 +399,8 @@ pub fn validate_email(email: &str) -> Result<String, FieldError> {
             format!("email must be 1 to {EMAIL_MAX_CHARS} characters"),
         ));
     }
-    if email.chars().any(char::is_whitespace) {
+    let email = normalize_email(email);
+    if email.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(invalid());
     }
     let mut parts = email.split('@');
@@ -390,7 +417,6 @@ pub fn validate_email(email: &str) -> Result<String, FieldError> {
 /// Validates a username: 3 to 32 characters of `[A-Za-z0-9_.-]`, returned
 /// lowercased so that `Alice` and `alice` cannot both exist as handles.
 pub fn validate_username(username: &str) -> Result<String, FieldError> {
-    let username = username.trim();
     let len = username.chars().count();
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
     if !(USERNAME_MIN_CHARS..=USERNAME_MAX_CHARS).contains(&len) || !username.chars().all(allowed) {
@@ -404,23 +430,10 @@ pub fn validate_username(username: &str) -> Result<String, FieldError> {
     Ok(username.to_ascii_lowercase())
 }
 
-/// Validates an optional display name: trimmed, at most 100 characters; an
-/// empty or all-blank name is treated as no name.
+/// Validates an optional display name: at most 100 characters; a blank
+/// name is no name; stored trimmed.
 pub fn validate_name(name: Option<String>) -> Result<Option<String>, FieldError> {
-    let Some(name) = name else {
-        return Ok(None);
-    };
-    let name = name.trim();
-    if name.is_empty() {
-        return Ok(None);
-    }
-    if name.chars().count() > NAME_MAX_CHARS {
-        return Err(FieldError::new(
-            "name",
-            format!("name must be at most {NAME_MAX_CHARS} characters"),
-        ));
-    }
-    Ok(Some(name.to_owned()))
+    optional_text("name", name, NAME_MAX_CHARS)
 }
 
 /// Validates a new password: 8 to 128 characters and not one of a small list

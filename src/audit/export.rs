@@ -16,7 +16,7 @@ use crate::audit::stream::{stream_rows, StreamSlot};
 use crate::audit::Filters;
 
 /// An export's format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     Ndjson,

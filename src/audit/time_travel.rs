@@ -11,14 +11,14 @@ use cqrs_es::Aggregate;
 use serde_json::Value;
 use sqlx::PgPool;
 
-/// Up to where to apply the history.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Point {
-    Latest,
+/// Up to where to apply the history: the events that meet every bound
+/// given; with none, all of them (the latest state).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Point {
     /// Events recorded at or before this time.
-    AsOf(DateTime<Utc>),
+    pub as_of: Option<DateTime<Utc>>,
     /// Events up to this sequence number.
-    Sequence(i64),
+    pub up_to_sequence: Option<i64>,
 }
 
 /// An aggregate's state at a point of its history.
@@ -69,11 +69,6 @@ pub async fn rebuild(
     if !exists {
         return Err(TimeTravelError::NotFound);
     }
-    let (as_of, up_to) = match point {
-        Point::Latest => (None, None),
-        Point::AsOf(time) => (Some(time), None),
-        Point::Sequence(sequence) => (None, Some(sequence)),
-    };
     let events: Vec<(i64, Value, DateTime<Utc>)> = sqlx::query_as(
         "select sequence, payload, recorded_at from events \
          where aggregate_type = $1 and aggregate_id = $2 \
@@ -83,8 +78,8 @@ pub async fn rebuild(
     )
     .bind(aggregate_type)
     .bind(aggregate_id)
-    .bind(as_of)
-    .bind(up_to)
+    .bind(point.as_of)
+    .bind(point.up_to_sequence)
     .fetch_all(pool)
     .await?;
     let sequence = events.last().map(|(sequence, ..)| *sequence).unwrap_or(0);

@@ -17,6 +17,7 @@ use crate::commands::now;
 use crate::http::auth::{await_projection, consistency_header, user_error};
 use crate::http::error::{ApiError, Result};
 use crate::http::extract::{AuthUser, IdPath, Json, Query, RequestContext};
+use crate::http::write::Page;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -48,35 +49,20 @@ pub struct AdminUser {
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-pub struct Page {
+pub struct ListUsersQuery {
     /// 1–100, default 50.
+    #[param(minimum = 1, maximum = 100, default = 50)]
     pub limit: Option<i64>,
-    /// ≥ 0.
+    /// ≥ 0, default 0.
+    #[param(minimum = 0, maximum = 1_000_000_000, default = 0)]
     pub offset: Option<i64>,
-}
-
-impl Page {
-    /// (limit, offset), validated per the API conventions.
-    pub fn bounds(&self) -> Result<(i64, i64)> {
-        let limit = self.limit.unwrap_or(50);
-        if !(1..=100).contains(&limit) {
-            return Err(ApiError::invalid_field(
-                "limit",
-                "must be between 1 and 100",
-            ));
-        }
-        let offset = self.offset.unwrap_or(0);
-        if offset < 0 {
-            return Err(ApiError::invalid_field("offset", "must be 0 or more"));
-        }
-        Ok((limit, offset))
-    }
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetRolesRequest {
     /// Replaces the set; `user` is always kept.
+    #[schema(schema_with = crate::http::schema::known_roles)]
     pub roles: Vec<String>,
 }
 
@@ -85,16 +71,16 @@ const SELECT_ADMIN_USER: &str =
      created_at, last_login_at from read.users";
 
 /// Every user, newest first.
-#[utoipa::path(get, path = "/v1/admin/users", tag = "admin", security(("bearer" = [])), params(Page), responses(
+#[utoipa::path(get, path = "/v1/admin/users", tag = "admin", security(("bearer" = [])), params(ListUsersQuery), responses(
     (status = 200, body = Vec<AdminUser>, headers(("X-Total-Count" = i64))), (status = 401), (status = 403),
 ))]
 pub async fn list_users(
     State(state): State<AppState>,
     user: AuthUser,
-    Query(page): Query<Page>,
+    Query(query): Query<ListUsersQuery>,
 ) -> Result<(HeaderMap, axum::Json<Vec<AdminUser>>)> {
     user.require_any_role(&["admin"])?;
-    let (limit, offset) = page.bounds()?;
+    let Page { limit, offset } = Page::new(query.limit, query.offset)?;
     let users: Vec<AdminUser> = sqlx::query_as(&format!(
         "{SELECT_ADMIN_USER} order by created_at desc, id limit $1 offset $2"
     ))

@@ -44,30 +44,72 @@ pub fn router() -> Router<AppState> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
+    /// One `@`, a dotted domain, no whitespace or control characters inside;
+    /// spaces, tabs and line breaks around it are trimmed; compared lowercased.
+    #[schema(
+        min_length = 1,
+        max_length = 254,
+        pattern = "^[ \\t\\n\\r]*[^@\\s\\x00-\\x1f\\x7f-\\x9f]+@([^@\\s\\x00-\\x1f\\x7f-\\x9f.]+\\.)+[^@\\s\\x00-\\x1f\\x7f-\\x9f.]+[ \\t\\n\\r]*$"
+    )]
     pub email: String,
+    /// 8–128 characters, not one of the most common passwords.
+    #[schema(schema_with = crate::http::schema::new_password)]
     pub password: String,
+    /// 3–32 letters, digits, `_`, `.` or `-`; stored lowercased.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9_.-]{3,32}$")]
     pub username: Option<String>,
+    /// At most 100 characters; blank is no name.
     #[serde(default)]
+    #[schema(max_length = 100)]
     pub name: Option<String>,
 }
 
-/// Log in with an email or a username.
-#[derive(Debug, Deserialize, ToSchema)]
+/// The JSON body of a login: an email or a username (exactly one of them)
+/// and the password. Parsed as [`LoginFields`]; this type is its schema.
+#[derive(ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum LoginRequest {
+    Email(EmailLogin),
+    Username(UsernameLogin),
+}
+
+#[derive(ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct LoginRequest {
+#[allow(dead_code)]
+pub struct EmailLogin {
+    email: String,
+    password: String,
+}
+
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct UsernameLogin {
+    username: String,
+    password: String,
+}
+
+/// Log in with an email or a username.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginFields {
     #[serde(default)]
-    pub email: Option<String>,
+    email: Option<String>,
     #[serde(default)]
-    pub username: Option<String>,
-    pub password: String,
+    username: Option<String>,
+    password: String,
 }
 
 /// OAuth2 resource-owner password form (`grant_type=password`).
-#[derive(Debug, Deserialize)]
-struct PasswordGrantForm {
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct PasswordGrantForm {
+    /// Only `password` is supported.
     #[serde(default)]
+    #[schema(nullable = false, pattern = "^password$")]
     grant_type: Option<String>,
+    /// An email or a username.
     username: String,
     password: String,
 }
@@ -89,6 +131,8 @@ pub struct LogoutRequest {
 #[serde(deny_unknown_fields)]
 pub struct ChangePasswordRequest {
     pub current_password: String,
+    /// 8–128 characters, not one of the most common passwords.
+    #[schema(schema_with = crate::http::schema::new_password)]
     pub new_password: String,
 }
 
@@ -361,7 +405,7 @@ pub async fn release_username(state: &AppState, username: &str, user_id: Uuid) {
 /// passwords in a row lock the account for 15 minutes (423).
 #[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body(content(
     (LoginRequest = "application/json"),
-    (LoginRequest = "application/x-www-form-urlencoded")
+    (PasswordGrantForm = "application/x-www-form-urlencoded")
 )), responses(
     (status = 200, body = AuthResponse),
     (status = 401, description = "INVALID_CREDENTIALS, the same for an unknown user"),
@@ -437,7 +481,7 @@ async fn read_login(request: Request, state: &AppState) -> Result<(String, Strin
         }
         return Ok((form.username, form.password));
     }
-    let request: LoginRequest = axum::Json::from_request(request, state)
+    let request: LoginFields = axum::Json::from_request(request, state)
         .await
         .map(|axum::Json(body)| body)
         .map_err(json_rejection)?;

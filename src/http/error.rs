@@ -31,6 +31,13 @@ pub enum ApiError {
     Forbidden,
     #[error("not found")]
     NotFound,
+    /// A field names something that does not exist for the caller (a
+    /// project, a model): 404 like the thing itself, with the field in `details`.
+    #[error("{field}: {message}")]
+    MissingReference {
+        field: &'static str,
+        message: String,
+    },
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("{0}")]
@@ -123,7 +130,7 @@ impl ApiError {
             Self::AccountLocked { .. } => StatusCode::LOCKED,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Forbidden => StatusCode::FORBIDDEN,
-            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::NotFound | Self::MissingReference { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -148,7 +155,7 @@ impl ApiError {
             Self::AccountLocked { .. } => "ACCOUNT_LOCKED",
             Self::RateLimited { .. } => "RATE_LIMITED",
             Self::Forbidden => "FORBIDDEN",
-            Self::NotFound => "NOT_FOUND",
+            Self::NotFound | Self::MissingReference { .. } => "NOT_FOUND",
             Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Self::Conflict(_) => "CONFLICT",
             Self::BadRequest(_) => "BAD_REQUEST",
@@ -172,6 +179,9 @@ impl IntoResponse for ApiError {
         let details = match &self {
             Self::Validation { details, .. } | Self::UnavailableWithDetails { details, .. } => {
                 details.clone()
+            }
+            Self::MissingReference { field, message } => {
+                vec![json!({"field": field, "message": message})]
             }
             _ => Vec::new(),
         };

@@ -42,6 +42,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
                     ApiError::BadRequest(rejection.body_text())
                 }
             })?;
+        refuse_nul_escapes(&bytes)?;
         let is_object = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
         if !is_object && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok() {
             return Err(ApiError::Validation {
@@ -83,6 +84,7 @@ pub fn optional_json<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, Ap
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
+    refuse_nul_escapes(body)?;
     let value: serde_json::Value = serde_json::from_slice(body)
         .map_err(|err| ApiError::BadRequest(format!("malformed JSON: {err}")))?;
     if !value.is_object() {
@@ -95,6 +97,33 @@ pub fn optional_json<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, Ap
         message: format!("invalid body: {err}"),
         details: Vec::new(),
     })
+}
+
+/// Postgres stores neither text nor `jsonb` with U+0000 in it, so a string
+/// holding one could never be recorded: it is refused at the door (422)
+/// instead of failing in the event store. JSON can carry it only as the
+/// escape `\u0000` (raw control characters are malformed JSON); an escape is
+/// one whose backslash is not itself escaped, i.e. preceded by an even run of
+/// backslashes.
+fn refuse_nul_escapes(body: &[u8]) -> Result<(), ApiError> {
+    const ESCAPE: &[u8] = b"\\u0000";
+    let found = body.windows(ESCAPE.len()).enumerate().any(|(at, window)| {
+        window == ESCAPE
+            && body[..at]
+                .iter()
+                .rev()
+                .take_while(|&&byte| byte == b'\\')
+                .count()
+                % 2
+                == 0
+    });
+    if found {
+        return Err(ApiError::Validation {
+            message: "strings must not contain U+0000 (NUL)".into(),
+            details: Vec::new(),
+        });
+    }
+    Ok(())
 }
 
 pub fn json_rejection(rejection: JsonRejection) -> ApiError {
@@ -121,6 +150,14 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        // `%00` decodes to U+0000, which no text column can hold (see
+        // `refuse_nul_escapes`).
+        if parts.uri.query().is_some_and(|query| query.contains("%00")) {
+            return Err(ApiError::Validation {
+                message: "query parameters must not contain U+0000 (NUL)".into(),
+                details: Vec::new(),
+            });
+        }
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|axum::extract::Query(value)| Self(value))
@@ -274,6 +311,41 @@ where
             .map(Self)
             .map_err(|err| ApiError::invalid_field(CONSISTENCY_HEADER, err.to_string()))
     }
+}
+
+/// An optional field that may be absent but not `null` (the document
+/// declares it non-nullable), with `#[serde(default)]`.
+pub fn not_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+/// An optional integer field that also takes a number with a zero fraction
+/// (`111.0`): JSON Schema counts it as an integer, and so do clients that
+/// write every number as a float.
+pub fn whole_number<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: TryFrom<i64>,
+{
+    use serde::de::Error;
+    let Some(number) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    let whole = match (number.as_i64(), number.as_f64()) {
+        (Some(value), _) => Some(value),
+        (None, Some(value)) if value.fract() == 0.0 && value.abs() < 9.0e15 => Some(value as i64),
+        _ => None,
+    };
+    whole
+        .and_then(|value| T::try_from(value).ok())
+        .map(Some)
+        .ok_or_else(|| {
+            D::Error::custom(format!(
+                "invalid value: {number}, expected a whole number in range"
+            ))
+        })
 }
 
 /// Tells "absent" (outer `None`, with `#[serde(default)]`) from "null" (`Some(None)`).

@@ -22,6 +22,7 @@ pub mod profile;
 pub mod projects;
 pub mod rate_limit;
 pub mod request_id;
+pub mod schema;
 pub mod server;
 pub mod service;
 pub mod tasks;

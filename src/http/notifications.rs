@@ -82,13 +82,15 @@ pub enum SortOrder {
 #[serde(deny_unknown_fields)]
 pub struct ListNotificationsQuery {
     /// 1–100, default 50.
+    #[param(minimum = 1, maximum = 100, default = 50)]
     pub limit: Option<i64>,
     /// ≥ 0, default 0.
+    #[param(minimum = 0, maximum = 1_000_000_000, default = 0)]
     pub offset: Option<i64>,
     /// Only unread ones; default false.
     pub unread_only: Option<bool>,
     /// `asc` or `desc` (default) by creation time.
-    #[param(value_type = Option<String>)]
+    #[param(inline)]
     pub sort: Option<SortOrder>,
 }
 
@@ -101,7 +103,12 @@ pub struct UpdateNotificationRequest {
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct DeleteNotificationsQuery {
-    /// Comma-separated notification ids, 1–100.
+    /// 1–100 notification ids (hyphenated UUIDs), comma-separated without spaces.
+    #[param(
+        value_type = String,
+        required = true,
+        pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(,[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}){0,99}$"
+    )]
     pub ids: Option<String>,
 }
 
@@ -288,16 +295,16 @@ pub async fn delete_notification(
     Ok((StatusCode::NO_CONTENT, headers))
 }
 
-/// `ids=a,b,…`: 1 to [`MAX_IDS`] UUIDs.
+/// `ids=a,b,…`: 1 to [`MAX_IDS`] hyphenated UUIDs, as the OpenAPI pattern says.
 fn parse_ids(raw: Option<&str>) -> Result<Vec<Uuid>> {
-    let raw = raw.unwrap_or_default().trim();
+    let raw = raw.unwrap_or_default();
     if raw.is_empty() {
         return Err(ApiError::invalid_field(
             "ids",
             format!("give 1 to {MAX_IDS} comma-separated notification ids"),
         ));
     }
-    let parts: Vec<&str> = raw.split(',').map(str::trim).collect();
+    let parts: Vec<&str> = raw.split(',').collect();
     if parts.len() > MAX_IDS {
         return Err(ApiError::invalid_field(
             "ids",
@@ -307,8 +314,10 @@ fn parse_ids(raw: Option<&str>) -> Result<Vec<Uuid>> {
     parts
         .into_iter()
         .map(|part| {
-            Uuid::parse_str(part)
-                .map_err(|_| ApiError::invalid_field("ids", "every id must be a UUID"))
+            Uuid::try_parse(part)
+                .ok()
+                .filter(|_| part.len() == 36)
+                .ok_or_else(|| ApiError::invalid_field("ids", "every id must be a hyphenated UUID"))
         })
         .collect()
 }

@@ -15,7 +15,7 @@ use crate::state::AppState;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Chronicle API", description = "Event-sourced backend: users, tasks and more."),
+    info(title = "Chronicle API", description = "Event-sourced backend: users, tasks and more. Every string, in a body or a query, is refused (422) if it holds U+0000, which the event store cannot keep. A field that names something the caller does not have (a `project_id`, a `model`) answers 404 with that field in `details`."),
     paths(
         service::index, service::health, service::ready, service::metrics, service::jwks,
         environment::environment,

@@ -6,6 +6,7 @@
 //! so no route can forget one.
 
 use utoipa::openapi::path::{Operation, PathItem};
+use utoipa::openapi::schema::{Schema, SchemaType, Type};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::{Modify, PartialSchema};
 
@@ -112,7 +113,34 @@ fn operations(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
     .flatten()
 }
 
+/// An optional JSON body (declared `Option<T>`) is absent or a `T`, never
+/// `null`, which is refused like any body that is not an object: its schema
+/// becomes `T` itself, and `required` stays unset (false).
+fn optional_body_is_never_null(operation: &mut Operation) {
+    let Some(body) = operation.request_body.as_mut() else {
+        return;
+    };
+    for content in body.content.values_mut() {
+        let Some(RefOr::T(Schema::OneOf(one_of))) = &content.schema else {
+            continue;
+        };
+        let is_null = |item: &RefOr<Schema>| {
+            matches!(item, RefOr::T(Schema::Object(object))
+                if object.schema_type == SchemaType::Type(Type::Null))
+        };
+        if let [first, second] = one_of.items.as_slice() {
+            let not_null = match (is_null(first), is_null(second)) {
+                (true, false) => second.clone(),
+                (false, true) => first.clone(),
+                _ => continue,
+            };
+            content.schema = Some(not_null);
+        }
+    }
+}
+
 fn complete(path: &str, operation: &mut Operation) {
+    optional_body_is_never_null(operation);
     let mut shared = vec!["500", "503"];
     if path.starts_with("/v1/") {
         shared.push("429");

@@ -2,6 +2,7 @@
 //! key, photo.
 
 use axum::body::Bytes;
+use axum::extract::multipart::MultipartRejection;
 use axum::extract::{DefaultBodyLimit, Multipart, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -49,7 +50,7 @@ pub fn router() -> Router<AppState> {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Usage {
+pub struct ProfileUsage {
     /// Tasks, soft-deleted ones included.
     pub tasks: i64,
     /// Chat sessions not deleted.
@@ -70,20 +71,24 @@ pub struct ProfileResponse {
     pub created_at: DateTime<Utc>,
     pub preferences: Value,
     pub photo_url: Option<String>,
-    pub usage: Usage,
+    pub usage: ProfileUsage,
 }
 
 /// PUT: only the given fields change; `null` clears `username` or `name`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateProfileRequest {
+    /// 3–32 letters, digits, `_`, `.` or `-`; `null` clears it.
     #[serde(default, deserialize_with = "crate::http::extract::some_or_null")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, pattern = "^[A-Za-z0-9_.-]{3,32}$")]
     pub username: Option<Option<String>>,
+    /// At most 100 characters; `null` or blank clears it.
     #[serde(default, deserialize_with = "crate::http::extract::some_or_null")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 100)]
     pub name: Option<Option<String>>,
+    /// A JSON object nested at most 16 levels, at most 16 KiB; `null` leaves it.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub preferences: Option<Value>,
 }
 
@@ -101,7 +106,7 @@ pub struct ApiKeyResponse {
 #[serde(deny_unknown_fields)]
 pub struct ResetApiKeyRequest {
     /// 1–365; absent or `null`: the key does not expire.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::extract::whole_number")]
     #[schema(minimum = 1, maximum = 365)]
     pub expires_in_days: Option<i64>,
 }
@@ -148,7 +153,7 @@ async fn load_profile(state: &AppState, user_id: Uuid) -> Result<ProfileResponse
             .filter(|p| !p.is_null())
             .unwrap_or_else(|| Value::Object(Default::default())),
         photo_url: photo.map(|_| "/v1/user/profile/photo".to_string()),
-        usage: Usage {
+        usage: ProfileUsage {
             tasks,
             sessions,
             messages,
@@ -321,17 +326,37 @@ fn sniff_image(bytes: &[u8]) -> Option<&'static str> {
     }
 }
 
+/// A body that is not a multipart form, in the API's error format.
+pub fn multipart_rejection(rejection: MultipartRejection) -> ApiError {
+    match rejection {
+        MultipartRejection::InvalidBoundary(_) => ApiError::UnsupportedMediaType(
+            "expected Content-Type: multipart/form-data with a boundary".into(),
+        ),
+        other => ApiError::BadRequest(other.body_text()),
+    }
+}
+
+/// The multipart form of a photo upload.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only: the form is read part by part
+pub struct PhotoUpload {
+    /// A JPEG, PNG, WebP or GIF of at most 5 MB, recognised by its bytes.
+    #[schema(value_type = String, format = Binary, content_media_type = "image/*")]
+    photo: Vec<u8>,
+}
+
 /// Uploads a JPEG, PNG, WebP or GIF (≤ 5 MB, checked by content) as `photo` (or `file`);
 /// its metadata (EXIF with any GPS position, XMP, comments) is stripped.
-#[utoipa::path(post, path = "/v1/user/profile/photo", tag = "profile", security(("bearer" = [])), request_body(content_type = "multipart/form-data", description = "field `photo`"), responses(
+#[utoipa::path(post, path = "/v1/user/profile/photo", tag = "profile", security(("bearer" = [])), request_body(content = PhotoUpload, content_type = "multipart/form-data"), responses(
     (status = 200, body = ProfileResponse), (status = 413), (status = 415), (status = 422),
 ))]
 pub async fn upload_photo(
     State(state): State<AppState>,
     user: AuthUser,
     context: RequestContext,
-    mut multipart: Multipart,
+    multipart: std::result::Result<Multipart, MultipartRejection>,
 ) -> Result<axum::Json<ProfileResponse>> {
+    let mut multipart = multipart.map_err(multipart_rejection)?;
     let mut photo: Option<Bytes> = None;
     while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
         if matches!(field.name(), Some("photo" | "file")) {

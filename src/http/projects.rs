@@ -60,10 +60,12 @@ impl ProjectResponse {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProjectRequest {
-    /// 1–100 characters.
+    /// 1–100 characters, not blank; stored trimmed.
+    #[schema(min_length = 1, max_length = 100, pattern = "[^ \\t\\n\\r]")]
     pub name: String,
     /// At most 1000 characters.
     #[serde(default)]
+    #[schema(max_length = 1000)]
     pub description: Option<String>,
     /// A JSON object, nested at most 16 levels, at most 16 KiB.
     #[serde(default)]
@@ -75,8 +77,10 @@ pub struct ProjectRequest {
 #[serde(deny_unknown_fields)]
 pub struct ListProjectsQuery {
     /// 1–100, default 50.
+    #[param(minimum = 1, maximum = 100, default = 50)]
     pub limit: Option<i64>,
     /// ≥ 0, default 0.
+    #[param(minimum = 0, maximum = 1_000_000_000, default = 0)]
     pub offset: Option<i64>,
 }
 
@@ -239,7 +243,8 @@ pub async fn delete_project(
     Ok((StatusCode::NO_CONTENT, headers))
 }
 
-/// A project id must name one of the caller's live projects.
+/// A project id must name one of the caller's live projects; any other is
+/// a 404, as the project itself would answer.
 pub(crate) async fn check_project(
     state: &AppState,
     user: &AuthUser,
@@ -254,10 +259,10 @@ pub(crate) async fn check_project(
         .await
         .map_err(infrastructure_error)?;
     if project.owner_id != Some(user.id) || project.is_deleted {
-        return Err(ApiError::invalid_field(
-            "project_id",
-            "must be one of your projects",
-        ));
+        return Err(ApiError::MissingReference {
+            field: "project_id",
+            message: "no such project of yours".into(),
+        });
     }
     Ok(())
 }

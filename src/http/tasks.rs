@@ -70,10 +70,12 @@ impl TaskResponse {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTaskRequest {
-    /// 1–200 characters.
+    /// 1–200 characters, not blank; stored trimmed.
+    #[schema(min_length = 1, max_length = 200, pattern = "[^ \\t\\n\\r]")]
     pub title: String,
     /// At most 1000 characters.
     #[serde(default)]
+    #[schema(max_length = 1000)]
     pub description: Option<String>,
     #[serde(default)]
     pub project_id: Option<Uuid>,
@@ -86,16 +88,20 @@ pub struct CreateTaskRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplaceTaskRequest {
-    /// 1–200 characters.
+    /// 1–200 characters, not blank; stored trimmed.
+    #[schema(min_length = 1, max_length = 200, pattern = "[^ \\t\\n\\r]")]
     pub title: String,
     /// At most 1000 characters.
     #[serde(default)]
+    #[schema(max_length = 1000)]
     pub description: Option<String>,
     #[serde(default)]
     pub project_id: Option<Uuid>,
     #[serde(default)]
     pub due_at: Option<DateTime<Utc>>,
-    #[serde(default)]
+    /// Absent: unchanged.
+    #[serde(default, deserialize_with = "crate::http::extract::not_null")]
+    #[schema(nullable = false)]
     pub completed: Option<bool>,
 }
 
@@ -103,11 +109,13 @@ pub struct ReplaceTaskRequest {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchTaskRequest {
+    /// 1–200 characters, not blank; cannot be cleared.
     #[serde(default, deserialize_with = "crate::http::extract::some_or_null")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = String, required = false, min_length = 1, max_length = 200, pattern = "[^ \\t\\n\\r]")]
     pub title: Option<Option<String>>,
+    /// At most 1000 characters; `null` clears it.
     #[serde(default, deserialize_with = "crate::http::extract::some_or_null")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 1000)]
     pub description: Option<Option<String>>,
     #[serde(default, deserialize_with = "crate::http::extract::some_or_null")]
     #[schema(value_type = Option<Uuid>)]
@@ -115,7 +123,8 @@ pub struct PatchTaskRequest {
     #[serde(default, deserialize_with = "crate::http::extract::some_or_null")]
     #[schema(value_type = Option<DateTime<Utc>>)]
     pub due_at: Option<Option<DateTime<Utc>>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::extract::not_null")]
+    #[schema(nullable = false)]
     pub completed: Option<bool>,
 }
 
@@ -143,19 +152,21 @@ pub enum StatusFilter {
 pub struct ListTasksQuery {
     /// `all`, `pending`, `completed` or `deleted`; default: every task not deleted.
     #[serde(default)]
-    #[param(value_type = Option<String>)]
+    #[param(inline, required = false)]
     pub status: StatusFilter,
     /// Created at or after.
     pub date_from: Option<DateTime<Utc>>,
-    /// Created at or before.
+    /// Created at or before (before `date_from`: nothing matches).
     pub date_to: Option<DateTime<Utc>>,
     /// Also list soft-deleted tasks.
     #[serde(default)]
     pub include_deleted: bool,
     pub project_id: Option<Uuid>,
     /// 1–100, default 50.
+    #[param(minimum = 1, maximum = 100, default = 50)]
     pub limit: Option<i64>,
     /// ≥ 0, default 0.
+    #[param(minimum = 0, maximum = 1_000_000_000, default = 0)]
     pub offset: Option<i64>,
 }
 
@@ -206,6 +217,7 @@ async fn wait_for_read_model(
 /// Creates a task.
 #[utoipa::path(post, path = "/v1/tasks", tag = "tasks", security(("bearer" = [])), request_body = CreateTaskRequest, responses(
     (status = 201, body = TaskResponse, headers(("X-Consistency-Token" = String, description = "Send back to read this write"))),
+    (status = 404, description = "`project_id` is not one of your projects"),
     (status = 422, description = "Invalid field"),
 ))]
 pub async fn create_task(
@@ -242,15 +254,8 @@ pub async fn list_tasks(
     token: ConsistencyHeader,
     Query(query): Query<ListTasksQuery>,
 ) -> Result<(HeaderMap, axum::Json<Vec<TaskResponse>>)> {
+    // A `date_from` after `date_to` is an empty range, answered as such.
     let Page { limit, offset } = Page::new(query.limit, query.offset)?;
-    if let (Some(from), Some(to)) = (query.date_from, query.date_to) {
-        if from > to {
-            return Err(ApiError::invalid_field(
-                "date_from",
-                "must not be after date_to",
-            ));
-        }
-    }
     wait_for_read_model(&state, &user, token).await?;
 
     // One filter for both the page and the count.

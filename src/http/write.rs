@@ -55,7 +55,12 @@ pub async fn wait_for_read_model(
         .map_err(|err| ApiError::Unavailable(err.to_string()))
 }
 
-/// A validated page of a list: `limit` 1–100 (default 50), `offset` ≥ 0.
+/// Largest `offset` a list takes: far beyond any real list, and small enough
+/// that every client's integer type holds it (the OpenAPI document says so).
+pub const MAX_OFFSET: i64 = 1_000_000_000;
+
+/// A validated page of a list: `limit` 1–100 (default 50), `offset` 0 to
+/// [`MAX_OFFSET`] (default 0).
 #[derive(Debug, Clone, Copy)]
 pub struct Page {
     pub limit: i64,
@@ -72,8 +77,11 @@ impl Page {
             ));
         }
         let offset = offset.unwrap_or(0);
-        if offset < 0 {
-            return Err(ApiError::invalid_field("offset", "must be 0 or more"));
+        if !(0..=MAX_OFFSET).contains(&offset) {
+            return Err(ApiError::invalid_field(
+                "offset",
+                format!("must be between 0 and {MAX_OFFSET}"),
+            ));
         }
         Ok(Self { limit, offset })
     }

@@ -54,7 +54,13 @@ struct ClientMessage {
 }
 
 /// Opens the caller's event feed.
-#[utoipa::path(get, path = "/v1/ws", tag = "sessions", security(("bearer" = [])), params(FeedQuery), responses(
+#[utoipa::path(get, path = "/v1/ws", tag = "sessions", security(("bearer" = [])), params(
+    FeedQuery,
+    ("Upgrade" = String, Header, description = "`websocket`", pattern = "^[Ww][Ee][Bb][Ss][Oo][Cc][Kk][Ee][Tt]$"),
+    ("Connection" = String, Header, description = "Includes `Upgrade`"),
+    ("Sec-WebSocket-Version" = String, Header, description = "`13`", pattern = "^13$"),
+    ("Sec-WebSocket-Key" = String, Header, description = "16 random bytes, base64", pattern = "^[A-Za-z0-9+/]{22}==$"),
+), responses(
     (status = 101, description = "WebSocket: `{\"position\", \"event_type\", \"envelope\"}` per event; send `{\"resume_after\": N}` to replay after position N"),
     (status = 400, description = "Not a WebSocket upgrade"), (status = 401, description = "No or invalid token"),
     (status = 503, description = "Credentials cannot be checked right now"),

@@ -20,7 +20,9 @@ use chronicle_projections::audit::entry::format_time;
 pub struct AuditAggregateQuery {
     /// The state as of this time (events recorded at or before it), RFC 3339.
     pub as_of: Option<DateTime<Utc>>,
-    /// The state after this many events (≥ 1).
+    /// The state after this many events (≥ 1); with `as_of` too, the events
+    /// that meet both.
+    #[param(minimum = 1)]
     pub sequence: Option<i64>,
 }
 
@@ -37,7 +39,7 @@ pub struct AuditAggregateState {
     pub state: Value,
 }
 
-/// An aggregate's state at a point of its history: `as_of=<time>` or
+/// An aggregate's state at a point of its history: `as_of=<time>` and/or
 /// `sequence=N`, the latest without either.
 #[utoipa::path(get, path = "/v1/audit/aggregates/{aggregate_type}/{aggregate_id}", tag = "audit", security(("bearer" = [])),
     params(("aggregate_type" = String, Path, description = "`Task`, `User`, `AuthSession` or `AuditQuery`"), ("aggregate_id" = String, Path), AuditAggregateQuery),
@@ -46,7 +48,7 @@ pub struct AuditAggregateState {
         (status = 401, description = "No credentials"),
         (status = 403, description = "Not an auditor or admin"),
         (status = 404, description = "No such aggregate type or aggregate"),
-        (status = 422, description = "Both as_of and sequence, or sequence < 1"),
+        (status = 422, description = "sequence < 1, or as_of is not a time"),
     ))]
 pub async fn get_audit_aggregate(
     State(state): State<AppState>,
@@ -55,29 +57,23 @@ pub async fn get_audit_aggregate(
     Path((aggregate_type, aggregate_id)): Path<(String, String)>,
     Query(query): Query<AuditAggregateQuery>,
 ) -> Result<axum::Json<AuditAggregateState>> {
-    let point = match (query.as_of, query.sequence) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::invalid_field(
-                "sequence",
-                "give as_of or sequence, not both",
-            ))
-        }
-        (_, Some(sequence)) if sequence < 1 => {
-            return Err(ApiError::invalid_field("sequence", "must be at least 1"))
-        }
-        (Some(as_of), None) => Point::AsOf(as_of),
-        (None, Some(sequence)) => Point::Sequence(sequence),
-        (None, None) => Point::Latest,
+    if query.sequence.is_some_and(|sequence| sequence < 1) {
+        return Err(ApiError::invalid_field("sequence", "must be at least 1"));
+    }
+    let point = Point {
+        as_of: query.as_of,
+        up_to_sequence: query.sequence,
     };
     let mut filters = BTreeMap::from([
         ("aggregate_type".to_string(), aggregate_type.clone()),
         ("aggregate_id".to_string(), aggregate_id.clone()),
     ]);
-    match point {
-        Point::AsOf(as_of) => filters.insert("as_of".into(), format_time(&as_of)),
-        Point::Sequence(sequence) => filters.insert("sequence".into(), sequence.to_string()),
-        Point::Latest => None,
-    };
+    if let Some(as_of) = point.as_of {
+        filters.insert("as_of".into(), format_time(&as_of));
+    }
+    if let Some(sequence) = point.up_to_sequence {
+        filters.insert("sequence".into(), sequence.to_string());
+    }
     record(
         &state,
         &user,

@@ -9,48 +9,26 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use super::{described, page, record, stream_limit, stream_slot, total_count, Auditor, RawFilters};
+use super::{described, record, stream_limit, stream_slot, total_count, Auditor};
+use super::{AuditFilterParams, AuditQuery};
 use crate::audit::history::{list_events, stream_events};
 use crate::http::error::Result;
-use crate::http::extract::{Query, RequestContext};
+use crate::http::extract::RequestContext;
+use crate::http::write::Page;
 use crate::state::AppState;
 
 pub const NDJSON: &str = "application/x-ndjson";
 
+/// The page of `/v1/audit/events` (its filters are [`AuditFilterParams`]).
 #[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct AuditEventsQuery {
-    /// e.g. `Task`, `User`.
-    pub aggregate_type: Option<String>,
-    pub aggregate_id: Option<String>,
-    /// `metadata.actor_id` of the event.
-    pub actor_id: Option<String>,
-    /// e.g. `TaskCreated`.
-    pub event_type: Option<String>,
-    /// Recorded at or after (RFC 3339).
-    pub from: Option<DateTime<Utc>>,
-    /// Recorded at or before (RFC 3339).
-    pub to: Option<DateTime<Utc>>,
-    /// Only events with a greater global position (for paging).
-    pub after_position: Option<i64>,
+#[into_params(parameter_in = Query)]
+pub struct AuditEventsPage {
     /// 1–100, default 50; with `Accept: application/x-ndjson` any positive cap, default none.
+    #[param(minimum = 1, maximum = 100, default = 50)]
     pub limit: Option<i64>,
     /// ≥ 0, default 0 (JSON answers only).
+    #[param(minimum = 0, maximum = 1_000_000_000, default = 0)]
     pub offset: Option<i64>,
-}
-
-impl AuditEventsQuery {
-    fn filters(&self) -> RawFilters {
-        RawFilters {
-            aggregate_type: self.aggregate_type.clone(),
-            aggregate_id: self.aggregate_id.clone(),
-            actor_id: self.actor_id.clone(),
-            event_type: self.event_type.clone(),
-            from: self.from,
-            to: self.to,
-            after_position: self.after_position,
-        }
-    }
 }
 
 /// An event as NATS consumers receive it (`docs/events.md`).
@@ -76,7 +54,7 @@ fn wants_ndjson(headers: &HeaderMap) -> bool {
 
 /// The event history, oldest first (by global position), as envelopes;
 /// `Accept: application/x-ndjson` streams every match.
-#[utoipa::path(get, path = "/v1/audit/events", tag = "audit", security(("bearer" = [])), params(AuditEventsQuery), responses(
+#[utoipa::path(get, path = "/v1/audit/events", tag = "audit", security(("bearer" = [])), params(AuditFilterParams, AuditEventsPage), responses(
     (status = 200, body = Vec<AuditEvent>, headers(("X-Total-Count" = i64)), description = "JSON array; NDJSON stream of the same objects with `Accept: application/x-ndjson`"),
     (status = 401, description = "No credentials"),
     (status = 403, description = "Not an auditor or admin"),
@@ -88,9 +66,11 @@ pub async fn list_audit_events(
     Auditor(user): Auditor,
     context: RequestContext,
     headers: HeaderMap,
-    Query(query): Query<AuditEventsQuery>,
+    AuditQuery {
+        filters,
+        params: query,
+    }: AuditQuery<AuditEventsPage>,
 ) -> Result<Response> {
-    let filters = query.filters().validate()?;
     if wants_ndjson(&headers) {
         let limit = stream_limit(query.limit)?;
         let slot = stream_slot(&state)?;
@@ -109,7 +89,7 @@ pub async fn list_audit_events(
         let body = Body::from_stream(stream_events(state.pool.clone(), &filters, limit, slot));
         return Ok(([(header::CONTENT_TYPE, NDJSON)], body).into_response());
     }
-    let (limit, offset) = page(query.limit, query.offset)?;
+    let Page { limit, offset } = Page::new(query.limit, query.offset)?;
     let extra = [
         ("limit", Some(limit.to_string())),
         ("offset", Some(offset.to_string())),

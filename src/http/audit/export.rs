@@ -4,38 +4,31 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use super::{described, record, stream_limit, stream_slot, Auditor, RawFilters};
+use super::{described, record, stream_limit, stream_slot, Auditor};
+use super::{AuditFilterParams, AuditQuery};
 use crate::audit::export::{stream, Format};
 use crate::http::error::Result;
-use crate::http::extract::{Query, RequestContext};
+use crate::http::extract::RequestContext;
 use crate::state::AppState;
 
+/// The format and cap of `/v1/audit/export` (its filters are [`AuditFilterParams`]).
 #[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct AuditExportQuery {
+#[into_params(parameter_in = Query)]
+pub struct AuditExportParams {
     /// `ndjson` or `csv` (with a header row).
-    #[param(value_type = String)]
+    #[param(inline)]
     pub format: Format,
-    pub aggregate_type: Option<String>,
-    pub aggregate_id: Option<String>,
-    pub actor_id: Option<String>,
-    pub event_type: Option<String>,
-    /// Recorded at or after (RFC 3339).
-    pub from: Option<DateTime<Utc>>,
-    /// Recorded at or before (RFC 3339).
-    pub to: Option<DateTime<Utc>>,
-    pub after_position: Option<i64>,
     /// At most this many lines (≥ 1); default all.
+    #[param(minimum = 1)]
     pub limit: Option<i64>,
 }
 
 /// One line per event in commit order, with its audit entry (`seq`,
 /// digests, `prev_hash`, `hash`), streamed.
-#[utoipa::path(get, path = "/v1/audit/export", tag = "audit", security(("bearer" = [])), params(AuditExportQuery), responses(
+#[utoipa::path(get, path = "/v1/audit/export", tag = "audit", security(("bearer" = [])), params(AuditFilterParams, AuditExportParams), responses(
     (status = 200, description = "NDJSON (`application/x-ndjson`) or CSV (`text/csv`, header row)", content_type = "application/x-ndjson"),
     (status = 401, description = "No credentials"),
     (status = 403, description = "Not an auditor or admin"),
@@ -46,18 +39,11 @@ pub async fn export_audit_trail(
     State(state): State<AppState>,
     Auditor(user): Auditor,
     context: RequestContext,
-    Query(query): Query<AuditExportQuery>,
+    AuditQuery {
+        filters,
+        params: query,
+    }: AuditQuery<AuditExportParams>,
 ) -> Result<Response> {
-    let filters = RawFilters {
-        aggregate_type: query.aggregate_type,
-        aggregate_id: query.aggregate_id,
-        actor_id: query.actor_id,
-        event_type: query.event_type,
-        from: query.from,
-        to: query.to,
-        after_position: query.after_position,
-    }
-    .validate()?;
     let limit = stream_limit(query.limit)?;
     let slot = stream_slot(&state)?;
     let format = query.format;

@@ -4,34 +4,26 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use chronicle_projections::audit::entry::format_time;
 use chronicle_projections::audit::AuditEntry;
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{described, page, record, total_count, Auditor, RawFilters};
+use super::{described, record, total_count, Auditor};
+use super::{AuditFilterParams, AuditQuery};
 use crate::audit::history::list_entries;
 use crate::http::error::Result;
-use crate::http::extract::{Query, RequestContext};
+use crate::http::extract::RequestContext;
+use crate::http::write::Page;
 use crate::state::AppState;
 
+/// The page of `/v1/audit/log` (its filters are [`AuditFilterParams`]).
 #[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct AuditLogQuery {
-    pub aggregate_type: Option<String>,
-    pub aggregate_id: Option<String>,
-    /// The entry's actor id.
-    pub actor_id: Option<String>,
-    /// The entry's action (event type).
-    pub event_type: Option<String>,
-    /// Recorded at or after (RFC 3339).
-    pub from: Option<DateTime<Utc>>,
-    /// Recorded at or before (RFC 3339).
-    pub to: Option<DateTime<Utc>>,
-    /// Only entries of events with a greater global position.
-    pub after_position: Option<i64>,
+#[into_params(parameter_in = Query)]
+pub struct AuditLogPage {
     /// 1–100, default 50.
+    #[param(minimum = 1, maximum = 100, default = 50)]
     pub limit: Option<i64>,
     /// ≥ 0, default 0.
+    #[param(minimum = 0, maximum = 1_000_000_000, default = 0)]
     pub offset: Option<i64>,
 }
 
@@ -112,7 +104,7 @@ impl From<AuditEntry> for AuditLogEntry {
 }
 
 /// Audit-trail entries, ascending `seq`.
-#[utoipa::path(get, path = "/v1/audit/log", tag = "audit", security(("bearer" = [])), params(AuditLogQuery), responses(
+#[utoipa::path(get, path = "/v1/audit/log", tag = "audit", security(("bearer" = [])), params(AuditFilterParams, AuditLogPage), responses(
     (status = 200, body = Vec<AuditLogEntry>, headers(("X-Total-Count" = i64))),
     (status = 401, description = "No credentials"),
     (status = 403, description = "Not an auditor or admin"),
@@ -122,19 +114,12 @@ pub async fn list_audit_log(
     State(state): State<AppState>,
     Auditor(user): Auditor,
     context: RequestContext,
-    Query(query): Query<AuditLogQuery>,
+    AuditQuery {
+        filters,
+        params: query,
+    }: AuditQuery<AuditLogPage>,
 ) -> Result<(HeaderMap, axum::Json<Vec<AuditLogEntry>>)> {
-    let filters = RawFilters {
-        aggregate_type: query.aggregate_type,
-        aggregate_id: query.aggregate_id,
-        actor_id: query.actor_id,
-        event_type: query.event_type,
-        from: query.from,
-        to: query.to,
-        after_position: query.after_position,
-    }
-    .validate()?;
-    let (limit, offset) = page(query.limit, query.offset)?;
+    let Page { limit, offset } = Page::new(query.limit, query.offset)?;
     let extra = [
         ("limit", Some(limit.to_string())),
         ("offset", Some(offset.to_string())),

@@ -7,12 +7,14 @@ mod aggregates;
 mod events;
 mod export;
 mod log;
+mod query;
 mod verify;
 
 pub use aggregates::*;
 pub use events::*;
 pub use export::*;
 pub use log::*;
+pub use query::{AuditFilterParams, AuditQuery};
 pub use verify::*;
 
 use std::collections::BTreeMap;
@@ -22,7 +24,6 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::routing::get;
 use axum::Router;
-use chrono::{DateTime, Utc};
 
 use crate::audit::record::record_query;
 use crate::audit::stream::StreamSlot;
@@ -78,59 +79,6 @@ async fn record(
     )
     .await
     .map_err(ApiError::Internal)
-}
-
-/// The filters shared by events, log and export, before validation.
-struct RawFilters {
-    aggregate_type: Option<String>,
-    aggregate_id: Option<String>,
-    actor_id: Option<String>,
-    event_type: Option<String>,
-    from: Option<DateTime<Utc>>,
-    to: Option<DateTime<Utc>>,
-    after_position: Option<i64>,
-}
-
-impl RawFilters {
-    fn validate(self) -> Result<Filters> {
-        if let (Some(from), Some(to)) = (self.from, self.to) {
-            if from > to {
-                return Err(ApiError::invalid_field("from", "must not be after to"));
-            }
-        }
-        if self.after_position.is_some_and(|p| p < 0) {
-            return Err(ApiError::invalid_field(
-                "after_position",
-                "must be 0 or more",
-            ));
-        }
-        let nonempty = |value: Option<String>| value.filter(|v| !v.is_empty());
-        Ok(Filters {
-            aggregate_type: nonempty(self.aggregate_type),
-            aggregate_id: nonempty(self.aggregate_id),
-            actor_id: nonempty(self.actor_id),
-            event_type: nonempty(self.event_type),
-            from: self.from,
-            to: self.to,
-            after_position: self.after_position,
-        })
-    }
-}
-
-/// A page: `limit` 1–100 (default 50) and `offset` ≥ 0, as every list takes.
-fn page(limit: Option<i64>, offset: Option<i64>) -> Result<(i64, i64)> {
-    let limit = limit.unwrap_or(50);
-    if !(1..=100).contains(&limit) {
-        return Err(ApiError::invalid_field(
-            "limit",
-            "must be between 1 and 100",
-        ));
-    }
-    let offset = offset.unwrap_or(0);
-    if offset < 0 {
-        return Err(ApiError::invalid_field("offset", "must be 0 or more"));
-    }
-    Ok((limit, offset))
 }
 
 /// A slot for a streamed answer, taken before anything is recorded or

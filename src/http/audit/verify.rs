@@ -8,11 +8,12 @@ use axum::http::HeaderMap;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use super::{page, record, total_count, Auditor};
+use super::{record, total_count, Auditor};
 use crate::audit::history::{list_checkpoints, Checkpoint};
 use crate::audit::{verify, VerifyReport, VerifyingKeys};
 use crate::http::error::{ApiError, Result};
 use crate::http::extract::{Query, RequestContext};
+use crate::http::write::Page;
 use crate::state::AppState;
 
 /// Recomputes the whole chain, checks it against the event store and every
@@ -54,8 +55,10 @@ pub async fn verify_audit_trail(
 #[serde(deny_unknown_fields)]
 pub struct AuditCheckpointsQuery {
     /// 1–100, default 50.
+    #[param(minimum = 1, maximum = 100, default = 50)]
     pub limit: Option<i64>,
     /// ≥ 0, default 0.
+    #[param(minimum = 0, maximum = 1_000_000_000, default = 0)]
     pub offset: Option<i64>,
 }
 
@@ -74,7 +77,7 @@ pub async fn list_audit_checkpoints(
     context: RequestContext,
     Query(query): Query<AuditCheckpointsQuery>,
 ) -> Result<(HeaderMap, axum::Json<Vec<Checkpoint>>)> {
-    let (limit, offset) = page(query.limit, query.offset)?;
+    let Page { limit, offset } = Page::new(query.limit, query.offset)?;
     let filters = BTreeMap::from([
         ("limit".to_string(), limit.to_string()),
         ("offset".to_string(), offset.to_string()),

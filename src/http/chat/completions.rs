@@ -22,30 +22,38 @@ use crate::state::AppState;
 /// OpenAI's request. Fields we do not use are ignored, as SDKs send extras.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ChatCompletionRequest {
-    /// A model id from `/v1/models`.
+    /// A model id from `/v1/models` (another one is a 404).
+    #[schema(min_length = 1)]
     pub model: String,
     /// At least one.
+    #[schema(min_items = 1)]
     pub messages: Vec<RequestMessage>,
     /// Answer as SSE `chat.completion.chunk` events ending `data: [DONE]`.
     #[serde(default)]
     pub stream: Option<bool>,
-    #[serde(default)]
+    /// At least 1.
+    #[serde(default, deserialize_with = "crate::http::extract::whole_number")]
+    #[schema(minimum = 1, maximum = 4294967295_u32)]
     pub max_tokens: Option<u32>,
     /// OpenAI's newer name for `max_tokens`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::extract::whole_number")]
+    #[schema(minimum = 1, maximum = 4294967295_u32)]
     pub max_completion_tokens: Option<u32>,
     /// 0–2.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f32>,
     /// 0–1.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 1)]
     pub top_p: Option<f32>,
     /// A string or up to 4 strings.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub stop: Option<Value>,
     /// Only 1 is supported.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::extract::whole_number")]
+    #[schema(minimum = 1, maximum = 1)]
     pub n: Option<u32>,
     /// One of your chat sessions: the last message (the user's) and the
     /// reply are recorded in it (404 for a session that is not yours).
@@ -58,9 +66,14 @@ pub struct ChatCompletionRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct RequestMessage {
     /// `system`, `developer` (taken as `system`), `user` or `assistant`.
+    #[schema(schema_with = message_role_schema)]
     pub role: String,
     #[schema(value_type = Object)]
     pub content: Value,
+}
+
+fn message_role_schema() -> utoipa::openapi::schema::Object {
+    crate::http::schema::string_enum(&["system", "developer", "user", "assistant"])
 }
 
 /// The non-streamed answer.

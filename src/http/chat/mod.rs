@@ -97,16 +97,16 @@ pub async fn get_model(
         .ok_or(ApiError::NotFound)
 }
 
-/// An upstream failure as an API error: an unknown model is the client's
-/// mistake (422 on `model`), the rest is 502 or 503.
+/// An upstream failure as an API error: an unknown model is a 404 on
+/// `model` (as OpenAI answers `model_not_found`), the rest is 502 or 503.
 impl From<UpstreamError> for ApiError {
     fn from(err: UpstreamError) -> Self {
         match err {
             UpstreamError::NotConfigured(message) => Self::UpstreamNotConfigured(message),
-            UpstreamError::UnknownModel(id) => Self::invalid_field(
-                "model",
-                format!("`{id}` is not a configured model (see GET /v1/models)"),
-            ),
+            UpstreamError::UnknownModel(id) => Self::MissingReference {
+                field: "model",
+                message: format!("`{id}` is not a configured model (see GET /v1/models)"),
+            },
             UpstreamError::Failed { message, .. } => Self::Upstream(message),
         }
     }

@@ -27,7 +27,7 @@ pub const HEARTBEAT: Duration = Duration::from_secs(15);
 
 /// The session's events, live, or replayed from `Last-Event-ID` on.
 #[utoipa::path(get, path = "/v1/sessions/{id}/events", tag = "sessions", security(("bearer" = [])),
-    params(("id" = Uuid, Path), ("Last-Event-ID" = Option<i64>, Header, description = "Replay the events after this global position first")),
+    params(("id" = Uuid, Path), ("Last-Event-ID" = Option<i64>, Header, nullable = false, minimum = 0, description = "Replay the events after this global position first")),
     responses(
         (status = 200, content_type = "text/event-stream", description = "`id:` global position, `event:` event type, `data:` the envelope"),
         (status = 401), (status = 404, description = "No such session of yours"),

@@ -32,7 +32,8 @@ pub const HISTORY_TOKEN_BUDGET: usize = 16_000;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendMessageRequest {
-    /// 1–100,000 characters.
+    /// 1–100,000 characters, not blank.
+    #[schema(min_length = 1, max_length = 100000, pattern = "[^ \\t\\n\\r]")]
     pub content: String,
     /// Answer as Server-Sent Events in OpenAI's chunk format.
     #[serde(default)]

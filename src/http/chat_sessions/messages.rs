@@ -79,11 +79,13 @@ impl RoleFilter {
 #[serde(deny_unknown_fields)]
 pub struct ListMessagesQuery {
     /// Only messages of this role: `user`, `assistant` or `system`.
-    #[param(value_type = Option<String>)]
+    #[param(inline)]
     pub role: Option<RoleFilter>,
     /// 1–100, default 50.
+    #[param(minimum = 1, maximum = 100, default = 50)]
     pub limit: Option<i64>,
     /// ≥ 0, default 0.
+    #[param(minimum = 0, maximum = 1_000_000_000, default = 0)]
     pub offset: Option<i64>,
 }
 

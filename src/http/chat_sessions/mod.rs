@@ -111,17 +111,20 @@ impl From<ChatSessionRow> for ChatSessionResponse {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateChatSessionRequest {
-    /// At most 200 characters.
+    /// At most 200 characters; blank is no title.
     #[serde(default)]
+    #[schema(max_length = 200)]
     pub title: Option<String>,
     /// One of the caller's projects.
     #[serde(default)]
     pub project_id: Option<Uuid>,
-    /// A model id from `GET /v1/models`; default: the first configured.
+    /// A model id from `GET /v1/models` (another one is a 404); default: the first configured.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 100)]
     pub model: Option<String>,
-    /// At most 20,000 characters; sent first in every exchange.
+    /// At most 20,000 characters; sent first in every exchange; blank is none.
     #[serde(default)]
+    #[schema(max_length = 20000)]
     pub system_prompt: Option<String>,
 }
 
@@ -129,17 +132,20 @@ pub struct CreateChatSessionRequest {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchChatSessionRequest {
+    /// At most 200 characters; `null` or blank clears it.
     #[serde(default, deserialize_with = "crate::http::extract::some_or_null")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 200)]
     pub title: Option<Option<String>>,
     #[serde(default, deserialize_with = "crate::http::extract::some_or_null")]
     #[schema(value_type = Option<Uuid>)]
     pub project_id: Option<Option<Uuid>>,
+    /// A model id from `GET /v1/models` (another one is a 404); cannot be cleared.
     #[serde(default, deserialize_with = "crate::http::extract::some_or_null")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = String, required = false, min_length = 1, max_length = 100)]
     pub model: Option<Option<String>>,
+    /// At most 20,000 characters; `null` or blank clears it.
     #[serde(default, deserialize_with = "crate::http::extract::some_or_null")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 20000)]
     pub system_prompt: Option<Option<String>>,
 }
 
@@ -149,8 +155,10 @@ pub struct ListChatSessionsQuery {
     /// Only sessions of this project.
     pub project_id: Option<Uuid>,
     /// 1–100, default 50.
+    #[param(minimum = 1, maximum = 100, default = 50)]
     pub limit: Option<i64>,
     /// ≥ 0, default 0.
+    #[param(minimum = 0, maximum = 1_000_000_000, default = 0)]
     pub offset: Option<i64>,
 }
 
@@ -213,10 +221,10 @@ pub(crate) async fn load_session(
 fn check_model(state: &AppState, model: &str) -> Result<()> {
     state.llm.ensure_configured().map_err(ApiError::from)?;
     if state.llm.model(model).is_none() {
-        return Err(ApiError::invalid_field(
-            "model",
-            format!("unknown model `{model}`; see GET /v1/models"),
-        ));
+        return Err(ApiError::MissingReference {
+            field: "model",
+            message: format!("unknown model `{model}`; see GET /v1/models"),
+        });
     }
     Ok(())
 }
@@ -246,7 +254,9 @@ fn from_aggregate(id: Uuid, session: &ChatSession) -> ChatSessionResponse {
 /// Starts a chat session.
 #[utoipa::path(post, path = "/v1/sessions", tag = "sessions", security(("bearer" = [])), request_body = CreateChatSessionRequest, responses(
     (status = 201, body = ChatSessionResponse, headers(("X-Consistency-Token" = String, description = "Send back to read this write"))),
-    (status = 400, description = "Body is not JSON"), (status = 401), (status = 422, description = "Invalid field, unknown model or project"),
+    (status = 400, description = "Body is not JSON"), (status = 401),
+    (status = 404, description = "`model` is not configured, or `project_id` is not one of your projects"),
+    (status = 422, description = "Invalid field"),
 ))]
 pub async fn create_session(
     State(state): State<AppState>,

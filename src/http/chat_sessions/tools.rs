@@ -25,9 +25,11 @@ pub struct ToolExecutionResponse {
     pub tool_name: String,
     /// `mcp` or `builtin`.
     pub tool_type: String,
-    #[schema(value_type = Object)]
+    /// Any JSON.
+    #[schema(value_type = Value)]
     pub input: Value,
-    #[schema(value_type = Option<Object>)]
+    /// Any JSON.
+    #[schema(value_type = Value)]
     pub output: Option<Value>,
     /// `success`, `error` or `running`.
     pub status: String,
@@ -47,36 +49,54 @@ pub struct ToolExecutionsPage {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecordToolExecutionRequest {
-    /// 1–200 characters.
+    /// 1–200 characters without control characters, not only spaces.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^ \\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     pub tool_name: String,
     /// `mcp` or `builtin`.
-    #[schema(value_type = String)]
+    #[schema(schema_with = tool_type_schema)]
     pub tool_type: ToolType,
     /// Any JSON, at most 16 levels and 16 KiB.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub input: Value,
+    /// Any JSON, at most 16 levels and 16 KiB.
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Value)]
     pub output: Option<Value>,
     /// `success`, `error` or `running`.
-    #[schema(value_type = String)]
+    #[schema(schema_with = tool_status_schema)]
     pub status: ToolStatus,
-    #[serde(default)]
+    /// Milliseconds.
+    #[serde(default, deserialize_with = "crate::http::extract::whole_number")]
+    #[schema(minimum = 0, maximum = 4294967295_u32)]
     pub duration_ms: Option<u32>,
+}
+
+fn tool_type_schema() -> utoipa::openapi::schema::Object {
+    crate::http::schema::string_enum(&["mcp", "builtin"])
+}
+
+fn tool_status_schema() -> utoipa::openapi::schema::Object {
+    crate::http::schema::string_enum(&["success", "error", "running"])
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct ListToolExecutionsQuery {
     /// `mcp` or `builtin`.
-    #[param(value_type = Option<String>)]
+    #[param(schema_with = tool_type_schema)]
     pub tool_type: Option<ToolType>,
     /// `success`, `error` or `running`.
-    #[param(value_type = Option<String>)]
+    #[param(schema_with = tool_status_schema)]
     pub status: Option<ToolStatus>,
     /// 1–100, default 50.
+    #[param(minimum = 1, maximum = 100, default = 50)]
     pub limit: Option<i64>,
     /// ≥ 0, default 0.
+    #[param(minimum = 0, maximum = 1_000_000_000, default = 0)]
     pub offset: Option<i64>,
 }
 

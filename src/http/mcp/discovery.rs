@@ -46,8 +46,10 @@ pub struct DiscoveryResponse {
 #[serde(deny_unknown_fields)]
 pub struct ListToolsQuery {
     /// 1–100, default 50.
+    #[param(minimum = 1, maximum = 100, default = 50)]
     pub limit: Option<i64>,
     /// ≥ 0, default 0.
+    #[param(minimum = 0, maximum = 1_000_000_000, default = 0)]
     pub offset: Option<i64>,
 }
 

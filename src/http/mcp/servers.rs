@@ -26,13 +26,16 @@ use crate::state::AppState;
 #[serde(deny_unknown_fields)]
 pub struct McpServerRequest {
     /// 1–64 letters, digits, `-` or `_`; unique among your servers.
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub name: String,
     pub transport: TransportName,
     /// `stdio` only (required there): the program clients start, at most 1024 characters.
     #[serde(default)]
+    #[schema(max_length = 1024)]
     pub command: Option<String>,
     /// `stdio` only: at most 64 arguments of at most 4096 characters.
     #[serde(default)]
+    #[schema(max_items = 64)]
     pub args: Option<Vec<String>>,
     /// `stdio` only: environment variables (at most 64; names like `API_TOKEN`;
     /// values at most 8192 characters). Secrets: `"***"` keeps the stored value.
@@ -41,6 +44,7 @@ pub struct McpServerRequest {
     pub env: Option<Value>,
     /// `http` and `sse` only (required there): an http(s) URL, at most 2048 characters.
     #[serde(default)]
+    #[schema(max_length = 2048)]
     pub url: Option<String>,
     /// `http` and `sse` only: request headers (at most 64; values at most 8192
     /// characters, no line breaks). Secrets: `"***"` keeps the stored value.
@@ -89,8 +93,10 @@ pub struct ListServersQuery {
     /// Only servers of this project.
     pub project_id: Option<Uuid>,
     /// 1–100, default 50.
+    #[param(minimum = 1, maximum = 100, default = 50)]
     pub limit: Option<i64>,
     /// ≥ 0, default 0.
+    #[param(minimum = 0, maximum = 1_000_000_000, default = 0)]
     pub offset: Option<i64>,
 }
 
@@ -117,6 +123,7 @@ async fn check_quota(state: &AppState, user: &AuthUser) -> Result<()> {
 #[utoipa::path(post, path = "/v1/mcp/servers", tag = "mcp", security(("bearer" = [])), request_body = McpServerRequest, responses(
     (status = 201, body = McpServerResponse, headers(("X-Consistency-Token" = String, description = "Send back to read this write"))),
     (status = 400, description = "Body is not JSON"), (status = 401),
+    (status = 404, description = "`project_id` is not one of your projects"),
     (status = 409, description = "You already have a server with this name"),
     (status = 413), (status = 415),
     (status = 422, description = "Invalid field, or too many servers"),
