@@ -12,6 +12,7 @@ pub mod environment;
 pub mod error;
 pub mod event_feed;
 pub mod extract;
+pub mod files;
 pub mod identity;
 pub mod mcp;
 pub mod notifications;
@@ -55,6 +56,7 @@ pub fn router(state: AppState) -> Router {
         .merge(tasks::router())
         .merge(projects::router())
         .merge(notifications::router())
+        .merge(files::router(&state.settings.files))
         .merge(chat_sessions::router())
         .merge(mcp::router())
         .merge(ws::router())

@@ -139,6 +139,7 @@ pub async fn test_settings() -> Settings {
             ..chronicle::config::McpSettings::default()
         },
         secrets: chronicle::config::SecretsSettings::default(),
+        files: chronicle::config::FilesSettings::default(),
     }
 }
 
