@@ -832,6 +832,31 @@ mod tests {
     }
 
     #[test]
+    fn file_limits_default_to_ten_mib_and_unknown_extensions_are_refused() {
+        let defaults = settings(&[("DATABASE_URL", "postgres://x")]).unwrap();
+        assert_eq!(defaults.files.max_bytes, 10 * 1024 * 1024);
+        assert!(defaults
+            .files
+            .allowed_extensions
+            .contains(&"png".to_string()));
+        let custom = settings(&[
+            ("DATABASE_URL", "postgres://x"),
+            ("CHRONICLE_FILES_MAX_BYTES", "2048"),
+            ("CHRONICLE_FILES_ALLOWED_EXTENSIONS", " .TXT, pdf ,"),
+        ])
+        .unwrap();
+        assert_eq!(custom.files.max_bytes, 2048);
+        assert_eq!(custom.files.allowed_extensions, ["txt", "pdf"]);
+        for (name, value) in [
+            ("CHRONICLE_FILES_ALLOWED_EXTENSIONS", "txt,exe"),
+            ("CHRONICLE_FILES_MAX_BYTES", "0"),
+        ] {
+            let err = settings(&[("DATABASE_URL", "postgres://x"), (name, value)]).unwrap_err();
+            assert_eq!(err.name, name);
+        }
+    }
+
+    #[test]
     fn a_malformed_number_is_refused_with_its_variable_name() {
         let err = settings(&[
             ("DATABASE_URL", "postgres://x"),

@@ -190,7 +190,7 @@ async fn the_same_bytes_twice_are_one_blob_removed_when_no_file_has_them_any_mor
     let blob = workspace(&app, &user).join(sha256_hex(bytes));
     assert_eq!(
         files_under(&app.settings.data_dir.join("files")),
-        [blob.clone()]
+        std::slice::from_ref(&blob)
     );
 
     let path = format!("/v1/files/{}", first["id"].as_str().unwrap());
