@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{TestApp, TestUser};
+use common::{assert_read_models_equal_rebuild, TestApp, TestUser};
 use futures::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
@@ -176,6 +176,16 @@ async fn downloaded_bytes_equal_the_uploaded_ones_with_type_disposition_and_etag
         .await;
     assert_eq!(response.headers()["content-type"], "image/png");
     assert_eq!(response.bytes().await.unwrap(), PNG);
+
+    // Files are not among the notifying events: the inbox holds only the signup.
+    let notifications: Vec<Value> = app
+        .send_json(Method::GET, "/v1/notifications", &user, None)
+        .await;
+    let types: Vec<&str> = notifications
+        .iter()
+        .map(|n| n["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["SIGNUP"]);
     app.stop().await;
 }
 
@@ -209,6 +219,8 @@ async fn the_same_bytes_twice_are_one_blob_removed_when_no_file_has_them_any_mor
     let response = app.send(Method::DELETE, &path, &user, None).await;
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
     assert!(!blob.exists(), "no file has these bytes any more");
+    app.wait_for_projections().await;
+    assert_read_models_equal_rebuild(&app.pool).await;
     let response = app
         .send(Method::GET, &format!("{path}?download=true"), &user, None)
         .await;

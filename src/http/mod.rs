@@ -123,6 +123,7 @@ fn cors(origins: &[String]) -> CorsLayer {
             name("x-consistency-token"),
             name("x-api-key"),
             name("last-event-id"),
+            header::IF_NONE_MATCH,
         ])
         .expose_headers([
             name("x-request-id"),
@@ -132,6 +133,9 @@ fn cors(origins: &[String]) -> CorsLayer {
             name("x-ratelimit-remaining"),
             name("x-ratelimit-reset"),
             header::RETRY_AFTER,
+            // File downloads: the name to save as, and the tag to revalidate with.
+            header::CONTENT_DISPOSITION,
+            header::ETAG,
         ])
         .max_age(std::time::Duration::from_secs(600))
 }
