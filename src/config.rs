@@ -27,6 +27,39 @@ pub struct Settings {
     pub mcp: McpSettings,
     /// The master keys that wrap the per-user data keys sealing secrets.
     pub secrets: SecretsSettings,
+    /// Workspace files: size limit and allowed extensions.
+    pub files: FilesSettings,
+}
+
+/// What `POST /v1/files` accepts (see `docs/files.md`).
+#[derive(Debug, Clone)]
+pub struct FilesSettings {
+    /// Largest file, in bytes (`CHRONICLE_FILES_MAX_BYTES`, 10 MiB).
+    pub max_bytes: u64,
+    /// Lower-case extensions a file name may end with
+    /// (`CHRONICLE_FILES_ALLOWED_EXTENSIONS`, comma-separated); each must be
+    /// one whose content the server can check.
+    pub allowed_extensions: Vec<String>,
+}
+
+/// The extensions allowed when `CHRONICLE_FILES_ALLOWED_EXTENSIONS` is unset.
+pub const DEFAULT_FILE_EXTENSIONS: &str =
+    "txt,md,json,csv,log,yaml,yml,toml,rs,py,js,ts,swift,pdf,png,jpg,jpeg,gif,webp";
+
+impl Default for FilesSettings {
+    fn default() -> Self {
+        Self {
+            max_bytes: 10 * 1024 * 1024,
+            allowed_extensions: parse_extensions(DEFAULT_FILE_EXTENSIONS),
+        }
+    }
+}
+
+fn parse_extensions(raw: &str) -> Vec<String> {
+    raw.split(',')
+        .map(|ext| ext.trim().trim_start_matches('.').to_ascii_lowercase())
+        .filter(|ext| !ext.is_empty())
+        .collect()
 }
 
 /// How `POST /v1/mcp/servers/{id}/discover` reaches MCP servers, and how many
@@ -537,6 +570,16 @@ impl Settings {
                     })
                     .unwrap_or_default(),
             },
+            files: FilesSettings {
+                max_bytes: number(
+                    "CHRONICLE_FILES_MAX_BYTES",
+                    parse("CHRONICLE_FILES_MAX_BYTES", "10485760")?,
+                )?,
+                allowed_extensions: parse_extensions(&parse(
+                    "CHRONICLE_FILES_ALLOWED_EXTENSIONS",
+                    DEFAULT_FILE_EXTENSIONS,
+                )?),
+            },
         };
         settings.validate()?;
         Ok(settings)
@@ -634,6 +677,25 @@ impl Settings {
                     "each origin must look like scheme://host[:port]",
                 );
             }
+        }
+        if self.files.max_bytes == 0 || self.files.max_bytes > 1024 * 1024 * 1024 {
+            return fail(
+                "CHRONICLE_FILES_MAX_BYTES",
+                "must be between 1 and 1073741824",
+            );
+        }
+        if let Some(unknown) = self
+            .files
+            .allowed_extensions
+            .iter()
+            .find(|ext| crate::http::files::sniff::kind_of(ext).is_none())
+        {
+            return Err(ConfigError {
+                name: "CHRONICLE_FILES_ALLOWED_EXTENSIONS",
+                problem: format!(
+                    "`{unknown}` is not an extension whose content the server can check"
+                ),
+            });
         }
         if self.audit.checkpoint_every == 0 {
             return fail("CHRONICLE_AUDIT_CHECKPOINT_EVERY", "must be at least 1");
@@ -767,6 +829,31 @@ mod tests {
     fn a_missing_database_url_is_named_in_the_error() {
         let err = settings(&[]).unwrap_err();
         assert_eq!(err.name, "DATABASE_URL");
+    }
+
+    #[test]
+    fn file_limits_default_to_ten_mib_and_unknown_extensions_are_refused() {
+        let defaults = settings(&[("DATABASE_URL", "postgres://x")]).unwrap();
+        assert_eq!(defaults.files.max_bytes, 10 * 1024 * 1024);
+        assert!(defaults
+            .files
+            .allowed_extensions
+            .contains(&"png".to_string()));
+        let custom = settings(&[
+            ("DATABASE_URL", "postgres://x"),
+            ("CHRONICLE_FILES_MAX_BYTES", "2048"),
+            ("CHRONICLE_FILES_ALLOWED_EXTENSIONS", " .TXT, pdf ,"),
+        ])
+        .unwrap();
+        assert_eq!(custom.files.max_bytes, 2048);
+        assert_eq!(custom.files.allowed_extensions, ["txt", "pdf"]);
+        for (name, value) in [
+            ("CHRONICLE_FILES_ALLOWED_EXTENSIONS", "txt,exe"),
+            ("CHRONICLE_FILES_MAX_BYTES", "0"),
+        ] {
+            let err = settings(&[("DATABASE_URL", "postgres://x"), (name, value)]).unwrap_err();
+            assert_eq!(err.name, name);
+        }
     }
 
     #[test]

@@ -180,6 +180,7 @@ pub fn projections_reading(aggregate_type: &str) -> &'static [&'static str] {
         "Project" => &["projects"],
         "ChatSession" => &["chat_sessions"],
         "McpServer" => &["mcp_servers"],
+        "WorkspaceFile" => &["files"],
         _ => &[],
     }
 }

@@ -188,6 +188,9 @@ impl Application {
             notification_inboxes: Arc::new(
                 CommandExecutor::new(pool.clone(), ()).issuing_tokens(token_keys.clone()),
             ),
+            files: Arc::new(
+                CommandExecutor::new(pool.clone(), ()).issuing_tokens(token_keys.clone()),
+            ),
             secrets: crate::secrets::SecretBox::load(pool.clone(), &settings)
                 .await
                 .context("loading the master keys for sealed secrets")?,

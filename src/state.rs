@@ -10,6 +10,7 @@ use chronicle_aggregates::notification_inbox::NotificationInbox;
 use chronicle_aggregates::project::Project;
 use chronicle_aggregates::task::Task;
 use chronicle_aggregates::user::User;
+use chronicle_aggregates::workspace_file::WorkspaceFile;
 use chronicle_projections::ProjectionStatus;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
@@ -36,6 +37,7 @@ pub struct AppState {
     pub chat_sessions: Arc<CommandExecutor<ChatSession>>,
     pub mcp_servers: Arc<CommandExecutor<McpServer>>,
     pub notification_inboxes: Arc<CommandExecutor<NotificationInbox>>,
+    pub files: Arc<CommandExecutor<WorkspaceFile>>,
     /// Seals and opens the secret values of MCP server configurations.
     pub secrets: crate::secrets::SecretBox,
     /// Speaks MCP to the servers users configure, for discovery.

@@ -18,6 +18,7 @@ pub mod project;
 pub mod task;
 pub mod user;
 pub mod validation;
+pub mod workspace_file;
 
 pub use chat_session::{ChatSession, ChatSessionCommand, ChatSessionError, ChatSessionEvent};
 pub use mcp_server::{McpServer, McpServerCommand, McpServerError, McpServerEvent};

@@ -313,3 +313,21 @@ fn the_checker_catches_a_payload_that_breaks_its_schema() {
     let missing = violations(&schema, &json!({}), "MessageAdded");
     assert_eq!(missing.len(), 6, "{missing:?}");
 }
+
+#[test]
+fn workspace_file_events_match_their_published_schemas() {
+    use chronicle_aggregates::workspace_file::WorkspaceFileEvent;
+    for event in [
+        WorkspaceFileEvent::FileUploaded {
+            owner_id: OWNER,
+            name: "passwd.txt".into(),
+            size: 1280,
+            sha256: "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824".into(),
+            content_type: "text/plain; charset=utf-8".into(),
+            uploaded_at: at(0),
+        },
+        WorkspaceFileEvent::FileDeleted { deleted_at: at(1) },
+    ] {
+        check(&event);
+    }
+}

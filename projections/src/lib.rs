@@ -37,6 +37,7 @@ pub fn all_projections() -> Vec<Arc<dyn Projection>> {
         Arc::new(read_models::analytics::AnalyticsTasksProjection),
         Arc::new(read_models::analytics::AnalyticsChatProjection),
         Arc::new(read_models::notifications::NotificationsProjection),
+        Arc::new(read_models::files::FilesProjection),
         Arc::new(audit::AuditProjection::default()),
     ]
 }

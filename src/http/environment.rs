@@ -79,8 +79,7 @@ pub async fn environment(State(state): State<AppState>) -> Json<Environment> {
             mcp_servers: true,
             analytics: true,
             notifications: true,
-            // Not built yet: clients hide it.
-            files: false,
+            files: true,
         },
         models,
     })

@@ -12,6 +12,7 @@ pub mod environment;
 pub mod error;
 pub mod event_feed;
 pub mod extract;
+pub mod files;
 pub mod identity;
 pub mod mcp;
 pub mod notifications;
@@ -56,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         .merge(tasks::router())
         .merge(projects::router())
         .merge(notifications::router())
+        .merge(files::router(&state.settings.files))
         .merge(chat_sessions::router())
         .merge(mcp::router())
         .merge(ws::router())
@@ -122,6 +124,7 @@ fn cors(origins: &[String]) -> CorsLayer {
             name("x-consistency-token"),
             name("x-api-key"),
             name("last-event-id"),
+            header::IF_NONE_MATCH,
         ])
         .expose_headers([
             name("x-request-id"),
@@ -131,6 +134,9 @@ fn cors(origins: &[String]) -> CorsLayer {
             name("x-ratelimit-remaining"),
             name("x-ratelimit-reset"),
             header::RETRY_AFTER,
+            // File downloads: the name to save as, and the tag to revalidate with.
+            header::CONTENT_DISPOSITION,
+            header::ETAG,
         ])
         .max_age(std::time::Duration::from_secs(600))
 }

@@ -8,7 +8,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::http::openapi_errors::CommonErrors;
 use crate::http::{
-    admin, analytics, audit, auth, chat, chat_sessions, diagnostics, environment, mcp,
+    admin, analytics, audit, auth, chat, chat_sessions, diagnostics, environment, files, mcp,
     notifications, profile, projects, service, tasks, ws,
 };
 use crate::state::AppState;
@@ -32,6 +32,7 @@ use crate::state::AppState;
         notifications::update_notification, notifications::delete_notification,
         notifications::mark_all_read, notifications::delete_notifications,
         notifications::unread_count,
+        files::list_files, files::upload_file, files::get_file, files::delete_file,
         chat_sessions::list_sessions, chat_sessions::create_session, chat_sessions::get_session,
         chat_sessions::patch_session, chat_sessions::delete_session,
         chat_sessions::messages::list_messages, chat_sessions::exchange::send_message,
@@ -46,7 +47,7 @@ use crate::state::AppState;
         chat::list_models, chat::get_model, chat::create_chat_completion,
     ),
     modifiers(&BearerAuth, &CommonErrors),
-    tags((name = "service"), (name = "auth"), (name = "profile"), (name = "admin"), (name = "tasks"), (name = "projects"), (name = "notifications"), (name = "sessions"), (name = "audit"), (name = "chat"), (name = "mcp"))
+    tags((name = "service"), (name = "auth"), (name = "profile"), (name = "admin"), (name = "tasks"), (name = "projects"), (name = "notifications"), (name = "files"), (name = "sessions"), (name = "audit"), (name = "chat"), (name = "mcp"))
 )]
 pub struct ApiDoc;
 

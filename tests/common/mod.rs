@@ -139,6 +139,7 @@ pub async fn test_settings() -> Settings {
             ..chronicle::config::McpSettings::default()
         },
         secrets: chronicle::config::SecretsSettings::default(),
+        files: chronicle::config::FilesSettings::default(),
     }
 }
 
@@ -415,6 +416,7 @@ pub async fn read_model_rows(pool: &PgPool) -> Vec<Value> {
         ("analytics_hourly", "metric, hour"),
         ("notifications", "id"),
         ("notification_sources", "aggregate_type, aggregate_id"),
+        ("files", "id"),
     ] {
         let table_rows: Vec<Value> = sqlx::query_scalar(&format!(
             "select to_jsonb(t) from read.{table} t order by {order}"
