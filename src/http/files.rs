@@ -105,10 +105,10 @@ pub struct UploadFileForm {
 #[serde(deny_unknown_fields)]
 pub struct ListFilesQuery {
     /// 1–100, default 50.
-    #[param(minimum = 1, maximum = 100)]
+    #[param(minimum = 1, maximum = 100, default = 50)]
     pub limit: Option<i64>,
     /// ≥ 0, default 0.
-    #[param(minimum = 0)]
+    #[param(minimum = 0, maximum = 1_000_000_000, default = 0)]
     pub offset: Option<i64>,
 }
 
@@ -488,7 +488,10 @@ fn matches_etag(headers: &HeaderMap, etag: &str) -> bool {
 /// (`ETag` is the quoted SHA-256; `If-None-Match` with it answers 304).
 #[utoipa::path(get, path = "/v1/files/{id}", tag = "files", security(("bearer" = [])), params(("id" = Uuid, Path), GetFileQuery), responses(
     (status = 200, description = "The metadata, or with `download=true` the bytes with `Content-Type`, `Content-Disposition: attachment` and `ETag`",
-        content((FileResponse = "application/json"), ("application/octet-stream")),
+        content(
+            (FileResponse = "application/json"),
+            ("text/*"), ("image/*"), ("application/pdf"), ("application/yaml"), ("application/octet-stream"),
+        ),
         headers(("ETag" = String, description = "With `download=true`: the quoted SHA-256"), ("Content-Disposition" = String, description = "With `download=true`: attachment; filename=…; filename*=UTF-8''…"))),
     (status = 304, description = "With `download=true`: `If-None-Match` names the current `ETag`"),
     (status = 404, description = "NOT_FOUND: no such file of yours"),

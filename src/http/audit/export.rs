@@ -29,7 +29,7 @@ pub struct AuditExportParams {
 /// One line per event in commit order, with its audit entry (`seq`,
 /// digests, `prev_hash`, `hash`), streamed.
 #[utoipa::path(get, path = "/v1/audit/export", tag = "audit", security(("bearer" = [])), params(AuditFilterParams, AuditExportParams), responses(
-    (status = 200, description = "NDJSON (`application/x-ndjson`) or CSV (`text/csv`, header row)", content_type = "application/x-ndjson"),
+    (status = 200, description = "NDJSON (`application/x-ndjson`) or CSV (`text/csv`, header row)", content(("application/x-ndjson"), ("text/csv"))),
     (status = 401, description = "No credentials"),
     (status = 403, description = "Not an auditor or admin"),
     (status = 422, description = "Invalid format or filter"),
