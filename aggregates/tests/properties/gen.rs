@@ -103,3 +103,24 @@ pub fn json_object() -> impl Strategy<Value = Value> {
         1 => json(),
     ]
 }
+
+thread_local! {
+    /// What a damaged or hand-written stored field might hold: the edge
+    /// values of every JSON type.
+    pub static EDGE_VALUES: Vec<Value> = vec![
+        Value::Null,
+        Value::from(""),
+        Value::from(" "),
+        Value::from("x".repeat(100_001)),
+        Value::from("not-a-uuid"),
+        Value::from("2026-13-45T99:99:99Z"),
+        Value::from(0),
+        Value::from(-1),
+        Value::from(u64::MAX),
+        Value::from(i64::MIN),
+        Value::from(1.5),
+        Value::from(true),
+        Value::Array(Vec::new()),
+        Value::Object(Map::new()),
+    ];
+}
