@@ -257,6 +257,18 @@ proptest! {
         text in prop_oneof![
             any::<String>(),
             "[\\[\\]{}\":,0-9eE.+\\- \\\\ntrufalsu]{0,40}",
+            // Number literals, valid or not, alone and in an array.
+            "[-+0-9eE.]{1,8}",
+            "\\[[-+0-9eE.]{1,8}\\]",
+            // Objects with repeated keys (serde_json keeps the last one).
+            vec((prop_oneof![Just("a"), Just("b"), Just("\u{e9}"), Just("\u{1f600}")], value()), 0..6)
+                .prop_map(|members| {
+                    let members: Vec<String> = members
+                        .iter()
+                        .map(|(key, value)| format!("{}:{value}", serde_json::to_string(key).unwrap()))
+                        .collect();
+                    format!("{{{}}}", members.join(","))
+                }),
             (value(), 1u64.., vec((any::<prop::sample::Index>(), any::<char>()), 1..4)).prop_map(
                 |(value, seed, edits)| {
                     let mut text = String::new();
