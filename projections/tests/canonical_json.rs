@@ -250,15 +250,21 @@ proptest! {
         prop_assert_eq!(&fast(&text).expect("within the verifier's limit"), &expected);
     }
 
-    /// Any text at all: both readers answer without panicking, and where
-    /// serde_json reads it the verifier gives the same canonical bytes.
+    /// Any text at all: both readers answer without panicking, the verifier
+    /// reads exactly what serde_json reads, and gives the same canonical bytes.
     #[test]
     fn any_text_is_read_or_refused_without_panicking(
         text in prop_oneof![
             any::<String>(),
             "[\\[\\]{}\":,0-9eE.+\\- \\\\ntrufalsu]{0,40}",
+            // Nesting around the parsers' limit of 128 levels.
+            (120usize..136, prop_oneof![Just(""), Just("1"), Just("{}"), Just("[]")]).prop_map(
+                |(depth, leaf)| format!("{}{leaf}{}", "[".repeat(depth), "]".repeat(depth))
+            ),
+            (120usize..136).prop_map(|depth| format!("{}1{}", "{\"k\":".repeat(depth), "}".repeat(depth))),
             // Number literals, valid or not, alone and in an array.
             "[-+0-9eE.]{1,8}",
+            "-?0[0-9]{1,4}",
             "\\[[-+0-9eE.]{1,8}\\]",
             // Objects with repeated keys (serde_json keeps the last one).
             vec((prop_oneof![Just("a"), Just("b"), Just("\u{e9}"), Just("\u{1f600}")], value()), 0..6)
@@ -287,8 +293,21 @@ proptest! {
         ],
     ) {
         let fast = fast(&text);
-        if let Ok(read) = serde_json::from_str::<Value>(&text) {
-            prop_assert_eq!(&fast.expect("serde_json read it"), &canonical_text(&read));
+        match serde_json::from_str::<Value>(&text) {
+            Ok(read) => prop_assert_eq!(&fast.expect("serde_json read it"), &canonical_text(&read)),
+            Err(err) => prop_assert!(fast.is_err(), "serde_json refused ({}) what the verifier read: {:?}", err, fast),
+        }
+    }
+}
+
+/// The verifier reads exactly the nesting serde_json reads (127 containers).
+#[test]
+fn the_verifier_reads_exactly_the_nesting_serde_json_reads() {
+    for depth in 120..=135 {
+        for (open, close) in [("[", "]"), ("{\"k\":", "}")] {
+            let text = format!("{}1{}", open.repeat(depth), close.repeat(depth));
+            let serde = serde_json::from_str::<Value>(&text).is_ok();
+            assert_eq!(fast(&text).is_ok(), serde, "{depth} levels of {open}");
         }
     }
 }
