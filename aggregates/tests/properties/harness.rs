@@ -158,6 +158,26 @@ where
     }
 }
 
+/// Every accepted event's payload, as the relay publishes it (the inner
+/// object), matches `docs/schemas/<event_type>.v1.json`.
+pub fn events_match_their_schemas<A>(commands: Vec<A::Command>, services: &A::Services)
+where
+    A: Aggregate + Clone,
+{
+    let history = handle_all::<A>(commands, services);
+    for event in history.events {
+        let event_type = event.event_type();
+        let stored = serde_json::to_value(&event).expect("an event serialises");
+        let payload = &stored[&event_type];
+        let problems = crate::schema::problems(&event_type, payload);
+        assert!(
+            problems.is_empty(),
+            "{}\npayload: {payload}",
+            problems.join("\n")
+        );
+    }
+}
+
 /// (d) `handle` never panics, whatever the command and the state: every
 /// command is also tried on every state the history went through.
 pub fn handle_never_panics<A>(commands: Vec<A::Command>, services: &A::Services)
@@ -290,6 +310,11 @@ macro_rules! aggregate_properties {
             #[test]
             fn every_event_reads_back_as_itself_from_its_stored_json(commands in $commands) {
                 harness::events_round_trip::<$aggregate>(commands, &$services);
+            }
+
+            #[test]
+            fn every_event_matches_its_published_json_schema(commands in $commands) {
+                harness::events_match_their_schemas::<$aggregate>(commands, &$services);
             }
 
             #[test]
