@@ -1,5 +1,6 @@
 //! The event envelope: the public wire format on NATS (see `docs/events.md`).
 
+use async_nats::header::HeaderValue;
 use async_nats::HeaderMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -56,20 +57,31 @@ impl EventEnvelope {
     }
 
     /// The identity fields as headers, so consumers can route without parsing the body.
-    pub fn headers(&self) -> HeaderMap {
+    ///
+    /// Refused when a field holds a line break, which a NATS header cannot
+    /// carry: async-nats panics on one, and a poison event must be parked by
+    /// the relay, not stop it (found by `nats/tests/envelope_decoder.rs`).
+    pub fn headers(&self) -> Result<HeaderMap, String> {
+        let message_id = self.message_id();
+        let sequence = self.sequence.to_string();
+        let global_position = self.global_position.to_string();
         let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", self.message_id().as_str());
-        headers.insert("Chronicle-Aggregate-Type", self.aggregate_type.as_str());
-        headers.insert("Chronicle-Aggregate-Id", self.aggregate_id.as_str());
-        headers.insert("Chronicle-Event-Type", self.event_type.as_str());
-        headers.insert("Chronicle-Event-Version", self.event_version.as_str());
-        headers.insert("Chronicle-Sequence", self.sequence.to_string().as_str());
-        headers.insert(
-            "Chronicle-Global-Position",
-            self.global_position.to_string().as_str(),
-        );
-        headers.insert("Content-Type", "application/json");
-        headers
+        for (name, value) in [
+            ("Nats-Msg-Id", message_id.as_str()),
+            ("Chronicle-Aggregate-Type", self.aggregate_type.as_str()),
+            ("Chronicle-Aggregate-Id", self.aggregate_id.as_str()),
+            ("Chronicle-Event-Type", self.event_type.as_str()),
+            ("Chronicle-Event-Version", self.event_version.as_str()),
+            ("Chronicle-Sequence", sequence.as_str()),
+            ("Chronicle-Global-Position", global_position.as_str()),
+            ("Content-Type", "application/json"),
+        ] {
+            let value = value.parse::<HeaderValue>().map_err(|_| {
+                format!("the `{name}` header cannot be sent: its value holds a line break")
+            })?;
+            headers.insert(name, value);
+        }
+        Ok(headers)
     }
 }
 
@@ -108,10 +120,18 @@ mod tests {
             envelope.subject("chronicle.events"),
             "chronicle.events.Task.0b7e.TaskCompleted"
         );
-        let headers = envelope.headers();
+        let headers = envelope.headers().unwrap();
         assert_eq!(
             headers.get("Chronicle-Global-Position").map(|v| v.as_str()),
             Some("42")
         );
+    }
+
+    #[test]
+    fn an_identity_field_with_a_line_break_is_refused_as_a_header_not_a_panic() {
+        let mut event = stored();
+        event.aggregate_id = "a\r\nNats-Msg-Id: forged".into();
+        let err = EventEnvelope::from(&event).headers().unwrap_err();
+        assert!(err.contains("Nats-Msg-Id"), "{err}");
     }
 }

@@ -269,7 +269,7 @@ impl Relay {
         }
         Ok(Outgoing {
             subject: envelope.subject(&self.stream.subject_prefix),
-            headers: envelope.headers(),
+            headers: envelope.headers()?,
             body: body.into(),
         })
     }

@@ -70,7 +70,9 @@ impl Aggregate for AuthSession {
                 if !self.is_active() {
                     return Err(AuthSessionError::Revoked);
                 }
-                if generation > self.generation {
+                // Generations start at 1: a 0 was never issued, so it is
+                // unknown, not a reuse (RefreshTokenReused.v1 has minimum 1).
+                if generation == 0 || generation > self.generation {
                     return Err(AuthSessionError::UnknownGeneration);
                 }
                 if generation < self.generation {
@@ -157,6 +159,23 @@ mod tests {
             user_id,
             started_at: at(0),
         }
+    }
+
+    #[test]
+    fn a_generation_zero_was_never_issued_and_is_unknown_not_a_reuse() {
+        TestFramework::<AuthSession>::with(())
+            .given(vec![
+                started(Uuid::from_u128(7)),
+                AuthSessionEvent::SessionRefreshed {
+                    generation: 2,
+                    refreshed_at: at(1),
+                },
+            ])
+            .when(AuthSessionCommand::Refresh {
+                generation: 0,
+                at: at(2),
+            })
+            .then_expect_error(AuthSessionError::UnknownGeneration);
     }
 
     #[test]

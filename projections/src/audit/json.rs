@@ -14,8 +14,9 @@ use serde_json::Value;
 
 use super::canonical::{ecmascript_number, write_string};
 
-/// Nesting deeper than this is refused (serde_json's own limit).
-const MAX_DEPTH: usize = 128;
+/// Containers nested this deep are refused: serde_json reads at most 127
+/// (its recursion limit of 128 counts the one it refuses).
+const MAX_NESTED: usize = 127;
 
 /// A JSON value borrowed from its text.
 #[derive(Debug, Clone, PartialEq)]
@@ -97,10 +98,8 @@ impl<'a> Parser<'a> {
     }
 
     fn value(&mut self, depth: usize) -> Result<Json<'a>, String> {
-        if depth > MAX_DEPTH {
-            return Err("nested too deeply".into());
-        }
         match self.bytes.get(self.pos) {
+            Some(b'{' | b'[') if depth >= MAX_NESTED => Err("nested too deeply".into()),
             Some(b'{') => self.object(depth),
             Some(b'[') => self.array(depth),
             Some(b'"') => self.string().map(Json::String),
@@ -298,6 +297,12 @@ impl<'a> Json<'a> {
 /// literals that fit 64 bits stay integers, anything else is a double parsed
 /// by serde_json itself.
 fn write_number_literal(literal: &str, out: &mut Vec<u8>) -> Result<(), String> {
+    // JSON has no leading zeros (`01`, `-00`), which Rust's integer parsing
+    // would accept; serde_json refuses them.
+    let unsigned = literal.strip_prefix('-').unwrap_or(literal).as_bytes();
+    if unsigned.len() > 1 && unsigned[0] == b'0' && unsigned[1].is_ascii_digit() {
+        return Err(format!("invalid number {literal}"));
+    }
     if !literal.contains(['.', 'e', 'E']) {
         if let Ok(n) = literal.parse::<u64>() {
             out.extend_from_slice(n.to_string().as_bytes());
@@ -384,6 +389,9 @@ mod tests {
             "nul",
             "{} x",
             "\"a\u{1}\"",
+            "01",
+            "-01",
+            "[00]",
         ] {
             assert!(
                 parse(text).is_err() || {
