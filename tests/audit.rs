@@ -1155,3 +1155,52 @@ async fn the_cli_verifies_with_a_saved_jwks_names_the_first_bad_seq_and_exports(
     assert_eq!(cli_queries.get("cli audit export"), Some(&1));
     app.stop().await;
 }
+
+/// Time travel covers every aggregate, not only the first four.
+#[tokio::test]
+async fn a_project_is_rebuilt_at_a_past_sequence_like_the_first_four_aggregate_types() {
+    let app = TestApp::spawn().await;
+    let user = app.register("travel-project@example.com").await;
+    let auditor = app
+        .user_with_role("travel-auditor@example.com", "auditor")
+        .await;
+    let created = app
+        .send(
+            Method::POST,
+            "/v1/projects",
+            &user,
+            Some(json!({"name": "First name"})),
+        )
+        .await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let id = created.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let renamed = app
+        .send(
+            Method::PUT,
+            &format!("/v1/projects/{id}"),
+            &user,
+            Some(json!({"name": "Second name"})),
+        )
+        .await;
+    assert_eq!(renamed.status(), StatusCode::OK);
+
+    let first = get_json(
+        &app,
+        &auditor,
+        &format!("/v1/audit/aggregates/Project/{id}?sequence=1"),
+    )
+    .await;
+    assert_eq!(first["sequence"], 1);
+    assert_eq!(first["state"]["name"], "First name");
+    let latest = get_json(
+        &app,
+        &auditor,
+        &format!("/v1/audit/aggregates/Project/{id}"),
+    )
+    .await;
+    assert_eq!(latest["state"]["name"], "Second name");
+    app.stop().await;
+}

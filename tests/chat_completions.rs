@@ -404,11 +404,19 @@ async fn every_error_of_these_routes_carries_openai_type_including_401_and_422()
     assert_eq!(body["error"]["type"], "authentication_error");
 
     let user = app.register("types@example.com").await;
+    // A model that is not configured is missing, as OpenAI's `model_not_found`.
+    let unknown = chat(
+        &app,
+        &user,
+        json!({"model": "nope", "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+    let answer: Value = unknown.json().await.unwrap();
+    assert_eq!(answer["error"]["code"], "NOT_FOUND");
+    assert_eq!(answer["error"]["type"], "invalid_request_error");
+    assert_eq!(answer["error"]["details"][0]["field"], "model");
     let cases = [
-        (
-            json!({"model": "nope", "messages": [{"role": "user", "content": "hi"}]}),
-            "model",
-        ),
         (json!({"model": "gpt-test", "messages": []}), "messages"),
         (
             json!({"model": "gpt-test", "messages": [{"role": "tool", "content": "x"}]}),

@@ -70,8 +70,12 @@ async fn run_schemathesis(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/contract/schemathesis.toml"
     );
+    std::fs::create_dir_all(&report_dir).expect("report dir");
     let mut command = tokio::process::Command::new(schemathesis_binary());
     command
+        // Schemathesis keeps a crash cache in its working directory: keep it in
+        // this test's data dir, which is removed with the test.
+        .current_dir(&report_dir)
         // Every check runs (the config file turns off what it names, with why).
         .arg("--config-file")
         .arg(config)

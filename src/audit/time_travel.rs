@@ -4,8 +4,13 @@
 
 use chronicle_aggregates::audit_query::AuditQuery;
 use chronicle_aggregates::auth_session::AuthSession;
+use chronicle_aggregates::chat_session::ChatSession;
+use chronicle_aggregates::mcp_server::McpServer;
+use chronicle_aggregates::notification_inbox::NotificationInbox;
+use chronicle_aggregates::project::Project;
 use chronicle_aggregates::task::Task;
 use chronicle_aggregates::user::User;
+use chronicle_aggregates::workspace_file::WorkspaceFile;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use serde_json::Value;
@@ -47,7 +52,17 @@ pub enum TimeTravelError {
 }
 
 /// The aggregate types that can be rebuilt. A new aggregate adds a line here.
-pub const KNOWN_TYPES: [&str; 4] = [Task::TYPE, User::TYPE, AuthSession::TYPE, AuditQuery::TYPE];
+pub const KNOWN_TYPES: [&str; 9] = [
+    Task::TYPE,
+    User::TYPE,
+    AuthSession::TYPE,
+    AuditQuery::TYPE,
+    Project::TYPE,
+    ChatSession::TYPE,
+    McpServer::TYPE,
+    NotificationInbox::TYPE,
+    WorkspaceFile::TYPE,
+];
 
 /// Rebuilds `aggregate_type`/`aggregate_id` at `point`.
 pub async fn rebuild(
@@ -89,6 +104,11 @@ pub async fn rebuild(
         User::TYPE => fold::<User>(aggregate_id, events),
         AuthSession::TYPE => fold::<AuthSession>(aggregate_id, events),
         AuditQuery::TYPE => fold::<AuditQuery>(aggregate_id, events),
+        Project::TYPE => fold::<Project>(aggregate_id, events),
+        ChatSession::TYPE => fold::<ChatSession>(aggregate_id, events),
+        McpServer::TYPE => fold::<McpServer>(aggregate_id, events),
+        NotificationInbox::TYPE => fold::<NotificationInbox>(aggregate_id, events),
+        WorkspaceFile::TYPE => fold::<WorkspaceFile>(aggregate_id, events),
         other => Err(TimeTravelError::UnknownType(other.to_string())),
     }?;
     Ok(Rebuilt {

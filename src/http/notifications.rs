@@ -417,7 +417,10 @@ mod tests {
         assert!(parse_ids(Some(" ")).is_err());
         assert!(parse_ids(Some("nope")).is_err());
         let one = Uuid::new_v4();
-        assert_eq!(parse_ids(Some(&format!(" {one} "))).unwrap(), vec![one]);
+        assert_eq!(parse_ids(Some(&one.to_string())).unwrap(), vec![one]);
+        // Exactly the OpenAPI pattern: no spaces, hyphenated UUIDs only.
+        assert!(parse_ids(Some(&format!(" {one}"))).is_err());
+        assert!(parse_ids(Some(&one.simple().to_string())).is_err());
         let hundred = vec![one.to_string(); 100].join(",");
         assert_eq!(parse_ids(Some(&hundred)).unwrap().len(), 100);
         let too_many = vec![one.to_string(); 101].join(",");

@@ -42,7 +42,7 @@ pub struct AuditAggregateState {
 /// An aggregate's state at a point of its history: `as_of=<time>` and/or
 /// `sequence=N`, the latest without either.
 #[utoipa::path(get, path = "/v1/audit/aggregates/{aggregate_type}/{aggregate_id}", tag = "audit", security(("bearer" = [])),
-    params(("aggregate_type" = String, Path, description = "`Task`, `User`, `AuthSession` or `AuditQuery`"), ("aggregate_id" = String, Path), AuditAggregateQuery),
+    params(("aggregate_type" = String, Path, description = "`Task`, `User`, `AuthSession`, `AuditQuery`, `Project`, `ChatSession`, `McpServer`, `NotificationInbox` or `WorkspaceFile`"), ("aggregate_id" = String, Path), AuditAggregateQuery),
     responses(
         (status = 200, body = AuditAggregateState),
         (status = 401, description = "No credentials"),
