@@ -223,7 +223,17 @@ pub async fn create_task(
         due_at: request.due_at.map(micros),
         at: now(),
     };
-    let (headers, executed) = run(&state, &user, &context, id, command).await?;
+    // A fresh id: nothing to load.
+    let (headers, executed) = write::execute_new(
+        &state,
+        &state.tasks,
+        &user,
+        &context,
+        id,
+        command,
+        task_error,
+    )
+    .await?;
     Ok((
         StatusCode::CREATED,
         headers,
