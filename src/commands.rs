@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, SubsecRound, Utc};
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventStore};
 use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventStore};
 use postgres_es::PostgresEventRepository;
 use sqlx::PgPool;
@@ -177,6 +177,17 @@ where
         command: A::Command,
         metadata: HashMap<String, String>,
     ) -> Result<Executed<A>, AggregateError<A::Error>> {
+        self.execute_as(aggregate_id, command, metadata, false)
+            .await
+    }
+
+    async fn execute_as(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        metadata: HashMap<String, String>,
+        fresh: bool,
+    ) -> Result<Executed<A>, AggregateError<A::Error>> {
         let started = std::time::Instant::now();
         // Commands on one aggregate take turns in this process: racing them
         // would only make all but one fail their commit and retry (or 409
@@ -184,7 +195,7 @@ where
         // the optimistic check as before.
         let turn = self.turns.acquire(aggregate_id).await;
         let result = self
-            .execute_with_retries(aggregate_id, command, metadata)
+            .execute_with_retries(aggregate_id, command, metadata, fresh)
             .await;
         drop(turn);
         let outcome = match &result {
@@ -200,14 +211,38 @@ where
         result
     }
 
-    async fn execute_with_retries(
+    /// [`Self::execute`] for an id the caller has just generated (a fresh
+    /// UUID v4): the first attempt skips loading the aggregate (its snapshot
+    /// lookup and its events, two round trips) and commits against an empty
+    /// history. Should the id exist after all, the commit of sequence 1
+    /// conflicts and the command runs again the ordinary way, loaded.
+    pub async fn execute_new(
         &self,
         aggregate_id: &str,
         command: A::Command,
         metadata: HashMap<String, String>,
     ) -> Result<Executed<A>, AggregateError<A::Error>> {
+        self.execute_as(aggregate_id, command, metadata, true).await
+    }
+
+    async fn execute_with_retries(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        metadata: HashMap<String, String>,
+        fresh: bool,
+    ) -> Result<Executed<A>, AggregateError<A::Error>> {
         for attempt in 0..=CONFLICT_RETRIES {
-            let mut context = self.store.load_aggregate(aggregate_id).await?;
+            let mut context = if fresh && attempt == 0 {
+                EventStoreAggregateContext {
+                    aggregate_id: aggregate_id.to_string(),
+                    aggregate: A::default(),
+                    current_sequence: 0,
+                    current_snapshot: None,
+                }
+            } else {
+                self.store.load_aggregate(aggregate_id).await?
+            };
             let sink = EventSink::default();
             // Handle on a copy: `EventSink::write` applies each event to the
             // aggregate it is given, and the store applies the events again to

@@ -6,7 +6,7 @@ use jsonwebtoken::{decode, encode, Algorithm, Header, Validation};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::auth::SigningKeys;
+use crate::auth::{AuthCache, SigningKeys};
 use crate::config::AuthSettings;
 
 /// The claims of an access token.
@@ -31,6 +31,8 @@ pub struct TokenIssuer {
     issuer: String,
     audience: String,
     ttl_secs: i64,
+    /// Verified tokens and live sessions of this process (`crate::auth::cache`).
+    cache: Arc<AuthCache>,
 }
 
 /// Why a presented token was refused; all of them answer `INVALID_TOKEN`.
@@ -45,6 +47,7 @@ impl TokenIssuer {
             issuer: settings.issuer.clone(),
             audience: settings.audience.clone(),
             ttl_secs: settings.access_token_ttl.as_secs() as i64,
+            cache: Arc::default(),
         }
     }
 
@@ -74,6 +77,22 @@ impl TokenIssuer {
         let mut header = Header::new(Algorithm::RS256);
         header.kid = Some(self.keys.kid().to_string());
         Ok(encode(&header, &claims, &self.keys.current().encoding)?)
+    }
+
+    /// The caches of verified tokens and live sessions.
+    pub fn cache(&self) -> &AuthCache {
+        &self.cache
+    }
+
+    /// [`Self::verify`], answered from the cache of verified tokens when this
+    /// token was verified before (until it expires).
+    pub fn verify_cached(&self, token: &str) -> Result<AccessClaims, InvalidToken> {
+        if let Some(claims) = self.cache.verified(token) {
+            return Ok(claims);
+        }
+        let claims = self.verify(token)?;
+        self.cache.remember_verified(token, &claims);
+        Ok(claims)
     }
 
     /// Checks signature (RS256 only), `kid`, `iss`, `aud`, `exp` and `nbf`.

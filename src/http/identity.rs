@@ -80,14 +80,25 @@ async fn resolve(state: &AppState, credential: &str) -> Result<Option<AuthUser>,
             auth_session_id: None,
         }));
     }
-    let Ok(claims) = state.tokens.verify(credential) else {
+    let Ok(claims) = state.tokens.verify_cached(credential) else {
         return Ok(None);
     };
     // A signature alone is not enough: the session must not be revoked
     // (logout, reuse, password change) and the account must be active.
     // The roles come from the same row, not from the token: a token
     // outlives a demotion by up to its lifetime, the read model does not
-    // (the role change waits for it before answering).
+    // (the role change waits for it before answering). The answer is cached
+    // for at most a second, and forgotten at once when a request of this
+    // process may have revoked, deactivated or demoted (`crate::auth::cache`).
+    let cache = state.tokens.cache();
+    if let Some(roles) = cache.live_roles(claims.sid, claims.sub) {
+        return Ok(Some(AuthUser {
+            id: claims.sub,
+            roles,
+            auth_session_id: Some(claims.sid),
+        }));
+    }
+    let generation = cache.generation();
     let roles: Option<Vec<String>> = sqlx::query_scalar(
         "select u.roles from read.auth_sessions s join read.users u on u.id = s.user_id \
          where s.id = $1 and s.user_id = $2 and s.revoked_at is null and u.active",
@@ -96,11 +107,36 @@ async fn resolve(state: &AppState, credential: &str) -> Result<Option<AuthUser>,
     .bind(claims.sub)
     .fetch_optional(&state.pool)
     .await?;
+    if let Some(roles) = &roles {
+        cache.remember_live(claims.sid, claims.sub, roles.clone(), generation);
+    }
     Ok(roles.map(|roles| AuthUser {
         id: claims.sub,
         roles,
         auth_session_id: Some(claims.sid),
     }))
+}
+
+/// Route prefixes whose state-changing requests can revoke a session
+/// (logout, refresh-token reuse, password change), deactivate an account or
+/// change roles. After any such request (whatever its answer), the cache of
+/// live sessions is emptied before the answer leaves, so the change holds
+/// from the caller's very next request on this replica.
+const REVOKING_PREFIXES: [&str; 3] = ["/v1/auth/", "/v1/admin/", "/v1/user/"];
+
+/// Empties the live-session cache when dropped: after the request's handler
+/// finished (before the answer is sent), or when the request was abandoned
+/// (a revocation that still commits after that is bounded by the TTL).
+struct InvalidateOnDrop(AppState);
+
+impl Drop for InvalidateOnDrop {
+    fn drop(&mut self) {
+        self.0.tokens.cache().invalidate();
+    }
+}
+
+fn may_revoke(method: &axum::http::Method, path: &str) -> bool {
+    !method.is_safe() && REVOKING_PREFIXES.iter().any(|p| path.starts_with(p))
 }
 
 /// Paths no limit applies to and no credential is looked up for: a load
@@ -156,6 +192,8 @@ pub async fn resolve_identity(
         return rate_limited(refused);
     }
     request.extensions_mut().insert(identity);
+    // Dropped after the handler is done, or when the client leaves mid-way.
+    let _invalidate = may_revoke(request.method(), &path).then(|| InvalidateOnDrop(state.clone()));
     let mut response = next.run(request).await;
     if let Some(decision) = decision {
         add_rate_headers(response.headers_mut(), decision);

@@ -235,7 +235,17 @@ pub async fn create_task(
         due_at: request.due_at.map(micros),
         at: now(),
     };
-    let (headers, executed) = run(&state, &user, &context, id, command).await?;
+    // A fresh id: nothing to load.
+    let (headers, executed) = write::execute_new(
+        &state,
+        &state.tasks,
+        &user,
+        &context,
+        id,
+        command,
+        task_error,
+    )
+    .await?;
     Ok((
         StatusCode::CREATED,
         headers,
@@ -289,15 +299,31 @@ pub async fn list_tasks(
         .bind(offset)
         .fetch_all(&state.pool)
         .await?;
-    let total: i64 = sqlx::query_scalar(&format!("select count(*) from read.tasks where {filter}"))
-        .bind(user.id)
-        .bind(completed)
-        .bind(deleted)
-        .bind(query.date_from)
-        .bind(query.date_to)
-        .bind(query.project_id)
-        .fetch_one(&state.pool)
-        .await?;
+    // Filtered by state only: the maintained counts (migration 0900), not
+    // a count of every row.
+    let total: i64 =
+        if query.date_from.is_none() && query.date_to.is_none() && query.project_id.is_none() {
+            sqlx::query_scalar(
+                "select coalesce(sum(n), 0)::bigint from read.task_counts where owner_id = $1 \
+               and ($2::boolean is null or completed = $2) \
+               and ($3::boolean is null or is_deleted = $3)",
+            )
+            .bind(user.id)
+            .bind(completed)
+            .bind(deleted)
+            .fetch_one(&state.pool)
+            .await?
+        } else {
+            sqlx::query_scalar(&format!("select count(*) from read.tasks where {filter}"))
+                .bind(user.id)
+                .bind(completed)
+                .bind(deleted)
+                .bind(query.date_from)
+                .bind(query.date_to)
+                .bind(query.project_id)
+                .fetch_one(&state.pool)
+                .await?
+        };
     Ok((total_count(total), axum::Json(tasks)))
 }
 
