@@ -426,6 +426,16 @@ pub async fn read_model_rows(pool: &PgPool) -> Vec<Value> {
         .unwrap();
         rows.extend(table_rows);
     }
+    // Maintained counts: a count that dropped to 0 may keep its row live and
+    // not in a rebuild; what a reader sees is the non-zero counts.
+    let counts: Vec<Value> = sqlx::query_scalar(
+        "select to_jsonb(t) from read.task_counts t where n <> 0 \
+         order by owner_id, completed, is_deleted",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    rows.extend(counts);
     rows
 }
 
