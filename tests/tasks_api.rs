@@ -1141,10 +1141,32 @@ async fn a_put_with_only_title_and_description_nulls_the_rest_and_keeps_complete
 }
 
 #[tokio::test]
-async fn docs_serve_swagger_ui_from_this_server_alone() {
+async fn docs_serve_swagger_ui_from_this_server_alone_under_a_policy_that_lets_it_run() {
     let app = TestApp::spawn().await;
     let page = app.client.get(app.url("/docs/")).send().await.unwrap();
     assert_eq!(page.status(), StatusCode::OK);
+    // The API's `default-src 'none'` kept the viewer from running at all
+    // (found with headless Chromium): scripts, styles, icons and "Try it out"
+    // come from this server, and from nowhere else.
+    let policy = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    for directive in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "connect-src 'self'",
+        "img-src 'self' data:",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(policy.contains(directive), "{directive} in {policy}");
+    }
+    let api = app.client.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(
+        api.headers()["content-security-policy"],
+        "default-src 'none'; frame-ancestors 'none'",
+        "API answers keep the strict policy"
+    );
     let html = page.text().await.unwrap();
     assert!(html.contains("swagger-ui"), "{html}");
     assert!(

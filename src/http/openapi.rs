@@ -1,7 +1,9 @@
 //! `/openapi.json`: the OpenAPI 3.1 description of every route, generated from
 //! the handlers' annotations so it cannot drift from the code.
 
+use axum::http::{header, HeaderValue};
 use axum::Router;
+use tower_http::set_header::SetResponseHeaderLayer;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
@@ -76,5 +78,17 @@ pub fn router() -> Router<AppState> {
     // Swagger UI, its assets vendored into the binary: `/docs` works with no
     // network beyond this server; "Authorize" takes an access token or a
     // `ck_` key, and "Try it out" calls this server.
-    Router::new().merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+    Router::new()
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(DOCS_CONTENT_SECURITY_POLICY),
+        ))
 }
+
+/// The API's own `default-src 'none'` would stop the viewer from running at
+/// all: its scripts, styles and icons (data: URIs) come from this server,
+/// and "Try it out" calls it; nothing else is allowed.
+const DOCS_CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+     style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; \
+     frame-ancestors 'none'";

@@ -216,6 +216,10 @@ impl User {
         services: &Arc<dyn UserServices>,
         sink: &EventSink<Self>,
     ) -> Result<(), UserError> {
+        // Bad input is refused before any state is looked at: it is a 422
+        // whatever the account's state, and never counts as a failed login.
+        validate_password(&new_password)
+            .map_err(|e| UserError::Invalid(vec![e.renamed("new_password")]))?;
         self.require_active()?;
         let credential_id = self.credential_id.ok_or(UserError::NotRegistered)?;
         if let Some(until) = self.locked_until.filter(|until| *until > at) {
@@ -228,8 +232,6 @@ impl User {
             self.record_failed_password(at, sink).await;
             return Ok(());
         }
-        validate_password(&new_password)
-            .map_err(|e| UserError::Invalid(vec![e.renamed("new_password")]))?;
         let credential_id = services.store_password(&new_password).await?;
         sink.write(
             UserEvent::PasswordChanged {
@@ -904,6 +906,29 @@ mod tests {
             .then_expect_error(UserError::Locked {
                 until: at(5 + 15 * 60),
             });
+    }
+
+    #[test]
+    fn a_weak_new_password_is_refused_before_the_lock_and_the_current_password_are_looked_at() {
+        let credential = Uuid::from_u128(7);
+        let weak = |current: &str| UserCommand::ChangePassword {
+            current_password: current.into(),
+            new_password: "short".into(),
+            at: at(60),
+        };
+        for (history, current) in [
+            (locked(credential), PASSWORD),
+            (vec![registered(credential)], "wrong"),
+        ] {
+            let result = framework(&FakePasswords::holding(credential, PASSWORD))
+                .given(history)
+                .when(weak(current))
+                .inspect_result();
+            assert!(
+                matches!(result, Err(UserError::Invalid(ref errors)) if errors[0].field == "new_password"),
+                "a 422, no lock answer and no failed login: {result:?}"
+            );
+        }
     }
 
     #[test]
