@@ -353,3 +353,42 @@ async fn a_body_sent_in_pieces_within_the_body_read_timeout_is_served() {
     );
     app.stop().await;
 }
+
+/// Guards a design choice rather than a fix: a slot is held until the
+/// answer's head, so open event feeds (their own budget) never starve the
+/// in-flight cap.
+#[tokio::test]
+async fn open_event_feeds_do_not_count_against_the_in_flight_cap() {
+    let fake = common::fake_llm::FakeLlm::start().await;
+    let mut settings = test_settings().await;
+    fake.configure(&mut settings);
+    settings.http.max_in_flight = 1;
+    let app = TestApp::spawn_with(settings).await;
+    let user = app.register("feeds@example.com").await;
+    let created: Value = app
+        .send_json(
+            reqwest::Method::POST,
+            "/v1/sessions",
+            &user,
+            Some(json!({})),
+        )
+        .await;
+    let feed = format!("/v1/sessions/{}/events", created["id"].as_str().unwrap());
+
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let stream = app.send(reqwest::Method::GET, &feed, &user, None).await;
+        assert_eq!(stream.status(), StatusCode::OK);
+        open.push(stream);
+    }
+    let listed = app
+        .send(reqwest::Method::GET, "/v1/tasks", &user, None)
+        .await;
+    assert_eq!(
+        listed.status(),
+        StatusCode::OK,
+        "three open feeds, cap of one"
+    );
+    drop(open);
+    app.stop().await;
+}
