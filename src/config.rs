@@ -252,6 +252,13 @@ pub struct HttpSettings {
     /// Event feeds (`/v1/sessions/{id}/events`, `/v1/ws`) one user may hold
     /// open at once, each a NATS consumer; more answer 429.
     pub max_feeds_per_user: usize,
+    /// Requests being handled at once (until their answer's head; a stream's
+    /// body does not count); more answer 503 at once. `/health`, `/ready`
+    /// and `/metrics` are exempt.
+    pub max_in_flight: usize,
+    /// A request body must have arrived this long after its head, or the
+    /// answer is 408 and the connection is closed (a trickling client).
+    pub body_read_timeout: Duration,
 }
 
 impl Settings {
@@ -280,6 +287,9 @@ pub struct RateLimitSettings {
 pub struct DatabaseSettings {
     pub url: SecretString,
     pub max_connections: u32,
+    /// How long a request waits for a pooled connection before it answers
+    /// 503 `UNAVAILABLE`.
+    pub acquire_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -426,6 +436,14 @@ impl Settings {
                     "CHRONICLE_HTTP_MAX_FEEDS_PER_USER",
                     parse("CHRONICLE_HTTP_MAX_FEEDS_PER_USER", "16")?,
                 )?,
+                max_in_flight: number(
+                    "CHRONICLE_HTTP_MAX_IN_FLIGHT",
+                    parse("CHRONICLE_HTTP_MAX_IN_FLIGHT", "512")?,
+                )?,
+                body_read_timeout: Duration::from_secs(number(
+                    "CHRONICLE_HTTP_BODY_READ_TIMEOUT_SECS",
+                    parse("CHRONICLE_HTTP_BODY_READ_TIMEOUT_SECS", "20")?,
+                )?),
             },
             database: DatabaseSettings {
                 url: SecretString::from(database_url),
@@ -433,6 +451,10 @@ impl Settings {
                     "CHRONICLE_DB_MAX_CONNECTIONS",
                     parse("CHRONICLE_DB_MAX_CONNECTIONS", "20")?,
                 )?,
+                acquire_timeout: Duration::from_millis(number(
+                    "CHRONICLE_DB_ACQUIRE_TIMEOUT_MS",
+                    parse("CHRONICLE_DB_ACQUIRE_TIMEOUT_MS", "5000")?,
+                )?),
             },
             nats: NatsSettings {
                 url: parse("NATS_URL", "nats://127.0.0.1:54222")?,
@@ -635,6 +657,26 @@ impl Settings {
                 "must be at least 1 and less than CHRONICLE_DB_MAX_CONNECTIONS",
             );
         }
+        if http.max_in_flight == 0 {
+            return fail("CHRONICLE_HTTP_MAX_IN_FLIGHT", "must be at least 1");
+        }
+        if http.body_read_timeout.is_zero() || http.body_read_timeout > http.request_timeout {
+            // Beyond the request timeout the handler is cut first (503).
+            return fail(
+                "CHRONICLE_HTTP_BODY_READ_TIMEOUT_SECS",
+                "must be at least 1 and at most the request timeout (30)",
+            );
+        }
+        if self.database.acquire_timeout < Duration::from_millis(100)
+            || self.database.acquire_timeout >= http.request_timeout
+        {
+            // Beyond the request timeout a waiting request would be cut by
+            // it instead, with a less precise answer.
+            return fail(
+                "CHRONICLE_DB_ACQUIRE_TIMEOUT_MS",
+                "must be at least 100 and less than the request timeout (30000)",
+            );
+        }
         if http.max_feeds_per_user == 0 {
             return fail("CHRONICLE_HTTP_MAX_FEEDS_PER_USER", "must be at least 1");
         }
@@ -791,6 +833,30 @@ mod tests {
             "a quarter of the 20-connection pool"
         );
         assert_eq!(settings.http.stream_send_timeout, Duration::from_secs(30));
+        assert_eq!(settings.http.max_in_flight, 512);
+        assert_eq!(settings.http.body_read_timeout, Duration::from_secs(20));
+        assert_eq!(settings.database.acquire_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn load_shedding_limits_are_validated() {
+        let base = ("DATABASE_URL", "postgres://x");
+        let err = settings(&[base, ("CHRONICLE_HTTP_MAX_IN_FLIGHT", "0")]).unwrap_err();
+        assert_eq!(err.name, "CHRONICLE_HTTP_MAX_IN_FLIGHT");
+        let err = settings(&[base, ("CHRONICLE_HTTP_BODY_READ_TIMEOUT_SECS", "31")]).unwrap_err();
+        assert_eq!(err.name, "CHRONICLE_HTTP_BODY_READ_TIMEOUT_SECS");
+        let err = settings(&[base, ("CHRONICLE_DB_ACQUIRE_TIMEOUT_MS", "30000")]).unwrap_err();
+        assert_eq!(err.name, "CHRONICLE_DB_ACQUIRE_TIMEOUT_MS");
+        let ok = settings(&[
+            base,
+            ("CHRONICLE_HTTP_MAX_IN_FLIGHT", "8"),
+            ("CHRONICLE_HTTP_BODY_READ_TIMEOUT_SECS", "5"),
+            ("CHRONICLE_DB_ACQUIRE_TIMEOUT_MS", "250"),
+        ])
+        .unwrap();
+        assert_eq!(ok.http.max_in_flight, 8);
+        assert_eq!(ok.http.body_read_timeout, Duration::from_secs(5));
+        assert_eq!(ok.database.acquire_timeout, Duration::from_millis(250));
     }
 
     #[test]

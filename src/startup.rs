@@ -59,7 +59,7 @@ pub struct Application {
 pub async fn connect_database(settings: &Settings) -> anyhow::Result<PgPool> {
     PgPoolOptions::new()
         .max_connections(settings.database.max_connections)
-        .acquire_timeout(Duration::from_secs(5))
+        .acquire_timeout(settings.database.acquire_timeout)
         .connect(settings.database.url.expose_secret())
         .await
         .context("connecting to Postgres (DATABASE_URL)")

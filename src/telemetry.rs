@@ -74,6 +74,16 @@ fn describe_metrics() {
         "Time to answer an HTTP request, by method and route"
     );
     describe_counter!(
+        "chronicle_http_requests_shed_total",
+        Unit::Count,
+        "Requests refused with 503 at once because the in-flight cap was reached"
+    );
+    describe_counter!(
+        "chronicle_http_body_timeouts_total",
+        Unit::Count,
+        "Requests answered 408 because their body did not arrive within the body read timeout"
+    );
+    describe_counter!(
         "chronicle_rate_limited_total",
         Unit::Count,
         "Requests refused with 429 by the per-user or per-IP rate limits"

@@ -46,6 +46,9 @@ pub enum ApiError {
     BadRequest(String),
     #[error("request body is too large")]
     PayloadTooLarge,
+    /// The request body did not arrive within the body read timeout.
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("{message}")]
@@ -121,6 +124,12 @@ impl ApiError {
         }
     }
 
+    /// 503 `UNAVAILABLE` for a request that found every pooled database
+    /// connection taken for the pool's acquire timeout.
+    pub fn database_busy() -> Self {
+        Self::Unavailable("the database is busy; try again shortly".into())
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             Self::AuthRequired
@@ -135,6 +144,7 @@ impl ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable(_) | Self::UnavailableWithDetails { .. } => {
@@ -160,6 +170,7 @@ impl ApiError {
             Self::Conflict(_) => "CONFLICT",
             Self::BadRequest(_) => "BAD_REQUEST",
             Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            Self::BodyTimeout => "REQUEST_TIMEOUT",
             Self::UnsupportedMediaType(_) => "UNSUPPORTED_MEDIA_TYPE",
             Self::Validation { .. } => "VALIDATION_ERROR",
             Self::Unavailable(_) | Self::UnavailableWithDetails { .. } => "UNAVAILABLE",
@@ -172,6 +183,14 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        // However it travelled (`?` through anyhow), an exhausted pool is
+        // overload, not a fault: 503 with `Retry-After`, not 500.
+        if let Self::Internal(err) = &self {
+            if err.chain().any(is_pool_exhausted) {
+                tracing::warn!("no database connection within the pool's acquire timeout");
+                return Self::database_busy().into_response();
+            }
+        }
         if let Self::Internal(err) = &self {
             // Logged once, here, with the whole chain; the client gets none of it.
             tracing::error!(error = ?err, "request failed");
@@ -217,8 +236,28 @@ impl IntoResponse for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
+        if matches!(err, sqlx::Error::PoolTimedOut) {
+            tracing::warn!("no database connection within the pool's acquire timeout");
+            return Self::database_busy();
+        }
         Self::Internal(anyhow::Error::new(err).context("database"))
     }
+}
+
+/// Whether `cause` is sqlx's "no pooled connection within the acquire
+/// timeout" (directly, or as the source of a wrapping error).
+pub fn is_pool_exhausted(cause: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(cause);
+    while let Some(err) = next {
+        if matches!(
+            err.downcast_ref::<sqlx::Error>(),
+            Some(sqlx::Error::PoolTimedOut)
+        ) {
+            return true;
+        }
+        next = err.source();
+    }
+    false
 }
 
 /// Maps the infrastructure half of a command failure; the domain half
@@ -243,6 +282,10 @@ pub fn infrastructure_error<E: std::error::Error>(err: AggregateError<E>) -> Api
         }
         AggregateError::DatabaseConnectionError(err) => {
             ApiError::Unavailable(format!("event store unavailable: {err}"))
+        }
+        // postgres-es passes sqlx's pool timeout on as an unexpected error.
+        AggregateError::UnexpectedError(err) if is_pool_exhausted(err.as_ref()) => {
+            ApiError::database_busy()
         }
         AggregateError::DeserializationError(err) | AggregateError::UnexpectedError(err) => {
             ApiError::Internal(anyhow::anyhow!("event store: {err}"))

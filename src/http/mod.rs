@@ -1,5 +1,6 @@
 //! The HTTP API: one module per resource, assembled here with the layers every
-//! route shares (request id, panics, tracing, metrics, timeout, body limit).
+//! route shares (request id, panics, tracing, metrics, load shedding,
+//! timeout, body limit and body read deadline).
 
 pub mod admin;
 pub mod analytics;
@@ -18,6 +19,7 @@ pub mod mcp;
 pub mod notifications;
 pub mod openapi;
 pub mod openapi_errors;
+pub mod overload;
 pub mod photo_metadata;
 pub mod profile;
 pub mod projects;
@@ -51,6 +53,8 @@ use error::ApiError;
 pub fn router(state: AppState) -> Router {
     let body_limit = state.settings.http.body_limit_bytes;
     let timeout = state.settings.http.request_timeout;
+    let body_read_timeout = state.settings.http.body_read_timeout;
+    let in_flight = overload::InFlight::new(state.settings.http.max_in_flight);
     Router::new()
         .merge(service::router())
         .merge(auth::router())
@@ -71,7 +75,11 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), identity::resolve_identity))
         .with_state(state.clone())
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(body_read_timeout, overload::body_read_deadline))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout))
+        // Outside the timeout, so that a slot covers all of a request's time;
+        // inside the OpenAI layer, so that a shed chat request carries `type`.
+        .layer(middleware::from_fn_with_state(in_flight, overload::shed_beyond_in_flight_cap))
         // Outside the timeout, so that its bare 503 gets the error format too.
         .layer(middleware::map_response(error_format_for_bare_errors))
         // Outside everything that can answer a chat route (rate limits,

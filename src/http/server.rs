@@ -1,7 +1,8 @@
 //! Serves the router over HTTP/1.1 with the limits `axum::serve` does not
 //! have: a deadline for the request head, an idle timeout, a cap on open
 //! connections and a deadline for graceful shutdown (see `docs/security.md`,
-//! "Connections").
+//! "Connections"). The per-request limits (in-flight cap, body read
+//! deadline) are layers in `src/http/overload.rs`.
 
 use std::io;
 use std::net::SocketAddr;

@@ -91,10 +91,13 @@ pub async fn test_settings() -> Settings {
             max_streams: None,
             stream_send_timeout: Duration::from_secs(30),
             max_feeds_per_user: 16,
+            max_in_flight: 512,
+            body_read_timeout: Duration::from_secs(20),
         },
         database: DatabaseSettings {
             url: SecretString::from(create_test_database().await),
             max_connections: 20,
+            acquire_timeout: Duration::from_secs(3),
         },
         nats: NatsSettings {
             url: nats_url(),
