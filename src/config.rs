@@ -257,7 +257,7 @@ pub struct HttpSettings {
     /// and `/metrics` are exempt.
     pub max_in_flight: usize,
     /// A request body must have arrived this long after its head, or the
-    /// answer is 408 and the connection is closed (a trickling client).
+    /// answer is 503 and the connection is closed (a trickling client).
     pub body_read_timeout: Duration,
 }
 

@@ -81,7 +81,7 @@ fn describe_metrics() {
     describe_counter!(
         "chronicle_http_body_timeouts_total",
         Unit::Count,
-        "Requests answered 408 because their body did not arrive within the body read timeout"
+        "Requests answered 503 because their body did not arrive within the body read timeout"
     );
     describe_counter!(
         "chronicle_rate_limited_total",

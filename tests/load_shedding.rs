@@ -294,7 +294,7 @@ async fn slow_body(app: &TestApp, trickle: bool) -> Option<(String, Duration)> {
 }
 
 #[tokio::test]
-async fn a_body_trickled_a_byte_at_a_time_or_stalled_is_cut_with_408_at_the_body_read_timeout() {
+async fn a_body_trickled_a_byte_at_a_time_or_stalled_is_cut_with_503_at_the_body_read_timeout() {
     let mut settings = test_settings().await;
     settings.http.body_read_timeout = Duration::from_secs(1);
     let app = TestApp::spawn_components(settings, API_ONLY).await;
@@ -304,11 +304,11 @@ async fn a_body_trickled_a_byte_at_a_time_or_stalled_is_cut_with_408_at_the_body
             .await
             .expect("the slow request is cut well before the request and idle timeouts");
         assert!(
-            text.starts_with("HTTP/1.1 408"),
-            "a 408 answer before the close (trickle: {trickle}): {text}"
+            text.starts_with("HTTP/1.1 503"),
+            "a 503 answer before the close (trickle: {trickle}): {text}"
         );
         assert!(
-            text.contains("\"REQUEST_TIMEOUT\""),
+            text.contains("\"UNAVAILABLE\""),
             "the API's error format: {text}"
         );
         assert!(text.to_ascii_lowercase().contains("connection: close"));

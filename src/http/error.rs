@@ -46,9 +46,6 @@ pub enum ApiError {
     BadRequest(String),
     #[error("request body is too large")]
     PayloadTooLarge,
-    /// The request body did not arrive within the body read timeout.
-    #[error("the request body did not arrive in time")]
-    BodyTimeout,
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("{message}")]
@@ -144,7 +141,6 @@ impl ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable(_) | Self::UnavailableWithDetails { .. } => {
@@ -170,7 +166,6 @@ impl ApiError {
             Self::Conflict(_) => "CONFLICT",
             Self::BadRequest(_) => "BAD_REQUEST",
             Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
-            Self::BodyTimeout => "REQUEST_TIMEOUT",
             Self::UnsupportedMediaType(_) => "UNSUPPORTED_MEDIA_TYPE",
             Self::Validation { .. } => "VALIDATION_ERROR",
             Self::Unavailable(_) | Self::UnavailableWithDetails { .. } => "UNAVAILABLE",

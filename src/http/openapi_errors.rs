@@ -24,7 +24,7 @@ pub struct ErrorDetail {
     /// `AUTH_REQUIRED`, `INVALID_TOKEN`, `INVALID_CREDENTIALS`, `TOKEN_REUSED`,
     /// `FORBIDDEN`, `NOT_FOUND`, `METHOD_NOT_ALLOWED`, `CONFLICT`,
     /// `PAYLOAD_TOO_LARGE`, `UNSUPPORTED_MEDIA_TYPE`, `VALIDATION_ERROR`,
-    /// `BAD_REQUEST`, `REQUEST_TIMEOUT`, `ACCOUNT_LOCKED`, `RATE_LIMITED`, `UPSTREAM_ERROR`,
+    /// `BAD_REQUEST`, `ACCOUNT_LOCKED`, `RATE_LIMITED`, `UPSTREAM_ERROR`,
     /// `UPSTREAM_NOT_CONFIGURED`, `UNAVAILABLE`, `INTERNAL_ERROR`.
     pub code: String,
     pub message: String,
@@ -55,7 +55,6 @@ fn description(status: &str) -> &'static str {
         "401" => "AUTH_REQUIRED or INVALID_TOKEN",
         "403" => "FORBIDDEN: no role that may do this",
         "404" => "NOT_FOUND: no such resource of yours",
-        "408" => "REQUEST_TIMEOUT: the body did not arrive within the body read timeout",
         "409" => "CONFLICT",
         "413" => "PAYLOAD_TOO_LARGE",
         "415" => "UNSUPPORTED_MEDIA_TYPE: Content-Type is not application/json",
@@ -150,7 +149,7 @@ fn complete(path: &str, operation: &mut Operation) {
         shared.push("401");
     }
     if operation.request_body.is_some() {
-        shared.extend(["400", "408", "413", "415", "422"]);
+        shared.extend(["400", "413", "415", "422"]);
     }
     if operation
         .parameters

@@ -63,8 +63,10 @@ pub async fn shed_beyond_in_flight_cap(
 
 /// Gives a request's body `limit` from now to arrive in full. When it has
 /// not, the body fails (so the handler's extractor gives up), and the answer
-/// is 408 `REQUEST_TIMEOUT` with `Connection: close`: hyper does not wait
-/// for the rest of an unread body, it closes the connection.
+/// is 503 `UNAVAILABLE` with `Connection: close`: hyper does not wait for
+/// the rest of an unread body, it closes the connection. (408 would say it
+/// better, but API.md's list of error codes has none for it; the request
+/// timeout has always answered a slow request with 503.)
 pub async fn body_read_deadline(
     State(limit): State<Duration>,
     request: Request,
@@ -92,7 +94,8 @@ pub async fn body_read_deadline(
         limit_ms = limit.as_millis() as u64,
         "request body did not arrive in time"
     );
-    let mut response = ApiError::BodyTimeout.into_response();
+    let mut response =
+        ApiError::Unavailable("the request body did not arrive in time".into()).into_response();
     response
         .headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
