@@ -391,6 +391,81 @@ async fn an_exchange_sends_the_system_prompt_and_history_and_stores_the_reply_as
 }
 
 /// The upstream keys are in no stored event (payload or metadata).
+/// An exchange reads its session and history from the event store: it
+/// neither waits for nor needs the `chat_sessions` read model (before, each
+/// exchange waited for the previous one to be projected, which was most of
+/// its latency under load).
+#[tokio::test]
+async fn exchanges_go_on_with_their_whole_history_while_the_read_model_is_held_back() {
+    let (app, fake) = app_with_fake_llm().await;
+    let user = app.register("no-wait@example.com").await;
+    let other = app.register("no-wait-other@example.com").await;
+    let key = chronicle_projections::projection::lock_key("chat_sessions");
+    let mut holder = app.pool.acquire().await.unwrap();
+    sqlx::query("select pg_advisory_lock($1)")
+        .bind(key)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+
+    let id = start_session(&app, &user, json!({"system_prompt": "Be brief"})).await;
+    let path = format!("/v1/sessions/{id}/messages");
+    for (content, count) in [("hello", 1), ("again", 3)] {
+        let response = app
+            .send(
+                Method::POST,
+                &path,
+                &user,
+                Some(json!({"content": content})),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED, "{content}");
+        let exchange: Value = response.json().await.unwrap();
+        assert_eq!(
+            exchange["assistant_message"]["content"],
+            reply_for(content, count, "Be brief"),
+            "the history so far went upstream"
+        );
+    }
+    let completion = app
+        .send(
+            Method::POST,
+            "/v1/chat/completions",
+            &user,
+            Some(json!({"model": "claude-test", "session_id": id,
+                        "messages": [{"role": "user", "content": "third"}]})),
+        )
+        .await;
+    assert_eq!(completion.status(), StatusCode::OK);
+    // Someone else's session is still nobody else's.
+    let theirs = app
+        .send(Method::POST, &path, &other, Some(json!({"content": "hi"})))
+        .await;
+    assert_eq!(theirs.status(), StatusCode::NOT_FOUND);
+    let projected: i64 =
+        sqlx::query_scalar("select count(*) from read.chat_messages where session_id = $1")
+            .bind(uuid::Uuid::parse_str(&id).unwrap())
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        projected, 0,
+        "all of it happened while the read model was held"
+    );
+    assert_eq!(fake.requests().len(), 3);
+
+    sqlx::query("select pg_advisory_unlock($1)")
+        .bind(key)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    drop(holder);
+    let messages: Vec<Value> = app.send_json(Method::GET, &path, &user, None).await;
+    assert_eq!(messages.len(), 6, "{messages:?}");
+    assert_read_models_equal_rebuild(&app.pool).await;
+    app.stop().await;
+}
+
 async fn assert_no_key_anywhere(app: &TestApp) {
     let leaked: i64 = sqlx::query_scalar(
         "select count(*) from events where payload::text like any($1) or metadata::text like any($1)",

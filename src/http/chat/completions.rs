@@ -12,9 +12,9 @@ use std::sync::Arc;
 
 use super::stream::{sse_relay, stream_completion, stream_permit, SseRelay};
 use crate::http::chat_sessions::exchange::Exchange;
-use crate::http::chat_sessions::load_session;
+use crate::http::chat_sessions::load_own_session;
 use crate::http::error::{ApiError, Result};
-use crate::http::extract::{AuthUser, ConsistencyHeader, Json, RequestContext};
+use crate::http::extract::{AuthUser, Json, RequestContext};
 use crate::http::request_id::current_request_id;
 use crate::llm::{ChatMessage, ChatRequest, Completion, Provider, Role, Usage};
 use crate::state::AppState;
@@ -116,7 +116,6 @@ pub async fn create_chat_completion(
     State(state): State<AppState>,
     user: AuthUser,
     context: RequestContext,
-    token: ConsistencyHeader,
     Json(body): Json<ChatCompletionRequest>,
 ) -> Result<Response> {
     let streamed = body.stream.unwrap_or(false);
@@ -136,7 +135,7 @@ pub async fn create_chat_completion(
     let id = format!("chatcmpl-{}", Uuid::new_v4().simple());
     let created = chrono::Utc::now().timestamp();
     if let Some(session_id) = session_id {
-        load_session(&state, &user, token, session_id).await?;
+        load_own_session(&state, &user, session_id).await?;
         let upstream_model = upstream_model.to_string();
         let exchange = Exchange {
             state: state.clone(),

@@ -9,17 +9,20 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use chronicle_aggregates::chat_session::{ChatSessionCommand, ChatSessionEvent, Role, Usage};
+use chronicle_aggregates::chat_session::{
+    ChatSession, ChatSessionCommand, ChatSessionEvent, Role, Usage,
+};
+use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::messages::MessageResponse;
-use super::{load_session, run, TokenUsage};
+use super::{load_own_session, run, TokenUsage};
 use crate::commands::now;
 use crate::http::chat::{self, SseRelay, StreamOutcome};
 use crate::http::error::{ApiError, Result};
-use crate::http::extract::{AuthUser, ConsistencyHeader, IdPath, Json, RequestContext};
+use crate::http::extract::{AuthUser, IdPath, Json, RequestContext};
 use crate::http::request_id::current_request_id;
 use crate::llm::{self, ChatMessage, ChatRequest, StreamPermit, UpstreamError};
 use crate::state::AppState;
@@ -60,11 +63,12 @@ pub async fn send_message(
     State(state): State<AppState>,
     user: AuthUser,
     context: RequestContext,
-    token: ConsistencyHeader,
     IdPath(id): IdPath,
     Json(request): Json<SendMessageRequest>,
 ) -> Result<Response> {
-    let session = load_session(&state, &user, token, id).await?;
+    // The session and its history come from the event store, which always
+    // holds the caller's previous exchange: no read-your-writes wait.
+    let session = load_own_session(&state, &user, id).await?;
     state.llm.resolve(&session.model).map_err(ApiError::from)?;
     chat::check_token_budget(&state, &user)?;
     let history = load_history(&state, id).await?;
@@ -85,7 +89,7 @@ pub async fn send_message(
     if let Some(prompt) = session.system_prompt {
         messages.push(ChatMessage {
             role: llm::Role::System,
-            content: prompt,
+            content: prompt.as_str().to_owned(),
         });
     }
     messages.extend(within_budget(history, &user_message.content));
@@ -310,28 +314,39 @@ fn recorded_message(event: Option<&ChatSessionEvent>) -> Result<MessageResponse>
     }
 }
 
-/// The session's messages, oldest first (the newest 1,000 at most).
+/// The session's messages, oldest first (the newest 1,000 at most), from
+/// its `MessageAdded` events: one index walk of the event store, which
+/// needs no wait for the read model.
 async fn load_history(state: &AppState, session_id: Uuid) -> Result<Vec<ChatMessage>> {
-    let rows: Vec<(String, String)> = sqlx::query_as(
-        "select role, content from ( \
-           select role, content, sequence from read.chat_messages where session_id = $1 \
+    let payloads: Vec<serde_json::Value> = sqlx::query_scalar(
+        "select payload from ( \
+           select payload, sequence from events \
+           where aggregate_type = $1 and aggregate_id = $2 and event_type = 'MessageAdded' \
            order by sequence desc limit 1000) recent order by sequence",
     )
-    .bind(session_id)
+    .bind(ChatSession::TYPE)
+    .bind(session_id.to_string())
     .fetch_all(&state.pool)
     .await?;
-    Ok(rows
+    payloads
         .into_iter()
-        .filter_map(|(role, content)| {
-            let role = match role.as_str() {
-                "user" => llm::Role::User,
-                "assistant" => llm::Role::Assistant,
-                "system" => llm::Role::System,
-                _ => return None,
-            };
-            Some(ChatMessage { role, content })
+        .map(|payload| match serde_json::from_value(payload) {
+            Ok(ChatSessionEvent::MessageAdded { role, content, .. }) => Ok(ChatMessage {
+                role: match role {
+                    Role::User => llm::Role::User,
+                    Role::Assistant => llm::Role::Assistant,
+                    Role::System => llm::Role::System,
+                },
+                content: content.as_str().to_owned(),
+            }),
+            Ok(_) => Err(ApiError::Internal(anyhow::anyhow!(
+                "a MessageAdded row holds another event"
+            ))),
+            Err(err) => Err(ApiError::Internal(anyhow::anyhow!(
+                "undecodable MessageAdded of chat session {session_id}: {err}"
+            ))),
         })
-        .collect())
+        .collect()
 }
 
 /// The newest turns of `history` that fit [`HISTORY_TOKEN_BUDGET`] next to

@@ -196,6 +196,26 @@ pub(crate) async fn run(
     .await
 }
 
+/// The caller's session `id` as the event store has it (snapshot and
+/// tail): what an exchange needs, its model and system prompt, with no wait
+/// for the read model, so that an exchange does not pay the projection's
+/// lag. 404 when it is someone else's, deleted, or unknown.
+pub(crate) async fn load_own_session(
+    state: &AppState,
+    user: &AuthUser,
+    id: Uuid,
+) -> Result<ChatSession> {
+    let session = state
+        .chat_sessions
+        .load(&id.to_string())
+        .await
+        .map_err(chat_session_error)?;
+    if !session.exists || session.is_deleted || session.owner_id != Some(user.id) {
+        return Err(ApiError::NotFound);
+    }
+    Ok(session)
+}
+
 /// The caller's session `id` from the read model (after waiting for the
 /// caller's writes); 404 when it is someone else's, deleted, or unknown.
 pub(crate) async fn load_session(
