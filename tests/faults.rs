@@ -575,3 +575,86 @@ fn the_same_seed_gives_the_same_plan() {
     let (_, moment, outage) = draw(7);
     assert!((15..=60).contains(&moment) && (11..=15).contains(&outage));
 }
+
+/// Found by the harness (seed 7): a task's creation and a poison event
+/// planted right after it reached the tasks projection in one batch, and the
+/// retried batch parked the creation too, "held behind" a later event.
+#[tokio::test]
+async fn an_event_before_a_poison_event_in_the_same_batch_is_applied_not_parked() {
+    let settings = test_settings().await;
+    let app = common::TestApp::spawn_with(settings.clone()).await;
+    let user = app.register("batch@example.com").await;
+    app.stop_keeping_data().await;
+
+    // No projections while the task is created and the poison planted, so
+    // that the tasks projection later gets all three events in one batch.
+    let writer = common::TestApp::spawn_components(
+        settings.clone(),
+        chronicle::Components {
+            api: true,
+            relay: true,
+            projections: false,
+        },
+    )
+    .await;
+    let task = writer.create_task(&user, "before the poison").await;
+    let id = task["id"].as_str().unwrap().to_string();
+    let poison = append_raw(
+        &writer.pool,
+        "Task",
+        &id,
+        "TaskUpdated",
+        r#"{"TaskUpdated": {"title": 5}}"#,
+    )
+    .await;
+    let behind = append_raw(
+        &writer.pool,
+        "Task",
+        &id,
+        "TaskUpdated",
+        r#"{"TaskUpdated": {"title": "fixed", "description": null, "project_id": null, "due_at": null, "updated_at": "2026-01-01T00:00:00Z"}}"#,
+    )
+    .await;
+    assert_eq!((poison, behind), (2, 3));
+    writer.stop_keeping_data().await;
+
+    let app = common::TestApp::spawn_with(settings).await;
+    let parked_at_tasks = || async {
+        sqlx::query_as::<_, (i64,)>(
+            "select sequence from dead_letters where stage = 'tasks' and aggregate_id = $1 \
+             and released_at is null order by sequence",
+        )
+        .bind(&id)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(sequence,)| sequence)
+        .collect::<Vec<i64>>()
+    };
+    // The event held behind the poison is parked in the same transaction
+    // that applies the rest of the batch.
+    eventually(
+        Duration::from_secs(30),
+        "the batch to be applied",
+        || async { parked_at_tasks().await.contains(&3).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        parked_at_tasks().await,
+        [2, 3],
+        "only the poison and what follows it are parked"
+    );
+    let title: Option<String> =
+        sqlx::query_scalar("select title from read.tasks where id = $1::uuid")
+            .bind(&id)
+            .fetch_optional(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        title.as_deref(),
+        Some("before the poison"),
+        "the creation, before the poison, is applied"
+    );
+    app.stop().await;
+}

@@ -353,9 +353,11 @@ impl ProjectionRunner {
         let mut parked = unreadable.to_vec();
         let mut applied = 0;
         for envelope in wanted {
-            if let Some(reason) =
-                blocked.held_behind(&envelope.aggregate_type, &envelope.aggregate_id)
-            {
+            if let Some(reason) = blocked.held_behind_at(
+                &envelope.aggregate_type,
+                &envelope.aggregate_id,
+                envelope.sequence,
+            ) {
                 parked.push(parked_envelope(envelope, reason));
                 continue;
             }
