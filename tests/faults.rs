@@ -28,15 +28,17 @@ use common::{
 };
 use harness::{
     append_raw, child_env, dir_size, seed_from_env, signal, stored_sequences,
-    wait_for_projections_except_parked, wait_for_relay, Load, Process, Report, Rng, Role,
+    wait_for_projections_except_parked, wait_for_relay, Load, PrivatePostgres, Process, Report,
+    Rng, Role,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use sqlx::PgPool;
+use sqlx::{Connection, PgPool};
 
 #[derive(Debug, Clone, Copy)]
 enum Fault {
     Kill(Role),
+    RestartPostgres,
     StopNats,
     FillNatsStore,
     Poison,
@@ -46,6 +48,7 @@ impl Fault {
     fn name(self) -> String {
         match self {
             Fault::Kill(role) => format!("SIGKILL {}", role.name()),
+            Fault::RestartPostgres => "Postgres crash-restart (pg_ctl stop -m immediate)".into(),
             Fault::StopNats => "SIGSTOP nats-server".into(),
             Fault::FillNatsStore => "NATS store full (max_file_store)".into(),
             Fault::Poison => "poison events planted".into(),
@@ -63,6 +66,8 @@ struct Rig {
     api_port: u16,
     nats_port: u16,
     nats: OwnNats,
+    /// The harness's own Postgres, when this machine has the binaries.
+    postgres: Option<PrivatePostgres>,
     api: Process,
     relay: Process,
     projector: Process,
@@ -91,6 +96,36 @@ async fn under_load_every_fault_keeps_every_acknowledged_command_and_the_system_
     wait_for_port(nats_port).await;
     let mut settings = test_settings().await;
     settings.nats.url = nats.url();
+    // What to remove at the end (the shared test database goes unused
+    // when the harness has a Postgres of its own).
+    let shared_settings = settings.clone();
+    let postgres = match PrivatePostgres::start(free_port()) {
+        Ok(postgres) => {
+            let url = postgres.url("chronicle_faults");
+            let mut admin = sqlx::PgConnection::connect(&postgres.url("postgres"))
+                .await
+                .expect("connect to the private postgres");
+            sqlx::query("create database chronicle_faults")
+                .execute(&mut admin)
+                .await
+                .expect("create the database");
+            let pool = PgPool::connect(&url).await.expect("connect");
+            chronicle::startup::migrate(&pool).await.expect("migrate");
+            pool.close().await;
+            settings.database.url = url.into();
+            report.note(format!(
+                "a private Postgres on :{} (initdb), so that it can be restarted",
+                postgres.port()
+            ));
+            Some(postgres)
+        }
+        Err(reason) => {
+            report.note(format!(
+                "no private Postgres ({reason}): the shared one is used and not restarted"
+            ));
+            None
+        }
+    };
     let llm = FakeLlm::start().await;
     let api_port = free_port();
     let env = child_env(&settings, &llm, api_port);
@@ -125,6 +160,9 @@ async fn under_load_every_fault_keeps_every_acknowledged_command_and_the_system_
         Fault::FillNatsStore,
         Fault::Poison,
     ];
+    if postgres.is_some() {
+        plan.push(Fault::RestartPostgres);
+    }
     rng.shuffle(&mut plan);
     report.note(format!(
         "plan: {}",
@@ -140,6 +178,7 @@ async fn under_load_every_fault_keeps_every_acknowledged_command_and_the_system_
         api_port,
         nats_port,
         nats,
+        postgres,
         api,
         relay,
         projector,
@@ -166,13 +205,13 @@ async fn under_load_every_fault_keeps_every_acknowledged_command_and_the_system_
 
     let Rig {
         report,
-        settings,
         load,
         pool,
         api,
         relay,
         projector,
         nats,
+        postgres,
         ..
     } = rig;
     let acks = load.acks.clone();
@@ -188,7 +227,8 @@ async fn under_load_every_fault_keeps_every_acknowledged_command_and_the_system_
     println!("faults: report written to {}", written.display());
     pool.close().await;
     drop(llm);
-    remove_test_resources(&settings).await;
+    drop(postgres);
+    remove_test_resources(&shared_settings).await;
     drop(nats);
     let failures = report.failures();
     assert!(
@@ -247,6 +287,28 @@ impl Rig {
                 let pid = self.process(role).pid();
                 self.report.note(format!(
                     "  restarted (pid {pid}); {} commands acknowledged while it was down",
+                    self.load.acks.count() - acked
+                ));
+            }
+            Fault::RestartPostgres => {
+                let postgres = self.postgres.as_ref().expect("a private postgres");
+                postgres.stop_immediately();
+                self.report.note(format!(
+                    "FAULT {} after {acked} acknowledged commands",
+                    fault.name()
+                ));
+                // Down until the load has been refused or failed a few times.
+                let acks = &self.load.acks;
+                let troubled =
+                    || acks.failed() + acks.refused.load(std::sync::atomic::Ordering::Relaxed);
+                let target = troubled() + 3;
+                eventually(Duration::from_secs(60), "requests to fail", || async {
+                    (troubled() >= target).then_some(())
+                })
+                .await;
+                postgres.start_server().expect("restart postgres");
+                self.report.note(format!(
+                    "  started again (WAL recovery); {} commands acknowledged while it was down",
                     self.load.acks.count() - acked
                 ));
             }

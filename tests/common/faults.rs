@@ -651,3 +651,153 @@ pub async fn append_raw(
     .await
     .expect("append a raw event")
 }
+
+/// A Postgres of the harness's own (initdb in a temp dir, as the `postgres`
+/// OS user when run as root, as `deploy/dev-services.sh` does), so that a
+/// restart disturbs no other test. `None` when no server binaries exist.
+pub struct PrivatePostgres {
+    root: PathBuf,
+    bin: PathBuf,
+    port: u16,
+    as_postgres_user: bool,
+}
+
+impl PrivatePostgres {
+    /// `CHRONICLE_PG_BIN`, or the newest `/usr/lib/postgresql/<version>/bin` with initdb.
+    fn find_bin() -> Option<PathBuf> {
+        if let Ok(dir) = std::env::var("CHRONICLE_PG_BIN") {
+            return Some(PathBuf::from(dir));
+        }
+        let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .flatten()
+            .filter_map(|entry| {
+                let version = entry.file_name().to_str()?.parse::<u32>().ok()?;
+                let bin = entry.path().join("bin");
+                bin.join("initdb").exists().then_some((version, bin))
+            })
+            .collect();
+        found.sort();
+        found.pop().map(|(_, bin)| bin)
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let path = self.bin.join(program);
+        if self.as_postgres_user {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(path);
+            command
+        } else {
+            Command::new(path)
+        }
+    }
+
+    fn data(&self) -> PathBuf {
+        self.root.join("data")
+    }
+
+    /// initdb and start; `Err` says why it cannot run here.
+    pub fn start(port: u16) -> Result<Self, String> {
+        let bin = Self::find_bin().ok_or("no Postgres binaries (set CHRONICLE_PG_BIN)")?;
+        let root = std::env::temp_dir().join(format!(
+            "chronicle-faults-pg-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&root).map_err(|e| format!("create {}: {e}", root.display()))?;
+        let is_root = Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(false);
+        let postgres = Self {
+            root,
+            bin,
+            port,
+            as_postgres_user: is_root,
+        };
+        if is_root {
+            let chown = Command::new("chown")
+                .arg("postgres:")
+                .arg(&postgres.root)
+                .status()
+                .map_err(|e| format!("chown: {e}"))?;
+            if !chown.success() {
+                return Err("chown to the postgres user failed".into());
+            }
+        }
+        let initdb = postgres
+            .command("initdb")
+            .arg("-D")
+            .arg(postgres.data())
+            .args([
+                "--auth=trust",
+                "-U",
+                "postgres",
+                "--encoding=UTF8",
+                "--no-locale",
+            ])
+            .output()
+            .map_err(|e| format!("initdb: {e}"))?;
+        if !initdb.status.success() {
+            return Err(format!(
+                "initdb failed: {}",
+                String::from_utf8_lossy(&initdb.stderr)
+            ));
+        }
+        let config = format!(
+            "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
+             fsync = off\nmax_connections = 200\n",
+            postgres.root.display()
+        );
+        let conf = postgres.data().join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).map_err(|e| format!("read conf: {e}"))?;
+        text.push_str(&config);
+        std::fs::write(&conf, text).map_err(|e| format!("write conf: {e}"))?;
+        postgres.start_server()?;
+        Ok(postgres)
+    }
+
+    pub fn start_server(&self) -> Result<(), String> {
+        let output = self
+            .command("pg_ctl")
+            .args(["start", "-w", "-t", "60", "-D"])
+            .arg(self.data())
+            .arg("-l")
+            .arg(self.root.join("postgres.log"))
+            .output()
+            .map_err(|e| format!("pg_ctl start: {e}"))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "pg_ctl start failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            ))
+        }
+    }
+
+    /// `pg_ctl stop -m immediate`: every server process quits at once, no
+    /// shutdown checkpoint; the next start recovers from the WAL, as after a crash.
+    pub fn stop_immediately(&self) {
+        let _ = self
+            .command("pg_ctl")
+            .args(["stop", "-m", "immediate", "-w", "-D"])
+            .arg(self.data())
+            .output();
+    }
+
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        self.stop_immediately();
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
