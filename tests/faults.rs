@@ -556,8 +556,8 @@ impl Rig {
         let planted = self.planted.clone();
         report
             .check(fault, "nothing parked but the planted poison", async {
-                let open: Vec<(String, String, i64)> = sqlx::query_as(
-                    "select stage, aggregate_id, sequence from dead_letters \
+                let open: Vec<(String, String, i64, String)> = sqlx::query_as(
+                    "select stage, aggregate_id, sequence, reason from dead_letters \
                      where released_at is null order by stage, aggregate_id, sequence",
                 )
                 .fetch_all(pool)
@@ -567,7 +567,7 @@ impl Rig {
                 // (tasks, analytics, notifications); nothing else is parked.
                 let unexpected: Vec<_> = open
                     .iter()
-                    .filter(|(_, id, sequence)| !planted.contains(&(id.clone(), *sequence)))
+                    .filter(|(_, id, sequence, _)| !planted.contains(&(id.clone(), *sequence)))
                     .collect();
                 assert!(
                     unexpected.is_empty(),
@@ -575,8 +575,8 @@ impl Rig {
                 );
                 let at_tasks: Vec<(String, i64)> = open
                     .iter()
-                    .filter(|(stage, _, _)| stage == "tasks")
-                    .map(|(_, id, sequence)| (id.clone(), *sequence))
+                    .filter(|(stage, _, _, _)| stage == "tasks")
+                    .map(|(_, id, sequence, _)| (id.clone(), *sequence))
                     .collect();
                 assert_eq!(
                     at_tasks, planted,

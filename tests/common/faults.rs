@@ -217,7 +217,11 @@ pub fn child_env(settings: &Settings, llm: &FakeLlm, port: u16) -> Vec<(String, 
         ),
         ("ANTHROPIC_BASE_URL", llm.url()),
         ("ANTHROPIC_API_KEY", ANTHROPIC_KEY.into()),
-        ("CHRONICLE_LOG", "error".into()),
+        // CHRONICLE_FAULTS_LOG=warn shows the children's retries and parkings.
+        (
+            "CHRONICLE_LOG",
+            std::env::var("CHRONICLE_FAULTS_LOG").unwrap_or_else(|_| "error".into()),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
