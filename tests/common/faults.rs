@@ -178,6 +178,15 @@ impl Role {
         }
     }
 
+    /// The name of its log file.
+    pub fn log_name(self) -> &'static str {
+        match self {
+            Role::Api => "api.log",
+            Role::Relay => "relay.log",
+            Role::Projector => "project.log",
+        }
+    }
+
     fn args(self) -> &'static [&'static str] {
         match self {
             Role::Api => &["serve"],
@@ -217,10 +226,10 @@ pub fn child_env(settings: &Settings, llm: &FakeLlm, port: u16) -> Vec<(String, 
         ),
         ("ANTHROPIC_BASE_URL", llm.url()),
         ("ANTHROPIC_API_KEY", ANTHROPIC_KEY.into()),
-        // CHRONICLE_FAULTS_LOG=warn shows the children's retries and parkings.
+        // Into each child's log file (`Process::start`); CHRONICLE_FAULTS_LOG overrides.
         (
             "CHRONICLE_LOG",
-            std::env::var("CHRONICLE_FAULTS_LOG").unwrap_or_else(|_| "error".into()),
+            std::env::var("CHRONICLE_FAULTS_LOG").unwrap_or_else(|_| "warn".into()),
         ),
     ]
     .into_iter()
@@ -228,18 +237,22 @@ pub fn child_env(settings: &Settings, llm: &FakeLlm, port: u16) -> Vec<(String, 
     .collect()
 }
 
-/// One child process of the real binary, restartable.
+/// One child process of the real binary, restartable; its output (every
+/// incarnation's) goes to `log`.
 pub struct Process {
     pub role: Role,
     env: Vec<(String, String)>,
+    log: PathBuf,
     child: Option<Child>,
 }
 
 impl Process {
-    pub fn start(role: Role, env: Vec<(String, String)>) -> Self {
+    pub fn start(role: Role, env: Vec<(String, String)>, log: PathBuf) -> Self {
+        let _ = std::fs::remove_file(&log);
         let mut process = Self {
             role,
             env,
+            log,
             child: None,
         };
         process.restart();
@@ -247,11 +260,17 @@ impl Process {
     }
 
     pub fn restart(&mut self) {
+        let output = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open the child's log");
+        let errors = output.try_clone().expect("clone the log handle");
         let child = Command::new(env!("CARGO_BIN_EXE_chronicle"))
             .args(self.role.args())
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stdout(Stdio::from(output))
+            .stderr(Stdio::from(errors))
             .spawn()
             .expect("start chronicle");
         self.child = Some(child);
