@@ -1,6 +1,7 @@
 # Chronicle developer tasks. Local Postgres + NATS JetStream come from deploy/dev-services.sh.
 #
 #   make test            start services, install schemathesis (venv), run the workspace tests
+#   make test-faults     start services, run the fault injection harness (CHRONICLE_FAULTS_SEED=N replays)
 #   make run             start services, migrate, serve
 #   make bench [QUICK=1] start services, run the benchmark (release build)
 #   make lint            rustfmt check + clippy -D warnings
@@ -25,10 +26,10 @@ SERVICES_ENV := services_env="$$($(DEV_SERVICES) env)"; eval "$$services_env"
 # nats-server for tests that spawn their own server (it lives in /usr/sbin on Debian).
 NATS_BIN_ENV := export CHRONICLE_NATS_SERVER_BIN="$${CHRONICLE_NATS_SERVER_BIN:-$$(PATH="$$PATH:/usr/local/sbin:/usr/sbin:/sbin"; command -v nats-server || true)}"
 
-.PHONY: help services run test bench lint stop clean-data
+.PHONY: help services run test test-faults bench lint stop clean-data
 
 help:
-	@echo "targets: services run test bench [QUICK=1] lint stop clean-data"
+	@echo "targets: services run test test-faults bench [QUICK=1] lint stop clean-data"
 	@echo "data dir: $(CHRONICLE_DATA_DIR)"
 
 services:
@@ -50,6 +51,21 @@ test: services
 	else \
 		echo "make: cargo-nextest not installed, using cargo test"; \
 		cargo test --workspace; \
+	fi
+
+# The fault injection harness (tests/faults.rs, docs/testing.md): API, relay and
+# projection worker as separate processes with a nats-server of their own,
+# SIGKILL / SIGSTOP / a full store / poison under load, checks after each fault.
+# Seeded (CHRONICLE_FAULTS_SEED=N to replay); report in target/faults/report.md.
+test-faults: services
+	@$(CARGO_ON_PATH); \
+	$(SERVICES_ENV); \
+	$(NATS_BIN_ENV); \
+	if cargo nextest --version >/dev/null 2>&1; then \
+		cargo nextest run -p chronicle --test faults --run-ignored all --no-capture; \
+	else \
+		echo "make: cargo-nextest not installed, using cargo test"; \
+		cargo test -p chronicle --test faults -- --include-ignored --nocapture; \
 	fi
 
 # Release build, then chronicle-bench: own database and stream, the server as a

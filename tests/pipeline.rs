@@ -9,69 +9,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy};
-use chronicle_nats::{EventEnvelope, StreamSettings};
 use common::{
-    assert_read_models_equal_rebuild, eventually, free_port, remove_test_resources, test_settings,
-    wait_for_port, wait_for_projections, OwnNats, TestApp,
+    assert_read_models_equal_rebuild, assert_stream_matches_store, eventually, free_port,
+    read_stream, remove_test_resources, stored_event_ids, test_settings, wait_for_port,
+    wait_for_projections, OwnNats, TestApp,
 };
-use futures::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use sqlx::PgPool;
-
-/// Every message on `filter` (deduplicated by `Nats-Msg-Id`), once `expected` distinct ones arrived.
-async fn read_stream(
-    nats: &async_nats::Client,
-    stream: &StreamSettings,
-    filter: String,
-    expected: usize,
-) -> Vec<(String, EventEnvelope)> {
-    let jetstream = jetstream::new(nats.clone());
-    let consumer = eventually(Duration::from_secs(30), "the events stream", || {
-        let jetstream = jetstream.clone();
-        let filter = filter.clone();
-        async move {
-            let stream = jetstream.get_stream(&stream.name).await.ok()?;
-            stream
-                .create_consumer(pull::Config {
-                    filter_subject: filter,
-                    ack_policy: AckPolicy::None,
-                    ..Default::default()
-                })
-                .await
-                .ok()
-        }
-    })
-    .await;
-    let mut messages = consumer.messages().await.expect("consume");
-    let mut received = Vec::new();
-    let mut seen = HashSet::new();
-    while seen.len() < expected {
-        let message = tokio::time::timeout(Duration::from_secs(60), messages.next())
-            .await
-            .unwrap_or_else(|_| panic!("only {} of {expected} events arrived", seen.len()))
-            .expect("stream open")
-            .expect("message");
-        let id = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get("Nats-Msg-Id"))
-            .expect("Nats-Msg-Id")
-            .to_string();
-        let envelope: EventEnvelope = serde_json::from_slice(&message.payload).expect("envelope");
-        seen.insert(id.clone());
-        received.push((id, envelope));
-    }
-    received
-}
-
-async fn stored_event_ids(pool: &PgPool) -> Vec<String> {
-    sqlx::query_scalar("select aggregate_type || ':' || aggregate_id || ':' || sequence from events order by global_position")
-        .fetch_all(pool)
-        .await
-        .unwrap()
-}
 
 #[tokio::test]
 async fn an_analytics_consumer_gets_every_task_event_once_and_in_order() {
@@ -359,46 +304,6 @@ fn create_tasks_until(
         }
         created
     })
-}
-
-/// Asserts every stored event is on the stream exactly once.
-async fn assert_stream_matches_store(
-    pool: &PgPool,
-    nats: &async_nats::Client,
-    stream: &StreamSettings,
-) {
-    let stored = stored_event_ids(pool).await;
-    let received = read_stream(
-        nats,
-        stream,
-        format!("{}.>", stream.subject_prefix),
-        stored.len(),
-    )
-    .await;
-    let on_stream: Vec<&String> = received.iter().map(|(id, _)| id).collect();
-    let distinct: HashSet<&String> = on_stream.iter().copied().collect();
-    assert_eq!(
-        distinct.len(),
-        on_stream.len(),
-        "no event is on the stream twice"
-    );
-    let stored_set: HashSet<&String> = stored.iter().collect();
-    assert_eq!(
-        distinct, stored_set,
-        "the stream holds exactly the stored events"
-    );
-    let info = jetstream::new(nats.clone())
-        .get_stream(&stream.name)
-        .await
-        .unwrap()
-        .get_info()
-        .await
-        .unwrap();
-    assert_eq!(
-        info.state.messages as usize,
-        stored.len(),
-        "the stream holds no duplicate"
-    );
 }
 
 #[tokio::test]

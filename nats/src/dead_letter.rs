@@ -59,7 +59,8 @@ impl Parked {
 /// parked event (named in the reason of the events parked behind it).
 #[derive(Debug, Default, Clone)]
 pub struct Blocked {
-    first_parked: HashMap<AggregateKey, String>,
+    /// The sequence and message id of each aggregate's first parked event.
+    first_parked: HashMap<AggregateKey, (i64, String)>,
 }
 
 impl Blocked {
@@ -76,7 +77,7 @@ impl Blocked {
             .into_iter()
             .map(|(kind, id, sequence)| {
                 let message_id = format!("{kind}:{id}:{sequence}");
-                ((kind, id), message_id)
+                ((kind, id), (sequence, message_id))
             })
             .collect();
         Ok(Self { first_parked })
@@ -93,14 +94,37 @@ impl Blocked {
         }
         self.first_parked
             .get(&(aggregate_type.to_string(), aggregate_id.to_string()))
-            .map(|first| format!("held behind the parked event {first}"))
+            .map(|(_, first)| format!("held behind the parked event {first}"))
     }
 
-    /// Holds back `parked`'s aggregate from now on.
-    pub fn block(&mut self, parked: &Parked) {
+    /// Why the event `sequence` of `key` must wait, if it must: only an
+    /// event at or after the first parked one waits. An earlier event that
+    /// arrives in the same batch as a poison event is applied, not held
+    /// behind it.
+    pub fn held_behind_at(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        sequence: i64,
+    ) -> Option<String> {
+        if self.first_parked.is_empty() {
+            return None;
+        }
         self.first_parked
+            .get(&(aggregate_type.to_string(), aggregate_id.to_string()))
+            .filter(|(first, _)| sequence >= *first)
+            .map(|(_, first)| format!("held behind the parked event {first}"))
+    }
+
+    /// Holds back `parked`'s aggregate from now on (from its first parked event).
+    pub fn block(&mut self, parked: &Parked) {
+        let first = self
+            .first_parked
             .entry(parked.key())
-            .or_insert_with(|| parked.message_id());
+            .or_insert_with(|| (parked.sequence, parked.message_id()));
+        if parked.sequence < first.0 {
+            *first = (parked.sequence, parked.message_id());
+        }
     }
 
     pub fn unblock(&mut self, key: &AggregateKey) {
@@ -345,6 +369,12 @@ mod tests {
             Some("held behind the parked event User:u1:3")
         );
         assert_eq!(blocked.held_behind("User", "u2"), None);
+        // An earlier event of the aggregate is not held behind a later one.
+        assert_eq!(blocked.held_behind_at("User", "u1", 2), None);
+        assert_eq!(
+            blocked.held_behind_at("User", "u1", 3).as_deref(),
+            Some("held behind the parked event User:u1:3")
+        );
         blocked.unblock(&parked.key());
         assert!(blocked.is_empty());
     }

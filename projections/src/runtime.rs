@@ -170,6 +170,11 @@ impl ProjectionRunner {
         .bind(name)
         .fetch_optional(&self.pool)
         .await?;
+        // What this consumer has committed so far: a batch that finds the
+        // stored checkpoint behind it knows commits were lost (below).
+        self.status
+            .stream_sequence
+            .store(checkpoint.unwrap_or(0) as u64, Ordering::Relaxed);
         let deliver_policy = match checkpoint.unwrap_or(0) {
             0 => DeliverPolicy::All,
             applied => DeliverPolicy::ByStartSequence {
@@ -347,15 +352,36 @@ impl ProjectionRunner {
             .bind(lock_key(name))
             .execute(&mut *tx)
             .await?;
+        // Batches commit without waiting for the WAL flush (MARK_AND_LOCK):
+        // a Postgres crash can lose the last ones after their messages were
+        // acknowledged, and this consumer would go on after them, leaving a
+        // gap. The stored checkpoint then lags what this consumer committed:
+        // resume from it (a new consumer at checkpoint + 1, `consume`).
+        let stored: Option<i64> = sqlx::query_scalar(
+            "select stream_sequence from read.projection_checkpoints where projection = $1",
+        )
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let committed = self.status.stream_sequence();
+        if (stored.unwrap_or(0) as u64) < committed {
+            return Err(ProjectionError::Stream(format!(
+                "the checkpoint is at {} but this consumer committed up to {committed}: \
+                 batches were lost (a database crash); resuming from the checkpoint",
+                stored.unwrap_or(0)
+            )));
+        }
         // The version guard for the whole batch: one read and one write of
         // `read.aggregate_versions` instead of two per event.
         let mut guard = VersionGuard::load(&mut tx, name, wanted.iter().copied()).await?;
         let mut parked = unreadable.to_vec();
         let mut applied = 0;
         for envelope in wanted {
-            if let Some(reason) =
-                blocked.held_behind(&envelope.aggregate_type, &envelope.aggregate_id)
-            {
+            if let Some(reason) = blocked.held_behind_at(
+                &envelope.aggregate_type,
+                &envelope.aggregate_id,
+                envelope.sequence,
+            ) {
                 parked.push(parked_envelope(envelope, reason));
                 continue;
             }

@@ -6,17 +6,20 @@ pub mod fake_llm;
 pub mod fake_mcp;
 pub mod log_capture;
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy};
 use chronicle::config::{
     Argon2Settings, AuthSettings, DatabaseSettings, HttpSettings, LogSettings, NatsSettings,
     RateLimitSettings,
 };
 use chronicle::{Application, Components, Settings};
-use chronicle_nats::StreamSettings;
+use chronicle_nats::{EventEnvelope, StreamSettings};
+use futures::StreamExt;
 use reqwest::StatusCode;
 use secrecy::SecretString;
 use serde_json::{json, Value};
@@ -656,6 +659,16 @@ impl OwnNats {
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
+
+    /// The server's process id while it runs (for SIGSTOP / SIGCONT).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Where it keeps its JetStream files.
+    pub fn store_dir(&self) -> &std::path::Path {
+        &self.store
+    }
 }
 
 impl Drop for OwnNats {
@@ -681,4 +694,99 @@ pub async fn wait_for_port(port: u16) {
             .map(|_| ())
     })
     .await;
+}
+
+/// Every message on `filter` (deduplicated by `Nats-Msg-Id`), once `expected` distinct ones arrived.
+pub async fn read_stream(
+    nats: &async_nats::Client,
+    stream: &StreamSettings,
+    filter: String,
+    expected: usize,
+) -> Vec<(String, EventEnvelope)> {
+    let jetstream = jetstream::new(nats.clone());
+    let consumer = eventually(Duration::from_secs(30), "the events stream", || {
+        let jetstream = jetstream.clone();
+        let filter = filter.clone();
+        async move {
+            let stream = jetstream.get_stream(&stream.name).await.ok()?;
+            stream
+                .create_consumer(pull::Config {
+                    filter_subject: filter,
+                    ack_policy: AckPolicy::None,
+                    ..Default::default()
+                })
+                .await
+                .ok()
+        }
+    })
+    .await;
+    let mut messages = consumer.messages().await.expect("consume");
+    let mut received = Vec::new();
+    let mut seen = HashSet::new();
+    while seen.len() < expected {
+        let message = tokio::time::timeout(Duration::from_secs(60), messages.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {expected} events arrived", seen.len()))
+            .expect("stream open")
+            .expect("message");
+        let id = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Msg-Id"))
+            .expect("Nats-Msg-Id")
+            .to_string();
+        let envelope: EventEnvelope = serde_json::from_slice(&message.payload).expect("envelope");
+        seen.insert(id.clone());
+        received.push((id, envelope));
+    }
+    received
+}
+
+pub async fn stored_event_ids(pool: &PgPool) -> Vec<String> {
+    sqlx::query_scalar("select aggregate_type || ':' || aggregate_id || ':' || sequence from events order by global_position")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+/// Asserts every stored event is on the stream exactly once; returns the
+/// stream's messages in stream order.
+pub async fn assert_stream_matches_store(
+    pool: &PgPool,
+    nats: &async_nats::Client,
+    stream: &StreamSettings,
+) -> Vec<(String, EventEnvelope)> {
+    let stored = stored_event_ids(pool).await;
+    let received = read_stream(
+        nats,
+        stream,
+        format!("{}.>", stream.subject_prefix),
+        stored.len(),
+    )
+    .await;
+    let on_stream: Vec<&String> = received.iter().map(|(id, _)| id).collect();
+    let distinct: HashSet<&String> = on_stream.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        on_stream.len(),
+        "no event is on the stream twice"
+    );
+    let stored_set: HashSet<&String> = stored.iter().collect();
+    assert_eq!(
+        distinct, stored_set,
+        "the stream holds exactly the stored events"
+    );
+    let info = jetstream::new(nats.clone())
+        .get_stream(&stream.name)
+        .await
+        .unwrap()
+        .get_info()
+        .await
+        .unwrap();
+    assert_eq!(
+        info.state.messages as usize,
+        stored.len(),
+        "the stream holds no duplicate"
+    );
+    received
 }
