@@ -527,7 +527,7 @@ pub(crate) mod fuzz {
         /// the producer escaped it (minimal, or every character `\uXXXX`).
         #[test]
         fn a_string_is_refused_for_nul_exactly_when_it_holds_one(
-            text in "(\\PC|\\x{0}|\\\\|u|0|\")*",
+            text in "(\\PC|\\x{0}|\\\\|\\\\u0000|u|0|\")*",
         ) {
             let minimal = serde_json::to_vec(&serde_json::json!({"title": text})).unwrap();
             let mut escaped = String::from("{\"title\":\"");

@@ -134,6 +134,7 @@ mod fuzz {
             proptest::collection::vec(any::<u8>(), 0..24),
             "[ 0-9+-.eE]{0,24}".prop_map(String::into_bytes),
             any::<i128>().prop_map(|n| n.to_string().into_bytes()),
+            any::<i64>().prop_map(|n| n.to_string().into_bytes()),
             any::<String>().prop_map(String::into_bytes),
         ]
     }
