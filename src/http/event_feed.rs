@@ -31,6 +31,19 @@ pub enum Start {
 /// One event of a feed: its stream sequence and its envelope.
 pub type FeedItem = (u64, EventEnvelope);
 
+/// Where the consumer of a feed starting at `start` begins. A resume after
+/// the largest sequence there is (`u64::MAX`, which a client may send) starts
+/// there and so waits for ever, rather than overflowing.
+pub fn deliver_policy(start: Start) -> DeliverPolicy {
+    match start {
+        Start::Live => DeliverPolicy::New,
+        Start::AfterPosition(_) => DeliverPolicy::All,
+        Start::AfterSequence(sequence) => DeliverPolicy::ByStartSequence {
+            start_sequence: sequence.saturating_add(1),
+        },
+    }
+}
+
 /// Events on `filter_subject` from `start` on.
 pub async fn follow(
     state: &AppState,
@@ -46,13 +59,7 @@ pub async fn follow(
         .get_stream(&state.settings.nats.stream.name)
         .await
         .map_err(|err| unavailable(&err))?;
-    let deliver_policy = match start {
-        Start::Live => DeliverPolicy::New,
-        Start::AfterPosition(_) => DeliverPolicy::All,
-        Start::AfterSequence(sequence) => DeliverPolicy::ByStartSequence {
-            start_sequence: sequence + 1,
-        },
-    };
+    let deliver_policy = deliver_policy(start);
     let consumer = stream
         .create_consumer(pull::OrderedConfig {
             filter_subject,

@@ -354,3 +354,229 @@ pub fn some_or_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
 ) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)
 }
+
+/// Proptest-driven fuzzing of the JSON body extractors (docs/testing.md,
+/// "Parsers of untrusted input"), and the reader of the corpora in
+/// `tests/corpus/` that the other parsers' fuzz modules share.
+#[cfg(test)]
+pub(crate) mod fuzz {
+    use axum::body::Body;
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    use super::*;
+
+    /// The files of `tests/corpus/<target>/`, by name, each with its bytes;
+    /// a name starts with `ok-` or `err-` for what the parser must do.
+    pub(crate) fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/corpus")
+            .join(target);
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|err| panic!("{}: {err}", dir.display()))
+            .map(|entry| {
+                let path = entry.unwrap().path();
+                let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                (name, std::fs::read(&path).unwrap())
+            })
+            .collect();
+        files.sort();
+        assert!(files.iter().any(|(name, _)| name.starts_with("ok-")));
+        assert!(files.iter().any(|(name, _)| name.starts_with("err-")));
+        for (name, _) in &files {
+            assert!(
+                name.starts_with("ok-") || name.starts_with("err-"),
+                "{target}/{name} must be named ok-… or err-…"
+            );
+        }
+        files
+    }
+
+    /// Cases per property: `PROPTEST_CASES`, else `default`.
+    pub(crate) fn config(default: u32) -> ProptestConfig {
+        let cases = std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|cases| cases.parse().ok())
+            .unwrap_or(default);
+        ProptestConfig {
+            cases,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// A body a command might take: the shapes every handler's body has.
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Probe {
+        title: Option<String>,
+        #[serde(default, deserialize_with = "whole_number")]
+        limit: Option<u32>,
+        tags: Option<Vec<String>>,
+        extra: Option<Value>,
+    }
+
+    fn is_client_error(err: &ApiError) -> bool {
+        [400, 413, 415, 422].contains(&err.status().as_u16())
+    }
+
+    fn extract(content_type: Option<&[u8]>, body: Vec<u8>) -> Result<Probe, ApiError> {
+        let mut request = Request::builder().method("POST").uri("/");
+        if let Some(value) = content_type.and_then(|v| axum::http::HeaderValue::from_bytes(v).ok())
+        {
+            request = request.header(axum::http::header::CONTENT_TYPE, value);
+        }
+        let request = request.body(Body::from(body)).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime
+            .block_on(Json::<Probe>::from_request(request, &()))
+            .map(|Json(probe)| probe)
+    }
+
+    /// JSON text nested `depth` deep in arrays and objects, alternating.
+    fn nested(depth: usize) -> String {
+        let mut text = String::new();
+        for level in 0..depth {
+            text.push_str(if level % 2 == 0 { "{\"extra\":" } else { "[" });
+        }
+        text.push('1');
+        for level in (0..depth).rev() {
+            text.push(if level % 2 == 0 { '}' } else { ']' });
+        }
+        text
+    }
+
+    /// Bytes that look like JSON bodies more often than uniform bytes do.
+    fn bodyish() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..64),
+            "[ \\[\\]{}:,\"a-z0-9\\\\.eE+-]{0,64}".prop_map(String::into_bytes),
+            any::<String>().prop_map(|text| serde_json::to_vec(&Value::String(text)).unwrap()),
+            (0usize..300).prop_map(|depth| nested(depth).into_bytes()),
+            json_value().prop_map(|value| serde_json::to_vec(&value).unwrap()),
+            json_value().prop_map(|value| serde_json::to_vec(
+                &serde_json::json!({"title": value, "limit": value})
+            )
+            .unwrap()),
+            Just(b"{\"title\": \"a\\u0000b\"}".to_vec()),
+        ]
+    }
+
+    pub(crate) fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            any::<String>().prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 32, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map("[a-z]{0,6}", inner, 0..4)
+                    .prop_map(|map| Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn content_type() -> impl Strategy<Value = Option<Vec<u8>>> {
+        prop_oneof![
+            Just(Some(b"application/json".to_vec())),
+            Just(Some(b"Application/JSON; charset=utf-8".to_vec())),
+            Just(Some(b"application/problem+json".to_vec())),
+            Just(Some(b"text/plain".to_vec())),
+            Just(Some(b"multipart/form-data; boundary=x".to_vec())),
+            Just(None),
+            proptest::collection::vec(any::<u8>(), 0..32).prop_map(Some),
+            "[a-z/+;= ]{0,24}".prop_map(|text| Some(text.into_bytes())),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(config(256))]
+
+        /// Any body under any content type: a value, or a 4xx in our format.
+        #[test]
+        fn any_body_under_any_content_type_is_read_or_refused_with_a_4xx(
+            content_type in content_type(),
+            body in bodyish(),
+        ) {
+            if let Err(err) = extract(content_type.as_deref(), body) {
+                prop_assert!(is_client_error(&err), "{err:?} answers {}", err.status());
+            }
+        }
+
+        /// `optional_json`: any bytes, a value or a 400/422, never a panic;
+        /// whitespace alone is the default.
+        #[test]
+        fn an_optional_body_is_read_or_refused_with_a_4xx(body in bodyish()) {
+            let read = optional_json::<Probe>(&body);
+            if body.iter().all(u8::is_ascii_whitespace) {
+                prop_assert!(read.is_ok());
+            }
+            if let Err(err) = read {
+                prop_assert!(is_client_error(&err), "{err:?}");
+            }
+        }
+
+        /// A string is refused for NUL exactly when it holds U+0000, however
+        /// the producer escaped it (minimal, or every character `\uXXXX`).
+        #[test]
+        fn a_string_is_refused_for_nul_exactly_when_it_holds_one(
+            text in "(\\PC|\\x{0}|\\\\|\\\\u0000|u|0|\")*",
+        ) {
+            let minimal = serde_json::to_vec(&serde_json::json!({"title": text})).unwrap();
+            let mut escaped = String::from("{\"title\":\"");
+            for unit in text.encode_utf16() {
+                escaped.push_str(&format!("\\u{unit:04x}"));
+            }
+            escaped.push_str("\"}");
+            let holds_nul = text.contains('\0');
+            for body in [minimal, escaped.into_bytes()] {
+                prop_assert_eq!(refuse_nul_escapes(&body).is_err(), holds_nul);
+                let read = extract(Some(b"application/json"), body);
+                prop_assert_eq!(read.is_err(), holds_nul);
+                if let Ok(probe) = read {
+                    prop_assert_eq!(probe.title.as_deref(), Some(text.as_str()));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn nesting_far_past_the_parsers_limit_is_a_4xx_not_a_stack_overflow() {
+        for depth in [127, 128, 129, 1_000, 100_000] {
+            for body in [nested(depth), "[".repeat(depth), "{\"a\":".repeat(depth)] {
+                let past_the_limit = depth > 128;
+                for read in [
+                    extract(Some(b"application/json"), body.clone().into_bytes()),
+                    optional_json::<Probe>(body.as_bytes()),
+                ] {
+                    match read {
+                        Ok(_) => assert!(!past_the_limit, "depth {depth} was read"),
+                        Err(err) => assert!(is_client_error(&err), "depth {depth}: {err:?}"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// `tests/corpus/json_body/`: `ok-*` read as a body, `err-*` are a 4xx.
+    #[test]
+    fn the_corpus_of_json_bodies_is_read_or_refused_as_named() {
+        for (name, body) in corpus("json_body") {
+            let read = extract(Some(b"application/json"), body);
+            match &read {
+                Ok(_) => assert!(name.starts_with("ok-"), "{name} was read"),
+                Err(err) => {
+                    assert!(name.starts_with("err-"), "{name} refused: {err:?}");
+                    assert!(is_client_error(err), "{name}: {err:?}");
+                }
+            }
+        }
+    }
+}

@@ -244,3 +244,129 @@ fn add_rate_headers(headers: &mut HeaderMap, decision: Decision) {
     );
     headers.insert("x-ratelimit-reset", HeaderValue::from(decision.reset_secs));
 }
+
+/// Proptest-driven fuzzing of how credentials are read from a request
+/// (docs/testing.md, "Parsers of untrusted input"); what is read is then
+/// verified by `crate::auth::tokens` (fuzzed there) or hashed (an API key).
+#[cfg(test)]
+mod fuzz {
+    use axum::http::Uri;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::http::extract::fuzz::{config, corpus};
+    use crate::http::ws::FeedQuery;
+
+    fn headers(authorization: Option<&[u8]>, api_key: Option<&[u8]>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [("authorization", authorization), ("x-api-key", api_key)] {
+            if let Some(value) = value.and_then(|v| HeaderValue::from_bytes(v).ok()) {
+                headers.insert(name, value);
+            }
+        }
+        headers
+    }
+
+    /// A credential as a client could send it: visible ASCII, no spaces.
+    fn credential() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[!-~]{1,80}",
+            "ck_[A-Za-z0-9_-]{1,60}",
+            "eyJ[A-Za-z0-9_.-]{1,80}"
+        ]
+    }
+
+    fn header_bytes() -> impl Strategy<Value = Option<Vec<u8>>> {
+        proptest::option::of(prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..40),
+            "(Bearer|bearer|BEARER|Basic|Token|)[ \t]{0,3}[!-~ \t]{0,40}"
+                .prop_map(String::into_bytes),
+            any::<String>().prop_map(String::into_bytes),
+        ])
+    }
+
+    /// Every byte as `%XX`: how a client may put anything in a query.
+    fn percent_encoded(text: &str) -> String {
+        text.bytes().map(|byte| format!("%{byte:02X}")).collect()
+    }
+
+    proptest! {
+        #![proptest_config(config(512))]
+
+        /// Any `Authorization` and `X-API-Key` bytes: a credential taken
+        /// verbatim (trimmed) from one of the headers, or none; never a panic.
+        #[test]
+        fn any_credential_headers_are_read_or_ignored_without_panicking(
+            authorization in header_bytes(),
+            api_key in header_bytes(),
+        ) {
+            let headers = headers(authorization.as_deref(), api_key.as_deref());
+            if let Some(credential) = presented_credential(&headers) {
+                let source = if headers.contains_key(header::AUTHORIZATION) {
+                    &headers[header::AUTHORIZATION]
+                } else {
+                    &headers["x-api-key"]
+                };
+                let source = source.to_str().unwrap();
+                prop_assert!(source.contains(&credential));
+                prop_assert_eq!(credential.trim(), credential.as_str());
+            }
+        }
+
+        /// A bearer token (any case of the scheme, any spacing) and an API
+        /// key are read back exactly; `Authorization` wins over `X-API-Key`.
+        #[test]
+        fn a_presented_credential_round_trips(
+            token in credential(),
+            key in credential(),
+            scheme in "[Bb][Ee][Aa][Rr][Ee][Rr]",
+            space in "[ \t]{0,3}",
+        ) {
+            let bearer = format!("{scheme} {space}{token}{space}");
+            let both = headers(Some(bearer.as_bytes()), Some(key.as_bytes()));
+            prop_assert_eq!(presented_credential(&both), Some(token.clone()));
+            let api_key = format!("{space}{key}{space}");
+            let only_key = headers(None, Some(api_key.as_bytes()));
+            prop_assert_eq!(presented_credential(&only_key), Some(key));
+        }
+
+        /// `/v1/ws?access_token=…`: any query is read or refused without a
+        /// panic, and any token, percent-encoded, is read back exactly.
+        #[test]
+        fn an_access_token_in_the_query_round_trips(
+            token in any::<String>(),
+            junk in "[!-~]{0,40}",
+        ) {
+            let read = |query: &str| {
+                let uri: Uri = format!("/v1/ws?{query}").parse().ok()?;
+                axum::extract::Query::<FeedQuery>::try_from_uri(&uri).ok()
+            };
+            let _ = read(&junk);
+            let query = format!("access_token={}", percent_encoded(&token));
+            let axum::extract::Query(FeedQuery { access_token }) = read(&query).unwrap();
+            prop_assert_eq!(access_token, Some(token));
+        }
+    }
+
+    /// `tests/corpus/authorization/`: each file is an `Authorization` value;
+    /// `ok-*` present a credential (`ok-…-as-X.txt`: exactly `X`), `err-*`
+    /// present none or an empty one (answered 401 either way).
+    #[test]
+    fn the_corpus_of_authorization_headers_is_read_as_named() {
+        for (name, bytes) in corpus("authorization") {
+            let read = presented_credential(&headers(Some(&bytes), None));
+            if name.starts_with("ok-") {
+                let credential = read.unwrap_or_else(|| panic!("{name} presents none"));
+                assert!(!credential.is_empty(), "{name}");
+                if let Some((_, expected)) = name.trim_end_matches(".txt").split_once("-as-") {
+                    assert_eq!(credential, expected, "{name}");
+                }
+            } else {
+                assert!(
+                    read.as_deref().is_none_or(str::is_empty),
+                    "{name}: {read:?}"
+                );
+            }
+        }
+    }
+}

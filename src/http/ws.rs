@@ -53,6 +53,23 @@ struct ClientMessage {
     resume_after: u64,
 }
 
+/// The position a client's text message asks to resume after, or the
+/// error message (`VALIDATION_ERROR`, in the API's error format) to send
+/// back; the socket stays open either way.
+fn resume_request(text: &str) -> std::result::Result<u64, String> {
+    // serde would read `[5]` into the struct field by field: an object only.
+    let is_object = text.trim_start().starts_with('{');
+    is_object
+        .then(|| serde_json::from_str::<ClientMessage>(text).ok())
+        .flatten()
+        .map(|ClientMessage { resume_after }| resume_after)
+        .ok_or_else(|| {
+            json!({"error": {"code": "VALIDATION_ERROR",
+                "message": "expected {\"resume_after\": <position>}"}})
+            .to_string()
+        })
+}
+
 /// Opens the caller's event feed.
 #[utoipa::path(get, path = "/v1/ws", tag = "sessions", security(("bearer" = [])), params(
     FeedQuery,
@@ -130,20 +147,15 @@ async fn run_feed(
             incoming = from_client.next() => match incoming {
                 Some(Ok(Message::Text(text))) => {
                     last_heard = Instant::now();
-                    match serde_json::from_str::<ClientMessage>(&text) {
-                        Ok(ClientMessage { resume_after }) => {
+                    match resume_request(&text) {
+                        Ok(resume_after) => {
                             match event_feed::follow(&state, filter.clone(), Start::AfterSequence(resume_after)).await {
                                 Ok(resumed) => feed = resumed.boxed(),
                                 Err(_) => break "the event stream is not reachable",
                             }
                             continue;
                         }
-                        Err(_) => Message::Text(
-                            json!({"error": {"code": "VALIDATION_ERROR",
-                                "message": "expected {\"resume_after\": <position>}"}})
-                            .to_string()
-                            .into(),
-                        ),
+                        Err(reply) => Message::Text(reply.into()),
                     }
                 }
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
@@ -181,4 +193,90 @@ fn is_callers(envelope: &EventEnvelope, user: Uuid) -> bool {
             .get("actor_id")
             .and_then(|actor| actor.as_str())
             == Some(user.to_string().as_str())
+}
+
+/// Proptest-driven fuzzing of the resume message (docs/testing.md,
+/// "Parsers of untrusted input").
+#[cfg(test)]
+mod fuzz {
+    use async_nats::jetstream::consumer::DeliverPolicy;
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    use super::*;
+    use crate::http::extract::fuzz::{config, corpus, json_value};
+
+    /// Where the feed resumed by `text` starts, as the socket would do it.
+    fn resume(text: &str) -> std::result::Result<u64, String> {
+        let after = resume_request(text)?;
+        match event_feed::deliver_policy(Start::AfterSequence(after)) {
+            DeliverPolicy::ByStartSequence { start_sequence } => {
+                assert!(start_sequence > after || start_sequence == u64::MAX);
+            }
+            other => panic!("{other:?}"),
+        }
+        Ok(after)
+    }
+
+    fn check_refusal(reply: &str) {
+        let reply: Value = serde_json::from_str(reply).expect("the reply is JSON");
+        assert_eq!(reply["error"]["code"], "VALIDATION_ERROR");
+        assert!(reply["error"]["message"].is_string());
+    }
+
+    fn message() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            "[ \\[\\]{}:,\"a-z_0-9.eE+-]{0,40}",
+            json_value().prop_map(|value| serde_json::json!({ "resume_after": value }).to_string()),
+            json_value().prop_map(|value| value.to_string()),
+            any::<i128>().prop_map(|n| format!("{{\"resume_after\":{n}}}")),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(config(512))]
+
+        /// Any text: a position, or the VALIDATION_ERROR reply; accepted only
+        /// as `{"resume_after": <u64>}` and nothing else.
+        #[test]
+        fn any_message_resumes_or_gets_the_validation_error_reply(text in message()) {
+            match resume(&text) {
+                Ok(after) => {
+                    let value: Value = serde_json::from_str(&text).unwrap();
+                    prop_assert_eq!(value, serde_json::json!({ "resume_after": after }));
+                }
+                Err(reply) => check_refusal(&reply),
+            }
+        }
+
+        /// Every position, however spaced, resumes after itself.
+        #[test]
+        fn a_valid_resume_message_round_trips(after in any::<u64>(), space in "[ \t\r\n]{0,3}") {
+            let text = format!("{space}{{{space}\"resume_after\"{space}:{space}{after}{space}}}{space}");
+            prop_assert_eq!(resume(&text), Ok(after));
+        }
+    }
+
+    #[test]
+    fn a_resume_after_the_largest_sequence_starts_there_instead_of_overflowing() {
+        let text = format!("{{\"resume_after\": {}}}", u64::MAX);
+        assert_eq!(resume(&text), Ok(u64::MAX));
+    }
+
+    /// `tests/corpus/ws_resume/`: `ok-*` resume, `err-*` get the reply.
+    #[test]
+    fn the_corpus_of_resume_messages_is_read_or_refused_as_named() {
+        for (name, bytes) in corpus("ws_resume") {
+            // A WebSocket text message is UTF-8 by the protocol.
+            let text = String::from_utf8(bytes).expect(&name);
+            match resume(&text) {
+                Ok(_) => assert!(name.starts_with("ok-"), "{name} resumed"),
+                Err(reply) => {
+                    assert!(name.starts_with("err-"), "{name} refused");
+                    check_refusal(&reply);
+                }
+            }
+        }
+    }
 }

@@ -201,3 +201,89 @@ mod tests {
         assert!(kind_of("html").is_none());
     }
 }
+
+/// Proptest-driven fuzzing of the upload sniffer (docs/testing.md, "Parsers
+/// of untrusted input"): its verdict on any bytes is the one a reader of the
+/// whole file would give, however the upload was cut into chunks.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::http::extract::fuzz::config;
+
+    const EXTENSIONS: [&str; 7] = ["txt", "json", "png", "jpg", "gif", "webp", "pdf"];
+
+    /// The verdict on the whole file at once.
+    fn expected(kind: Kind, bytes: &[u8]) -> bool {
+        match kind {
+            Kind::Text(_) => std::str::from_utf8(bytes).is_ok() && !bytes.contains(&0),
+            Kind::Magic(_, matches) => matches(&bytes[..bytes.len().min(HEAD_BYTES)]),
+        }
+    }
+
+    fn contentish() -> impl Strategy<Value = Vec<u8>> {
+        let tail = proptest::collection::vec(any::<u8>(), 0..48);
+        prop_oneof![
+            tail.clone(),
+            any::<String>().prop_map(String::into_bytes),
+            (any::<String>(), any::<u8>(), any::<String>()).prop_map(|(a, byte, b)| {
+                let mut bytes = a.into_bytes();
+                bytes.push(byte);
+                bytes.extend(b.into_bytes());
+                bytes
+            }),
+            (
+                prop_oneof![
+                    Just(&b"\x89PNG\r\n\x1a\n"[..]),
+                    Just(&b"\xff\xd8\xff"[..]),
+                    Just(&b"GIF89a"[..]),
+                    Just(&b"RIFF\0\0\0\0WEBP"[..]),
+                    Just(&b"%PDF-"[..]),
+                    Just(&b"RIFF"[..]),
+                ],
+                tail
+            )
+                .prop_map(|(head, tail)| [head, &tail[..]].concat()),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(config(512))]
+
+        /// Any bytes cut into any chunks: accepted exactly when the whole
+        /// file is what its extension says, never a panic.
+        #[test]
+        fn the_verdict_does_not_depend_on_how_the_upload_was_cut(
+            bytes in contentish(),
+            cuts in proptest::collection::vec(any::<usize>(), 0..6),
+            extension in proptest::sample::select(&EXTENSIONS[..]),
+        ) {
+            let kind = kind_of(extension).unwrap();
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|cut| cut % (bytes.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut sniffer = Sniffer::new(kind);
+            let mut from = 0;
+            let mut verdict = Ok(());
+            for to in cuts.into_iter().chain([bytes.len()]) {
+                verdict = sniffer.feed(&bytes[from..to]);
+                from = to;
+                if verdict.is_err() {
+                    break;
+                }
+            }
+            let accepted = verdict.is_ok() && sniffer.finish() == Ok(kind.content_type());
+            prop_assert_eq!(accepted, expected(kind, &bytes));
+        }
+
+        /// Any file name: an extension (lower case, no dot) or none.
+        #[test]
+        fn any_file_name_has_a_lower_case_extension_or_none(name in any::<String>()) {
+            if let Some(extension) = extension(&name) {
+                prop_assert!(!extension.is_empty() && !extension.contains('.'));
+                prop_assert_eq!(extension.to_ascii_lowercase(), extension.clone());
+                let _ = kind_of(&extension);
+            }
+        }
+    }
+}
