@@ -6,7 +6,10 @@ mod common;
 use std::time::Duration;
 
 use common::fake_llm::{self, reply_for, FakeLlm};
-use common::{assert_read_models_equal_rebuild, eventually, test_settings, TestApp, TestUser};
+use common::{
+    assert_read_models_equal_rebuild, eventually, hold_projection, release_projection,
+    test_settings, TestApp, TestUser,
+};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -400,13 +403,7 @@ async fn exchanges_go_on_with_their_whole_history_while_the_read_model_is_held_b
     let (app, fake) = app_with_fake_llm().await;
     let user = app.register("no-wait@example.com").await;
     let other = app.register("no-wait-other@example.com").await;
-    let key = chronicle_projections::projection::lock_key("chat_sessions");
-    let mut holder = app.pool.acquire().await.unwrap();
-    sqlx::query("select pg_advisory_lock($1)")
-        .bind(key)
-        .execute(&mut *holder)
-        .await
-        .unwrap();
+    let holder = hold_projection(&app.pool, "chat_sessions").await;
 
     let id = start_session(&app, &user, json!({"system_prompt": "Be brief"})).await;
     let path = format!("/v1/sessions/{id}/messages");
@@ -454,12 +451,7 @@ async fn exchanges_go_on_with_their_whole_history_while_the_read_model_is_held_b
     );
     assert_eq!(fake.requests().len(), 3);
 
-    sqlx::query("select pg_advisory_unlock($1)")
-        .bind(key)
-        .execute(&mut *holder)
-        .await
-        .unwrap();
-    drop(holder);
+    release_projection(holder, "chat_sessions").await;
     let messages: Vec<Value> = app.send_json(Method::GET, &path, &user, None).await;
     assert_eq!(messages.len(), 6, "{messages:?}");
     assert_read_models_equal_rebuild(&app.pool).await;

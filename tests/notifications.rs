@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{assert_read_models_equal_rebuild, TestApp, TestUser};
+use common::{
+    assert_read_models_equal_rebuild, hold_projection, release_projection, TestApp, TestUser,
+};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -391,13 +393,7 @@ async fn newest_after_lagging(
     reader: &TestUser,
     action: impl std::future::Future<Output = StatusCode>,
 ) -> Value {
-    let key = chronicle_projections::projection::lock_key("notifications");
-    let mut holder = app.pool.acquire().await.unwrap();
-    sqlx::query("select pg_advisory_lock($1)")
-        .bind(key)
-        .execute(&mut *holder)
-        .await
-        .unwrap();
+    let holder = hold_projection(&app.pool, "notifications").await;
     assert!(action.await.is_success());
     let client = app.client.clone();
     let url = app.url("/v1/notifications");
@@ -410,11 +406,7 @@ async fn newest_after_lagging(
     // Not a wait for something that could be polled: the window in which a
     // server that does not wait for the caller's write would answer stale.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    sqlx::query("select pg_advisory_unlock($1)")
-        .bind(key)
-        .execute(&mut *holder)
-        .await
-        .unwrap();
+    release_projection(holder, "notifications").await;
     read.await.unwrap()[0].clone()
 }
 

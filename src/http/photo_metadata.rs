@@ -266,21 +266,12 @@ mod fuzz {
 
     use super::*;
     use crate::http::extract::fuzz::{config, corpus};
+    // The type the bytes sniff as, judged as an upload is.
+    use crate::http::profile::sniff_image as magic;
 
     const TYPES: [&str; 4] = ["image/jpeg", "image/png", "image/webp", "image/gif"];
     /// In every metadata payload the generators write, and in nothing else.
     const SECRET: &[u8] = b"SECRET-GPS";
-
-    /// The type the bytes sniff as (as `profile::sniff_image` does).
-    fn magic(bytes: &[u8]) -> Option<&'static str> {
-        match bytes {
-            [0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A, ..] => Some("image/png"),
-            [0xFF, 0xD8, 0xFF, ..] => Some("image/jpeg"),
-            [b'G', b'I', b'F', b'8', b'7' | b'9', b'a', ..] => Some("image/gif"),
-            [b'R', b'I', b'F', b'F', _, _, _, _, b'W', b'E', b'B', b'P', ..] => Some("image/webp"),
-            _ => None,
-        }
-    }
 
     fn holds_secret(bytes: &[u8]) -> bool {
         bytes.windows(SECRET.len()).any(|window| window == SECRET)

@@ -509,6 +509,34 @@ impl TestApp {
 
 /// Polls until every stored event has its entry in the newest generation of
 /// the audit trail; returns the number of entries.
+/// Holds projection `name` back: its live batches (and rebuilds) take this
+/// advisory lock, so nothing more reaches its read model until the returned
+/// connection unlocks it (`release_projection`) or is dropped.
+pub async fn hold_projection(
+    pool: &PgPool,
+    name: &str,
+) -> sqlx::pool::PoolConnection<sqlx::Postgres> {
+    let mut holder = pool.acquire().await.unwrap();
+    sqlx::query("select pg_advisory_lock($1)")
+        .bind(chronicle_projections::projection::lock_key(name))
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    holder
+}
+
+/// Lets a projection held by [`hold_projection`] go on.
+pub async fn release_projection(
+    mut holder: sqlx::pool::PoolConnection<sqlx::Postgres>,
+    name: &str,
+) {
+    sqlx::query("select pg_advisory_unlock($1)")
+        .bind(chronicle_projections::projection::lock_key(name))
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+}
+
 pub async fn wait_for_audit(pool: &PgPool) -> i64 {
     eventually(Duration::from_secs(60), "the audit trail", || async {
         let (events, entries): (i64, i64) = sqlx::query_as(
