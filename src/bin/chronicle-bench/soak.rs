@@ -34,7 +34,7 @@ use crate::{checks, env, say, Args};
 
 /// Connections (one per worker) that share the offered rate.
 const WORKERS: usize = 8;
-/// The share of the run discarded before the trend is judged.
+/// The share of the run discarded before the trend is judged (at least).
 const WARMUP_SHARE: f64 = 0.2;
 /// Fewest samples after the warm-up for a verdict (two per third).
 const MIN_SAMPLES: usize = 6;
@@ -513,7 +513,8 @@ async fn soak(
     let mut samples = Vec::new();
     let mut cpu_before = (cpu_ticks(server.pid), Instant::now());
     let mut next = start + every;
-    while next <= deadline {
+    // No sample at the deadline itself: the workers are closing their connections then.
+    while next < deadline {
         tokio::time::sleep_until(next.into()).await;
         let window = tally
             .lock()
@@ -625,7 +626,16 @@ async fn soak(
             ),
         ));
     }
-    let warmup = ((samples.len() as f64 * WARMUP_SHARE).ceil() as usize).max(1);
+    // The warm-up lasts a fifth of the run, and at least until every worker
+    // has logged in once (argon2's memory, kept by the allocator, is a step
+    // up at the first login, not a trend) and one interval after.
+    let warmup_secs = (duration.as_secs_f64() * WARMUP_SHARE)
+        .max((LOGIN_EVERY + 1) as f64 * interval.as_secs_f64() + args.sample_secs);
+    let warmup = samples
+        .iter()
+        .filter(|s| s.at_s <= warmup_secs)
+        .count()
+        .max(1);
     for limit in &LIMITS {
         rows.push(trend_row(limit, &samples, warmup));
     }
