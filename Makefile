@@ -4,6 +4,7 @@
 #   make test-faults     start services, run the fault injection harness (CHRONICLE_FAULTS_SEED=N replays)
 #   make run             start services, migrate, serve
 #   make bench [QUICK=1] start services, run the benchmark (release build)
+#   make soak [SOAK_MINUTES=30] start services, steady mixed load sampled for a trend (release build, not in CI)
 #   make lint            rustfmt check + clippy -D warnings
 #   make services | stop | clean-data
 
@@ -26,10 +27,10 @@ SERVICES_ENV := services_env="$$($(DEV_SERVICES) env)"; eval "$$services_env"
 # nats-server for tests that spawn their own server (it lives in /usr/sbin on Debian).
 NATS_BIN_ENV := export CHRONICLE_NATS_SERVER_BIN="$${CHRONICLE_NATS_SERVER_BIN:-$$(PATH="$$PATH:/usr/local/sbin:/usr/sbin:/sbin"; command -v nats-server || true)}"
 
-.PHONY: help services run test test-faults bench lint stop clean-data
+.PHONY: help services run test test-faults bench soak lint stop clean-data
 
 help:
-	@echo "targets: services run test test-faults bench [QUICK=1] lint stop clean-data"
+	@echo "targets: services run test test-faults bench [QUICK=1] soak [SOAK_MINUTES=30] lint stop clean-data"
 	@echo "data dir: $(CHRONICLE_DATA_DIR)"
 
 services:
@@ -75,6 +76,21 @@ bench: services
 	$(SERVICES_ENV); \
 	cargo build --release --bin chronicle --bin chronicle-bench; \
 	QUICK="$(QUICK)" ./target/release/chronicle-bench --out target/bench $(BENCH_ARGS)
+
+# The soak (not in CI; docs/performance.md, "Soak"): the release server as for
+# bench, SOAK_MINUTES of steady mixed load at SOAK_RATE req/s, RSS, open fds,
+# Postgres connections and lags sampled every SOAK_SAMPLE_SECS, a trend verdict
+# and the integrity check; report in target/soak/. Fails on an upward trend.
+SOAK_MINUTES ?= 30
+SOAK_SAMPLE_SECS ?= 10
+SOAK_RATE ?= 100
+
+soak: services
+	@$(CARGO_ON_PATH); \
+	$(SERVICES_ENV); \
+	cargo build --release --bin chronicle --bin chronicle-bench; \
+	./target/release/chronicle-bench --soak --out target/soak --minutes "$(SOAK_MINUTES)" \
+		--sample-secs "$(SOAK_SAMPLE_SECS)" --rate "$(SOAK_RATE)" $(SOAK_ARGS)
 
 lint:
 	@$(CARGO_ON_PATH); \

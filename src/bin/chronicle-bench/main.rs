@@ -16,6 +16,7 @@ mod fake_upstream;
 mod load;
 mod report;
 mod scenarios;
+mod soak;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -56,6 +57,19 @@ struct Args {
     /// lag, read, chat, sse, rebuild); memory and integrity are always reported.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Instead of the scenarios: steady mixed load, sampled, judged on trend
+    /// (report in target/soak unless --out; see docs/performance.md, "Soak").
+    #[arg(long)]
+    soak: bool,
+    /// Soak: minutes of load.
+    #[arg(long, env = "SOAK_MINUTES", default_value_t = 30.0)]
+    minutes: f64,
+    /// Soak: seconds between samples.
+    #[arg(long, env = "SOAK_SAMPLE_SECS", default_value_t = 10.0)]
+    sample_secs: f64,
+    /// Soak: requests per second offered, in total (mixed).
+    #[arg(long, env = "SOAK_RATE", default_value_t = 100.0)]
+    rate: f64,
 }
 
 const TARGET_CREATE_RATIO: f64 = 0.3;
@@ -112,6 +126,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .context("no directory for the bench binary")?
             .join("chronicle"),
     };
+    if args.soak {
+        return soak::run(&args, chronicle).await;
+    }
     std::fs::create_dir_all(&args.out)?;
     let run_id = chrono::Utc::now().format("%Y%m%d_%H%M%S").to_string();
     env::raise_open_files(NOFILE_NEEDED).await;
