@@ -121,8 +121,6 @@ impl TokenIssuer {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use base64::Engine;
     use jsonwebtoken::EncodingKey;
@@ -130,25 +128,11 @@ mod tests {
 
     use super::*;
     use crate::auth::keys::generate_private_key_pem;
-    use crate::config::Argon2Settings;
 
     fn issuer() -> (TokenIssuer, String) {
         let pem = generate_private_key_pem().unwrap();
         let keys = Arc::new(SigningKeys::from_pems(&[&pem]).unwrap());
-        let settings = AuthSettings {
-            private_key_file: None,
-            private_key_pem: None,
-            issuer: "chronicle".into(),
-            audience: "chronicle-api".into(),
-            access_token_ttl: Duration::from_secs(900),
-            refresh_token_ttl: Duration::from_secs(3600),
-            argon2: Argon2Settings {
-                memory_kib: 1024,
-                iterations: 1,
-                parallelism: 1,
-            },
-        };
-        (TokenIssuer::new(keys, &settings), pem)
+        (TokenIssuer::new(keys, &super::fuzz::settings()), pem)
     }
 
     fn b64(part: &str) -> Vec<u8> {
@@ -234,7 +218,8 @@ mod fuzz {
     use crate::config::Argon2Settings;
     use crate::http::extract::fuzz::{config, corpus};
 
-    fn settings() -> AuthSettings {
+    /// The issuer's settings of every test here (and of `tests`).
+    pub(super) fn settings() -> AuthSettings {
         AuthSettings {
             private_key_file: None,
             private_key_pem: None,

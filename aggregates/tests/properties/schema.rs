@@ -1,5 +1,5 @@
 //! The JSON Schemas in `docs/schemas/` (the same subset of JSON Schema that
-//! `tests/event_schemas.rs` checks: `type`, `enum`, `minLength`, `minimum`,
+//! `tests/event_schemas.rs` checks with it: `type`, `enum`, `minLength`, `minimum`,
 //! `properties`, `required`, `additionalProperties: false`).
 
 use std::collections::HashMap;
@@ -24,7 +24,7 @@ pub fn problems(event_type: &str, payload: &Value) -> Vec<String> {
     violations(&schema, payload, event_type)
 }
 
-fn schema(event_type: &str) -> Value {
+pub fn schema(event_type: &str) -> Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../docs/schemas")
         .join(format!("{event_type}.v1.json"));
@@ -46,7 +46,7 @@ fn type_name(value: &Value) -> &'static str {
 }
 
 /// Every way `value` breaks `schema`, as `path: problem` lines.
-fn violations(schema: &Value, value: &Value, path: &str) -> Vec<String> {
+pub fn violations(schema: &Value, value: &Value, path: &str) -> Vec<String> {
     let mut found = Vec::new();
     if let Some(allowed) = schema.get("type") {
         let allowed: Vec<&str> = match allowed {
