@@ -33,13 +33,10 @@ pub struct CpuPerRequest {
 }
 
 impl CpuSample {
-    /// `postmaster`: the Postgres server's main process; its children are
-    /// the backends of every database on that server (a benchmark database
-    /// and anything else using the same server).
-    pub fn take(server_pid: u32, postmaster: Option<u32>) -> Self {
-        let postgres = postmaster.map_or(0.0, |postmaster| {
-            process_seconds(postmaster) + children_seconds(postmaster)
-        });
+    /// `postgres`: the Postgres server's main process and the benchmark's
+    /// database; see [`postgres_seconds`].
+    pub fn take(server_pid: u32, postgres: Option<&Postgres>) -> Self {
+        let postgres = postgres.map_or(0.0, postgres_seconds);
         Self {
             at: Instant::now(),
             server: process_seconds(server_pid),
@@ -105,19 +102,53 @@ fn process_seconds(pid: u32) -> f64 {
         .map_or(0.0, |fields| fields.utime_stime)
 }
 
-/// utime + stime of every live child of `parent`.
-fn children_seconds(parent: u32) -> f64 {
+/// The Postgres server a benchmark runs on.
+#[derive(Debug, Clone)]
+pub struct Postgres {
+    /// Its main process, the parent of every backend.
+    pub postmaster: u32,
+    /// The benchmark's database.
+    pub database: String,
+}
+
+/// utime + stime of the postmaster and its children: the background
+/// processes (WAL writer, checkpointer, …) and the client backends of the
+/// benchmark's database, but not those of other databases on the same
+/// server (another test run's), which count as "rest".
+fn postgres_seconds(postgres: &Postgres) -> f64 {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return 0.0;
     };
-    entries
+    let children: f64 = entries
         .flatten()
         .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-        .filter_map(|stat| stat_fields(&stat))
-        .filter(|fields| fields.ppid == parent)
-        .map(|fields| fields.utime_stime)
-        .sum()
+        .filter_map(|pid| {
+            let fields = stat_fields(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?;
+            if fields.ppid != postgres.postmaster {
+                return None;
+            }
+            let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).ok()?;
+            let database = client_backend_database(&cmdline);
+            (database.is_none() || database == Some(postgres.database.as_str()))
+                .then_some(fields.utime_stime)
+        })
+        .sum();
+    process_seconds(postgres.postmaster) + children
+}
+
+/// The database of a client backend from its process title
+/// (`postgres: <user> <database> <host>(<port>) <activity>`), or `None`
+/// for a background process (`postgres: checkpointer`, …).
+fn client_backend_database(cmdline: &str) -> Option<&str> {
+    let words: Vec<&str> = cmdline
+        .trim_start_matches("postgres: ")
+        .split(|c: char| c.is_whitespace() || c == '\0')
+        .filter(|word| !word.is_empty())
+        .collect();
+    match words.as_slice() {
+        [_user, database, host, ..] if host.ends_with(')') || *host == "[local]" => Some(database),
+        _ => None,
+    }
 }
 
 struct StatFields {
@@ -177,6 +208,27 @@ mod tests {
             (fields.utime_stime - 3.0).abs() < 1e-9,
             "{}",
             fields.utime_stime
+        );
+    }
+
+    #[test]
+    fn a_client_backend_names_its_database_and_a_background_process_none() {
+        assert_eq!(
+            client_backend_database("postgres: postgres bench_1 127.0.0.1(45678) idle"),
+            Some("bench_1")
+        );
+        assert_eq!(
+            client_backend_database("postgres: postgres bench_1 [local] idle"),
+            Some("bench_1")
+        );
+        assert_eq!(client_backend_database("postgres: checkpointer "), None);
+        assert_eq!(
+            client_backend_database("postgres: background writer "),
+            None
+        );
+        assert_eq!(
+            client_backend_database("postgres: autovacuum launcher "),
+            None
         );
     }
 

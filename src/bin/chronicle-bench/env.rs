@@ -386,18 +386,23 @@ pub async fn raise_open_files(needed: u64) {
     }
 }
 
-/// The main process of the Postgres server behind `pool` (the parent of its
-/// backends), if this machine runs it.
-pub async fn postmaster_pid(pool: &PgPool) -> Option<u32> {
+/// The Postgres server behind `pool` (its main process, the parent of its
+/// backends) and `database`, if this machine runs it.
+pub async fn postgres_of(pool: &PgPool, database: &str) -> Option<crate::cpu::Postgres> {
     let backend: i32 = sqlx::query_scalar("select pg_backend_pid()")
         .fetch_one(pool)
         .await
         .ok()?;
     let stat = std::fs::read_to_string(format!("/proc/{backend}/stat")).ok()?;
     // After "(name) state": the parent's pid.
-    stat.get(stat.rfind(')')? + 2..)?
+    let postmaster = stat
+        .get(stat.rfind(')')? + 2..)?
         .split_whitespace()
         .nth(1)?
         .parse()
-        .ok()
+        .ok()?;
+    Some(crate::cpu::Postgres {
+        postmaster,
+        database: database.to_string(),
+    })
 }

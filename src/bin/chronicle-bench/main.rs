@@ -378,7 +378,7 @@ async fn scenarios_with_server(
         sizes,
         pool: pool.clone(),
         server_pid: server.pid,
-        postmaster: env::postmaster_pid(&pool).await,
+        postgres: env::postgres_of(&pool, &world.database).await,
     };
     let mut rows = Rows(Vec::new());
     let mut details = serde_json::Map::new();

@@ -75,12 +75,12 @@ pub struct Bench {
     pub pool: PgPool,
     /// For the CPU per request ([`crate::cpu`]).
     pub server_pid: u32,
-    pub postmaster: Option<u32>,
+    pub postgres: Option<crate::cpu::Postgres>,
 }
 
 impl Bench {
     fn cpu(&self) -> CpuSample {
-        CpuSample::take(self.server_pid, self.postmaster)
+        CpuSample::take(self.server_pid, self.postgres.as_ref())
     }
 }
 
