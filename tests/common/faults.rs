@@ -583,7 +583,7 @@ async fn run_worker(
             }
         }
         // Pacing, not waiting: a modest, steady load.
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
