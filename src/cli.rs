@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
+use futures::StreamExt;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use crate::config::Settings;
 use crate::startup::{cancel_on_signal, connect_database, migrate, Application, Components};
@@ -183,32 +184,45 @@ async fn replay(settings: &Settings, name: &str) -> anyhow::Result<()> {
             .with_context(|| format!("no projection `{name}`; known: {}, all", known.join(", ")))?]
     };
     let pool = connect_database(settings).await?;
-    for projection in projections {
-        let bar = ProgressBar::new(0);
+    // Each projection rebuilds in a transaction of its own, so they can run
+    // side by side: one per core (Postgres works while Rust decodes and hashes).
+    let side_by_side = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let bars = MultiProgress::new();
+    let mut rebuilds = futures::stream::iter(projections.iter().map(|projection| {
+        let bar = bars.add(ProgressBar::new(0));
         bar.set_style(
             ProgressStyle::with_template(
-                "{prefix:>8} [{bar:40}] {pos}/{len} events {per_sec} {elapsed}",
+                "{prefix:>16} [{bar:40}] {pos}/{len} events {per_sec} {elapsed}",
             )
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
         );
         bar.set_prefix(projection.name());
-        bar.enable_steady_tick(Duration::from_millis(200));
-        let progress = |done: u64, total: u64| {
-            bar.set_length(total);
-            bar.set_position(done);
-        };
-        let started = std::time::Instant::now();
-        let count = chronicle_projections::replay::rebuild(&pool, projection.as_ref(), &progress)
-            .await
-            .with_context(|| format!("rebuilding {}", projection.name()))?;
-        bar.finish();
-        let seconds = started.elapsed().as_secs_f64();
-        println!(
-            "{}: {count} events in {seconds:.2}s ({:.0} events/s)",
-            projection.name(),
-            count as f64 / seconds.max(1e-9)
-        );
+        let pool = &pool;
+        async move {
+            bar.enable_steady_tick(Duration::from_millis(200));
+            let progress = |done: u64, total: u64| {
+                bar.set_length(total);
+                bar.set_position(done);
+            };
+            let started = std::time::Instant::now();
+            let count =
+                chronicle_projections::replay::rebuild(pool, projection.as_ref(), &progress)
+                    .await
+                    .with_context(|| format!("rebuilding {}", projection.name()))?;
+            bar.finish();
+            anyhow::Ok((projection.name(), count, started.elapsed().as_secs_f64()))
+        }
+    }))
+    .buffer_unordered(side_by_side);
+    while let Some(rebuilt) = rebuilds.next().await {
+        let (name, count, seconds) = rebuilt?;
+        bars.suspend(|| {
+            println!(
+                "{name}: {count} events in {seconds:.2}s ({:.0} events/s)",
+                count as f64 / seconds.max(1e-9)
+            )
+        });
     }
     Ok(())
 }

@@ -240,6 +240,12 @@ async fn lists_filter_and_paginate_newest_first() {
     assert_eq!(count("?include_deleted=true").await, (6, 6));
     assert_eq!(count("?limit=2").await, (2, 5));
     assert_eq!(count("?limit=2&offset=4").await, (1, 5));
+    // A page past the end is empty and still says how many there are.
+    assert_eq!(count("?offset=10").await, (0, 5));
+    assert_eq!(
+        count("?status=all&offset=10&date_to=2999-01-01T00:00:00Z").await,
+        (0, 6)
+    );
     assert_eq!(count("?date_from=2999-01-01T00:00:00Z").await, (0, 0));
 
     let page: Vec<Value> = app

@@ -56,8 +56,8 @@ pub async fn rebuild(
         .await?;
 
     // The read model and its versions were just emptied, so the guard starts
-    // from nothing and lives in memory: one round trip per event (the
-    // projection's own write) plus one per batch for the versions.
+    // from nothing and lives in memory: per batch, the projection's writes
+    // (set-based where it has `apply_batch`) plus one for the versions.
     // Per aggregate, the first sequence the live side parked.
     let mut parked_from: HashMap<AggregateKey, i64> = sqlx::query_as(
         "select aggregate_type, aggregate_id, min(sequence) from dead_letters \
@@ -87,6 +87,7 @@ pub async fn rebuild(
             .map_err(|err| ProjectionError::Stream(err.to_string()))?;
         let Some(last) = batch.last() else { break };
         cursor = last.cursor();
+        let mut envelopes = Vec::with_capacity(batch.len());
         for read in &batch {
             let event = match read {
                 ReadEvent::Event(event) => event,
@@ -99,13 +100,17 @@ pub async fn rebuild(
                 && parked_from
                     .get(&(event.aggregate_type.clone(), event.aggregate_id.clone()))
                     .is_some_and(|first| event.sequence >= *first);
-            if held {
-                continue;
+            if !held {
+                envelopes.push(EventEnvelope::from(event));
             }
-            guard
-                .apply(projection, &mut tx, &EventEnvelope::from(event))
-                .await?;
         }
+        let mut admitted = Vec::with_capacity(envelopes.len());
+        for envelope in &envelopes {
+            if guard.admit(envelope)? {
+                admitted.push(envelope);
+            }
+        }
+        projection.apply_batch(&mut tx, &admitted).await?;
         guard.store(&mut tx).await?;
         done += batch.len() as u64;
         progress(done, (total as u64).max(done));

@@ -375,7 +375,7 @@ impl ProjectionRunner {
         // `read.aggregate_versions` instead of two per event.
         let mut guard = VersionGuard::load(&mut tx, name, wanted.iter().copied()).await?;
         let mut parked = unreadable.to_vec();
-        let mut applied = 0;
+        let mut admitted = Vec::with_capacity(wanted.len());
         for envelope in wanted {
             if let Some(reason) = blocked.held_behind_at(
                 &envelope.aggregate_type,
@@ -385,17 +385,29 @@ impl ProjectionRunner {
                 parked.push(parked_envelope(envelope, reason));
                 continue;
             }
-            match guard
-                .apply(self.projection.as_ref(), &mut tx, envelope)
-                .await
-            {
-                Ok(_) => applied += 1,
+            match guard.admit(envelope) {
+                Ok(true) => admitted.push(*envelope),
+                Ok(false) => {}
                 Err(ProjectionError::Poison { reason, .. }) => {
                     return Ok(Err(parked_envelope(envelope, reason)))
                 }
                 Err(err) => return Err(err),
             }
         }
+        match self.projection.apply_batch(&mut tx, &admitted).await {
+            Ok(()) => {}
+            Err(ProjectionError::Poison { message_id, reason }) => {
+                let Some(envelope) = admitted.iter().find(|e| e.message_id() == message_id) else {
+                    return Err(ProjectionError::halt(
+                        message_id,
+                        format!("poison outside the batch: {reason}"),
+                    ));
+                };
+                return Ok(Err(parked_envelope(envelope, reason)));
+            }
+            Err(err) => return Err(err),
+        }
+        let applied = admitted.len();
         guard.store(&mut tx).await?;
         dead_letter::park(&mut tx, name, &parked).await?;
         // Checkpoint and wake-up of waiting queries in one round trip.

@@ -8,6 +8,7 @@ use chronicle_aggregates::task::{Task, TaskCommand, TaskError};
 use chrono::{DateTime, Utc};
 use cqrs_es::AggregateError;
 use serde::{Deserialize, Serialize};
+use sqlx::{FromRow, Row};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -283,12 +284,29 @@ pub async fn list_tasks(
          and ($4::timestamptz is null or created_at >= $4) \
          and ($5::timestamptz is null or created_at <= $5) \
          and ($6::uuid is null or project_id = $6)";
-    let page_sql = format!(
-        "select id, title, description, completed, is_deleted, deleted_at, project_id, due_at, \
-           created_at, updated_at, version \
-         from read.tasks where {filter} order by created_at desc, id desc limit $7 offset $8"
+    // Filtered by state only, the total is a sum of the maintained counts
+    // (migration 0900), not a count of every row.
+    let total_sql =
+        if query.date_from.is_none() && query.date_to.is_none() && query.project_id.is_none() {
+            "select coalesce(sum(n), 0)::bigint from read.task_counts where owner_id = $1 \
+           and ($2::boolean is null or completed = $2) \
+           and ($3::boolean is null or is_deleted = $3)"
+                .to_string()
+        } else {
+            format!("select count(*) from read.tasks where {filter}")
+        };
+    // The total and the page in one round trip (and one snapshot): one row
+    // per task, each with the total, or a single row without a task when
+    // the page is empty.
+    let sql = format!(
+        "select total.n as total, page.* from ({total_sql}) as total(n) \
+         left join lateral ( \
+           select id, title, description, completed, is_deleted, deleted_at, project_id, due_at, \
+             created_at, updated_at, version \
+           from read.tasks where {filter} order by created_at desc, id desc limit $7 offset $8 \
+         ) page on true"
     );
-    let tasks: Vec<TaskResponse> = sqlx::query_as(&page_sql)
+    let rows = sqlx::query(&sql)
         .bind(user.id)
         .bind(completed)
         .bind(deleted)
@@ -299,31 +317,14 @@ pub async fn list_tasks(
         .bind(offset)
         .fetch_all(&state.pool)
         .await?;
-    // Filtered by state only: the maintained counts (migration 0900), not
-    // a count of every row.
-    let total: i64 =
-        if query.date_from.is_none() && query.date_to.is_none() && query.project_id.is_none() {
-            sqlx::query_scalar(
-                "select coalesce(sum(n), 0)::bigint from read.task_counts where owner_id = $1 \
-               and ($2::boolean is null or completed = $2) \
-               and ($3::boolean is null or is_deleted = $3)",
-            )
-            .bind(user.id)
-            .bind(completed)
-            .bind(deleted)
-            .fetch_one(&state.pool)
-            .await?
-        } else {
-            sqlx::query_scalar(&format!("select count(*) from read.tasks where {filter}"))
-                .bind(user.id)
-                .bind(completed)
-                .bind(deleted)
-                .bind(query.date_from)
-                .bind(query.date_to)
-                .bind(query.project_id)
-                .fetch_one(&state.pool)
-                .await?
-        };
+    let mut total = 0;
+    let mut tasks = Vec::with_capacity(rows.len());
+    for row in &rows {
+        total = row.try_get("total")?;
+        if row.try_get::<Option<Uuid>, _>("id")?.is_some() {
+            tasks.push(TaskResponse::from_row(row)?);
+        }
+    }
     Ok((total_count(total), axum::Json(tasks)))
 }
 

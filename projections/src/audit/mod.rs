@@ -131,28 +131,56 @@ impl Projection for AuditProjection {
         conn: &mut PgConnection,
         event: &EventEnvelope,
     ) -> Result<(), ProjectionError> {
+        self.apply_batch(conn, &[event]).await
+    }
+
+    /// The batch's entries are chained in memory and inserted in one
+    /// statement, which checks the head this transaction knows first.
+    async fn apply_batch(
+        &self,
+        conn: &mut PgConnection,
+        events: &[&EventEnvelope],
+    ) -> Result<(), ProjectionError> {
+        let Some(first) = events.first() else {
+            return Ok(());
+        };
         for attempt in 0..2 {
             let head = match self.cached().filter(|_| attempt == 0) {
                 Some(head) => head,
                 None => load_head(&mut *conn).await?,
             };
-            let entry = AuditEntry::from_envelope(head.seq + 1, &head.hash, event);
+            let mut entries = Vec::with_capacity(events.len());
+            let (mut seq, mut hash) = (head.seq, head.hash.clone());
+            for event in events {
+                seq += 1;
+                let entry = AuditEntry::from_envelope(seq, &hash, event);
+                hash.clone_from(&entry.hash);
+                entries.push(entry);
+            }
             let next = Head {
                 generation: head.generation,
-                seq: entry.seq,
-                hash: entry.hash.clone(),
+                seq,
+                hash,
             };
-            if append_after(&mut *conn, &head, &entry, &next).await? {
-                self.remember(Some(next));
-                return self.checkpoint_if_due(conn, &entry).await;
+            match append_after(&mut *conn, &head, &entries, &next).await? {
+                Appended::All => {
+                    self.remember(Some(next));
+                    for entry in &entries {
+                        self.checkpoint_if_due(&mut *conn, entry).await?;
+                    }
+                    return Ok(());
+                }
+                Appended::NotTheHead => self.remember(None),
+                Appended::Some => break,
             }
-            self.remember(None);
         }
-        // Right after a reload the seq is free, so only the event itself can
-        // be in this generation already: the version guard and the trail disagree.
+        // Right after a reload the seqs are free, so only the events
+        // themselves can be in this generation already: the version guard
+        // and the trail disagree.
+        self.remember(None);
         Err(ProjectionError::halt(
-            event.message_id(),
-            "the event already has an audit entry in this generation (run `chronicle replay --projection audit`)",
+            first.message_id(),
+            "an event of this batch already has an audit entry in this generation (run `chronicle replay --projection audit`)",
         ))
     }
 
@@ -238,56 +266,144 @@ pub async fn current_head(conn: &mut PgConnection) -> Result<Head, sqlx::Error> 
     })
 }
 
-/// Inserts `entry` as the successor of `head` if `head` is the head this
-/// transaction knows, and makes `next` the known head. Returns whether it did.
+/// What [`append_after`] did.
+#[derive(Debug, PartialEq, Eq)]
+enum Appended {
+    /// Every entry: `next` is now the head this transaction knows.
+    All,
+    /// None: `head` is not the head this transaction knows.
+    NotTheHead,
+    /// Fewer than all: an event already has an entry in this generation.
+    /// The caller fails, so the transaction is rolled back.
+    Some,
+}
+
+/// Inserts `entries` (chained from `head`, in order) if `head` is the head
+/// this transaction knows, and makes `next` the known head, in one statement.
 ///
 /// The check reads no table, so its cost does not grow with the trail; the
 /// primary key and the unique global position catch anything else.
 async fn append_after(
     conn: &mut PgConnection,
     head: &Head,
-    entry: &AuditEntry,
+    entries: &[AuditEntry],
     next: &Head,
-) -> Result<bool, sqlx::Error> {
-    let appended = sqlx::query(
+) -> Result<Appended, sqlx::Error> {
+    let mut columns = EntryColumns::default();
+    for entry in entries {
+        columns.push(entry);
+    }
+    let inserted: i64 = sqlx::query_scalar(
         "with inserted as ( \
            insert into audit.entries (generation, seq, global_position, occurred_at, recorded_at, \
              actor_id, actor_roles, actor_ip, actor_user_agent, action, event_version, \
              aggregate_type, aggregate_id, aggregate_sequence, request_id, correlation_id, \
              causation_id, payload_digest, metadata_digest, prev_hash, hash) \
-           select $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-             $18, $19, $20, $21 \
+           select $1, seq, global_position, occurred_at, recorded_at, actor_id, \
+             array(select jsonb_array_elements_text(actor_roles)), actor_ip, actor_user_agent, \
+             action, event_version, aggregate_type, aggregate_id, aggregate_sequence, request_id, \
+             correlation_id, causation_id, payload_digest, metadata_digest, prev_hash, hash \
+           from unnest($2::bigint[], $3::bigint[], $4::timestamptz[], $5::timestamptz[], \
+             $6::text[], $7::jsonb[], $8::text[], $9::text[], $10::text[], $11::text[], \
+             $12::text[], $13::text[], $14::bigint[], $15::text[], $16::text[], $17::text[], \
+             $18::text[], $19::text[], $20::text[], $21::text[]) \
+             as u(seq, global_position, occurred_at, recorded_at, actor_id, actor_roles, \
+               actor_ip, actor_user_agent, action, event_version, aggregate_type, aggregate_id, \
+               aggregate_sequence, request_id, correlation_id, causation_id, payload_digest, \
+               metadata_digest, prev_hash, hash) \
            where current_setting('chronicle.audit_head', true) = $22 \
            on conflict do nothing \
-           returning 1) \
-         select set_config('chronicle.audit_head', $23, true) from inserted",
+           returning 1), \
+         counted as (select count(*) as n from inserted) \
+         select n from counted \
+         where set_config('chronicle.audit_head', \
+           case when n = $24 then $23 else current_setting('chronicle.audit_head', true) end, \
+           true) is not null",
     )
     .bind(head.generation)
-    .bind(entry.seq)
-    .bind(entry.global_position)
-    .bind(entry.occurred_at)
-    .bind(entry.recorded_at)
-    .bind(&entry.actor.id)
-    .bind(&entry.actor.roles)
-    .bind(&entry.actor.ip)
-    .bind(&entry.actor.user_agent)
-    .bind(&entry.action)
-    .bind(&entry.event_version)
-    .bind(&entry.aggregate.aggregate_type)
-    .bind(&entry.aggregate.id)
-    .bind(entry.aggregate.sequence)
-    .bind(&entry.request_id)
-    .bind(&entry.correlation_id)
-    .bind(&entry.causation_id)
-    .bind(&entry.payload_digest)
-    .bind(&entry.metadata_digest)
-    .bind(&entry.prev_hash)
-    .bind(&entry.hash)
+    .bind(columns.seq)
+    .bind(columns.global_position)
+    .bind(columns.occurred_at)
+    .bind(columns.recorded_at)
+    .bind(columns.actor_id)
+    .bind(columns.actor_roles)
+    .bind(columns.actor_ip)
+    .bind(columns.actor_user_agent)
+    .bind(columns.action)
+    .bind(columns.event_version)
+    .bind(columns.aggregate_type)
+    .bind(columns.aggregate_id)
+    .bind(columns.aggregate_sequence)
+    .bind(columns.request_id)
+    .bind(columns.correlation_id)
+    .bind(columns.causation_id)
+    .bind(columns.payload_digest)
+    .bind(columns.metadata_digest)
+    .bind(columns.prev_hash)
+    .bind(columns.hash)
     .bind(head_token(head))
     .bind(head_token(next))
-    .fetch_optional(conn)
+    .bind(entries.len() as i64)
+    .fetch_one(conn)
     .await?;
-    Ok(appended.is_some())
+    Ok(match inserted {
+        0 => Appended::NotTheHead,
+        n if n == entries.len() as i64 => Appended::All,
+        _ => Appended::Some,
+    })
+}
+
+/// Entries as one array per column, for the `unnest` of [`append_after`].
+#[derive(Default)]
+struct EntryColumns<'a> {
+    seq: Vec<i64>,
+    global_position: Vec<i64>,
+    occurred_at: Vec<Option<chrono::DateTime<Utc>>>,
+    recorded_at: Vec<chrono::DateTime<Utc>>,
+    actor_id: Vec<Option<&'a str>>,
+    /// Each entry's roles as a JSON array: Postgres has no array of arrays
+    /// of different lengths.
+    actor_roles: Vec<Value>,
+    actor_ip: Vec<Option<&'a str>>,
+    actor_user_agent: Vec<Option<&'a str>>,
+    action: Vec<&'a str>,
+    event_version: Vec<&'a str>,
+    aggregate_type: Vec<&'a str>,
+    aggregate_id: Vec<&'a str>,
+    aggregate_sequence: Vec<i64>,
+    request_id: Vec<Option<&'a str>>,
+    correlation_id: Vec<Option<&'a str>>,
+    causation_id: Vec<Option<&'a str>>,
+    payload_digest: Vec<&'a str>,
+    metadata_digest: Vec<&'a str>,
+    prev_hash: Vec<&'a str>,
+    hash: Vec<&'a str>,
+}
+
+impl<'a> EntryColumns<'a> {
+    fn push(&mut self, entry: &'a AuditEntry) {
+        self.seq.push(entry.seq);
+        self.global_position.push(entry.global_position);
+        self.occurred_at.push(entry.occurred_at);
+        self.recorded_at.push(entry.recorded_at);
+        self.actor_id.push(entry.actor.id.as_deref());
+        self.actor_roles.push(json!(entry.actor.roles));
+        self.actor_ip.push(entry.actor.ip.as_deref());
+        self.actor_user_agent
+            .push(entry.actor.user_agent.as_deref());
+        self.action.push(&entry.action);
+        self.event_version.push(&entry.event_version);
+        self.aggregate_type.push(&entry.aggregate.aggregate_type);
+        self.aggregate_id.push(&entry.aggregate.id);
+        self.aggregate_sequence.push(entry.aggregate.sequence);
+        self.request_id.push(entry.request_id.as_deref());
+        self.correlation_id.push(entry.correlation_id.as_deref());
+        self.causation_id.push(entry.causation_id.as_deref());
+        self.payload_digest.push(&entry.payload_digest);
+        self.metadata_digest.push(&entry.metadata_digest);
+        self.prev_hash.push(&entry.prev_hash);
+        self.hash.push(&entry.hash);
+    }
 }
 
 /// Why a checkpoint could not be stored.

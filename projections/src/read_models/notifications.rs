@@ -16,7 +16,6 @@
 use async_trait::async_trait;
 use chronicle_aggregates::auth_session::AuthSessionEvent;
 use chronicle_aggregates::notification_inbox::NotificationInboxEvent;
-use chronicle_aggregates::task::TaskEvent;
 use chronicle_aggregates::user::UserEvent;
 use chronicle_nats::EventEnvelope;
 use sqlx::PgConnection;
@@ -24,6 +23,7 @@ use uuid::Uuid;
 
 use crate::projection::decode_event;
 use crate::{Projection, ProjectionError};
+use batch::Pending;
 
 /// The projection's name: durable consumer, checkpoint, `replay --projection`.
 pub const NOTIFICATIONS_PROJECTION: &str = "notifications";
@@ -41,6 +41,8 @@ pub fn notification_id(aggregate_type: &str, aggregate_id: &str, sequence: i64) 
         format!("{aggregate_type}:{aggregate_id}:{sequence}").as_bytes(),
     )
 }
+
+mod batch;
 
 pub struct NotificationsProjection;
 
@@ -67,41 +69,41 @@ impl Projection for NotificationsProjection {
         conn: &mut PgConnection,
         event: &EventEnvelope,
     ) -> Result<(), ProjectionError> {
-        let id = Uuid::parse_str(&event.aggregate_id)
-            .map_err(|err| ProjectionError::poison(event.message_id(), err))?;
-        let notice = match event.aggregate_type.as_str() {
-            "Task" => task_notice(conn, id, decode_event(event)?).await?,
-            "User" => user_notice(id, decode_event(event)?),
-            "AuthSession" => auth_session_notice(conn, id, decode_event(event)?).await?,
-            "NotificationInbox" => {
-                apply_inbox(conn, id, decode_event(event)?).await?;
-                None
+        self.apply_batch(conn, &[event]).await
+    }
+
+    async fn apply_batch(
+        &self,
+        conn: &mut PgConnection,
+        events: &[&EventEnvelope],
+    ) -> Result<(), ProjectionError> {
+        let mut pending = Pending::load(&mut *conn, events).await?;
+        for event in events {
+            let id = Uuid::parse_str(&event.aggregate_id)
+                .map_err(|err| ProjectionError::poison(event.message_id(), err))?;
+            match event.aggregate_type.as_str() {
+                "Task" => pending.task(event, id, decode_event(event)?),
+                "User" => {
+                    if let Some(notice) = user_notice(id, decode_event(event)?) {
+                        pending.notify(event, notice);
+                    }
+                }
+                "AuthSession" => {
+                    if let Some(notice) =
+                        auth_session_notice(&mut *conn, id, decode_event(event)?).await?
+                    {
+                        pending.notify(event, notice);
+                    }
+                }
+                "NotificationInbox" => {
+                    // It names notifications that earlier events created.
+                    pending.flush(&mut *conn).await?;
+                    apply_inbox(&mut *conn, id, decode_event(event)?).await?;
+                }
+                _ => {}
             }
-            _ => None,
-        };
-        if let Some(notice) = notice {
-            sqlx::query(
-                "insert into read.notifications (id, owner_id, type, title, message, \
-                   source_aggregate_type, source_aggregate_id, source_sequence, created_at) \
-                 values ($1, $2, $3, $4, $5, $6, $7, $8, $9) on conflict (id) do nothing",
-            )
-            .bind(notification_id(
-                &event.aggregate_type,
-                &event.aggregate_id,
-                event.sequence,
-            ))
-            .bind(notice.owner_id)
-            .bind(notice.kind)
-            .bind(notice.title)
-            .bind(notice.message)
-            .bind(&event.aggregate_type)
-            .bind(&event.aggregate_id)
-            .bind(event.sequence)
-            .bind(event.recorded_at)
-            .execute(conn)
-            .await?;
         }
-        Ok(())
+        pending.flush(conn).await
     }
 
     async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
@@ -165,58 +167,6 @@ async fn forget(
     .execute(conn)
     .await?;
     Ok(())
-}
-
-async fn task_notice(
-    conn: &mut PgConnection,
-    id: Uuid,
-    event: TaskEvent,
-) -> Result<Option<Notice>, ProjectionError> {
-    let (kind, title, verb) = match &event {
-        TaskEvent::TaskCreated {
-            owner_id, title, ..
-        } => {
-            remember(conn, "Task", id, *owner_id, Some(title)).await?;
-            ("TASK_CREATED", "Task created", "was created")
-        }
-        TaskEvent::TaskUpdated { title, .. } => {
-            sqlx::query(
-                "update read.notification_sources set label = $2 \
-                 where aggregate_type = 'Task' and aggregate_id = $1",
-            )
-            .bind(id.to_string())
-            .bind(title)
-            .execute(&mut *conn)
-            .await?;
-            ("TASK_UPDATED", "Task updated", "was updated")
-        }
-        TaskEvent::TaskCompleted { .. } => ("TASK_COMPLETED", "Task completed", "was completed"),
-        TaskEvent::TaskReopened { .. } => ("TASK_PENDING", "Task reopened", "is pending again"),
-        TaskEvent::TaskDeleted { .. } => ("TASK_DELETED", "Task deleted", "was deleted"),
-        TaskEvent::TaskRestored { .. } => return Ok(None),
-        TaskEvent::TaskPurged { .. } => {
-            // A purged task leaves every read model, its notifications included.
-            sqlx::query(
-                "delete from read.notifications \
-                 where source_aggregate_type = 'Task' and source_aggregate_id = $1",
-            )
-            .bind(id.to_string())
-            .execute(&mut *conn)
-            .await?;
-            forget(conn, "Task", id).await?;
-            return Ok(None);
-        }
-    };
-    // Absent only for a task whose creation this projection never saw.
-    let Some((owner_id, label)) = source(conn, "Task", id).await? else {
-        return Ok(None);
-    };
-    Ok(Some(Notice {
-        owner_id,
-        kind,
-        title,
-        message: format!("Task \"{}\" {verb}.", label.unwrap_or_default()),
-    }))
 }
 
 fn user_notice(id: Uuid, event: UserEvent) -> Option<Notice> {

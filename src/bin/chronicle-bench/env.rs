@@ -385,3 +385,19 @@ pub async fn raise_open_files(needed: u64) {
         eprintln!("bench: open-file limit {soft} (could not raise it to {target} with prlimit)");
     }
 }
+
+/// The main process of the Postgres server behind `pool` (the parent of its
+/// backends), if this machine runs it.
+pub async fn postmaster_pid(pool: &PgPool) -> Option<u32> {
+    let backend: i32 = sqlx::query_scalar("select pg_backend_pid()")
+        .fetch_one(pool)
+        .await
+        .ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{backend}/stat")).ok()?;
+    // After "(name) state": the parent's pid.
+    stat.get(stat.rfind(')')? + 2..)?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}

@@ -15,6 +15,7 @@ use sqlx::PgPool;
 use tokio::process::Command;
 use tokio::sync::mpsc;
 
+use crate::cpu::{CpuPerRequest, CpuSample};
 use crate::env::{chronicle_env, create_database, drop_database, User, World};
 use crate::load::{closed_loop, paced, Limits, Plan, Reply, Req, Stats};
 
@@ -72,6 +73,15 @@ pub struct Bench {
     pub users: Vec<User>,
     pub sizes: Sizes,
     pub pool: PgPool,
+    /// For the CPU per request ([`crate::cpu`]).
+    pub server_pid: u32,
+    pub postmaster: Option<u32>,
+}
+
+impl Bench {
+    fn cpu(&self) -> CpuSample {
+        CpuSample::take(self.server_pid, self.postmaster)
+    }
 }
 
 // ------------------------------------------------------------------ ceiling --
@@ -210,11 +220,13 @@ fn created_id(body: &[u8]) -> Option<String> {
 pub struct CreateRun {
     pub clients: usize,
     pub stats: Stats,
+    pub cpu: CpuPerRequest,
 }
 
 pub async fn create(b: &Bench, plan: &Arc<CreatePlan>) -> Vec<CreateRun> {
     let mut runs = Vec::new();
     for clients in [1usize, 16, 64] {
+        let before = b.cpu();
         let groups = closed_loop(
             b.addr,
             clients,
@@ -232,7 +244,12 @@ pub async fn create(b: &Bench, plan: &Arc<CreatePlan>) -> Vec<CreateRun> {
                 *stats.errors.entry(*status).or_default() += n;
             }
         }
-        runs.push(CreateRun { clients, stats });
+        let cpu = before.per_request(&b.cpu(), stats.ok);
+        runs.push(CreateRun {
+            clients,
+            stats,
+            cpu,
+        });
     }
     runs
 }
@@ -545,7 +562,9 @@ impl Plan for ReadPlan {
 
 pub struct ReadRun {
     pub get: Stats,
+    pub get_cpu: CpuPerRequest,
     pub list: Stats,
+    pub list_cpu: CpuPerRequest,
     pub tasks_of_user: usize,
 }
 
@@ -555,6 +574,7 @@ pub async fn read(b: &Bench, ids: Vec<String>) -> anyhow::Result<ReadRun> {
     }
     let tasks_of_user = ids.len();
     let auth = b.users[0].auth.clone();
+    let before = b.cpu();
     let get = closed_loop(
         b.addr,
         16,
@@ -569,6 +589,8 @@ pub async fn read(b: &Bench, ids: Vec<String>) -> anyhow::Result<ReadRun> {
     .await
     .pop()
     .expect("one group");
+    let get_cpu = before.per_request(&b.cpu(), get.ok);
+    let before = b.cpu();
     let list = closed_loop(
         b.addr,
         16,
@@ -583,9 +605,12 @@ pub async fn read(b: &Bench, ids: Vec<String>) -> anyhow::Result<ReadRun> {
     .await
     .pop()
     .expect("one group");
+    let list_cpu = before.per_request(&b.cpu(), list.ok);
     Ok(ReadRun {
         get,
+        get_cpu,
         list,
+        list_cpu,
         tasks_of_user,
     })
 }
@@ -599,10 +624,14 @@ pub struct RebuildRun {
     /// `(projection, events, seconds)` as `chronicle replay` printed them.
     pub projections: Vec<(String, u64, f64)>,
     pub integrity: crate::checks::Integrity,
+    /// Entries `chronicle audit verify` checked afterwards, and its time.
+    pub verified: u64,
+    pub verify_seconds: f64,
 }
 
 /// A separate database filled with valid Task histories by SQL (ten events a
-/// task: created, eight updates, completed), then `chronicle replay --projection all`.
+/// task: created, eight updates, completed), then `chronicle replay
+/// --projection all`, then `chronicle audit verify` of the trail it wrote.
 pub async fn rebuild(
     world: &World,
     events: u64,
@@ -645,18 +674,73 @@ async fn rebuild_in(
         .fetch_one(&pool)
         .await?;
 
+    let (stdout, replay_seconds) = run_chronicle(
+        world,
+        url,
+        &["replay", "--projection", "all"],
+        timeout,
+        "replay",
+    )
+    .await?;
+    // Lines look like `tasks: 1000000 events in 8.12s (123153 events/s)`.
+    let projections = stdout
+        .lines()
+        .filter_map(|line| {
+            let (name, rest) = line.split_once(": ")?;
+            let count: u64 = rest.split_whitespace().next()?.parse().ok()?;
+            let seconds = figure_after(rest, " in ")?;
+            Some((name.trim().to_string(), count, seconds))
+        })
+        .collect();
+    let integrity = crate::checks::check(&pool, None, "", Duration::from_secs(1)).await?;
+    pool.close().await;
+    // The trail the replay just wrote, verified against the store.
+    let (stdout, verify_seconds) =
+        run_chronicle(world, url, &["audit", "verify"], timeout, "verify").await?;
+    // `1000000 entries of generation 2 checked in 3.21s (…)`.
+    let verified = stdout
+        .lines()
+        .find_map(|line| {
+            line.split_once(" entries of generation ")?
+                .0
+                .trim()
+                .parse()
+                .ok()
+        })
+        .context("`chronicle audit verify` printed no entry count (see verify.log)")?;
+    Ok(RebuildRun {
+        events: total as u64,
+        insert_seconds,
+        replay_seconds,
+        projections,
+        integrity,
+        verified,
+        verify_seconds,
+    })
+}
+
+/// Runs `chronicle <args>` on the database at `url` and waits for it (at
+/// most `timeout`); returns its standard output and how long it took. Both
+/// outputs go to `<out>/<name>.log`.
+async fn run_chronicle(
+    world: &World,
+    url: &str,
+    args: &[&str],
+    timeout: Duration,
+    name: &str,
+) -> anyhow::Result<(String, f64)> {
     let started = Instant::now();
     let mut child = Command::new(&world.chronicle)
-        .args(["replay", "--projection", "all"])
+        .args(args)
         .envs(chronicle_env(world, url))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .context("running chronicle replay")?;
-    let mut stdout_pipe = child.stdout.take().context("replay stdout")?;
-    let mut stderr_pipe = child.stderr.take().context("replay stderr")?;
+        .with_context(|| format!("running chronicle {name}"))?;
+    let mut stdout_pipe = child.stdout.take().context("stdout")?;
+    let mut stderr_pipe = child.stderr.take().context("stderr")?;
     let reader = tokio::spawn(async move {
         use tokio::io::AsyncReadExt;
         let mut out = String::new();
@@ -674,48 +758,25 @@ async fn rebuild_in(
             None
         }
     };
-    let replay_seconds = started.elapsed().as_secs_f64();
+    let seconds = started.elapsed().as_secs_f64();
     let (stdout, stderr) = reader.await.unwrap_or_default();
     std::fs::write(
-        world.out_dir.join("replay.log"),
+        world.out_dir.join(format!("{name}.log")),
         format!("{stdout}{stderr}"),
     )
     .ok();
     match status {
         None => bail!(
-            "chronicle replay did not finish within {} s; finished before that: [{}] (see replay.log)",
+            "chronicle {name} did not finish within {} s; its output so far: [{}] (see {name}.log)",
             timeout.as_secs(),
-            stdout
-                .lines()
-                .filter(|line| line.contains(" events in "))
-                .collect::<Vec<_>>()
-                .join("; ")
+            stdout.lines().collect::<Vec<_>>().join("; ")
         ),
         Some(status) if !status.success() => {
             let last = stderr.lines().last().unwrap_or_default().to_string();
-            bail!("chronicle replay failed: {last} (see replay.log)")
+            bail!("chronicle {name} failed: {last} (see {name}.log)")
         }
-        Some(_) => {}
+        Some(_) => Ok((stdout, seconds)),
     }
-    // Lines look like `tasks: 1000000 events in 8.12s (123153 events/s)`.
-    let projections = stdout
-        .lines()
-        .filter_map(|line| {
-            let (name, rest) = line.split_once(": ")?;
-            let count: u64 = rest.split_whitespace().next()?.parse().ok()?;
-            let seconds = figure_after(rest, " in ")?;
-            Some((name.trim().to_string(), count, seconds))
-        })
-        .collect();
-    let integrity = crate::checks::check(&pool, None, "", Duration::from_secs(1)).await?;
-    pool.close().await;
-    Ok(RebuildRun {
-        events: total as u64,
-        insert_seconds,
-        replay_seconds,
-        projections,
-        integrity,
-    })
 }
 
 /// Tasks `$1..=$2`, ten events each, with the payload and metadata shapes the
