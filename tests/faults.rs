@@ -497,17 +497,19 @@ impl Rig {
             window.as_secs()
         ));
         let started = std::time::Instant::now();
+        // Each server process applies the reload when it is next idle: the
+        // probe starts once the load has been refused a few times, so that
+        // it does not race a write that legitimately came first.
+        let acks = &self.load.acks;
+        let now_refused = || acks.refused.load(std::sync::atomic::Ordering::Relaxed);
+        eventually(Duration::from_secs(30), "writes to be refused", || async {
+            (now_refused() >= refused + 3).then_some(())
+        })
+        .await;
         // (status, code, message, Retry-After, seconds) of each probe.
         let mut writes: Vec<(u16, String, String, bool, f64)> = Vec::new();
         let mut reads: Vec<(u16, f64)> = Vec::new();
-        while started.elapsed() < window
-            || self
-                .load
-                .acks
-                .refused
-                .load(std::sync::atomic::Ordering::Relaxed)
-                < refused + 3
-        {
+        while started.elapsed() < window {
             let sent = std::time::Instant::now();
             let answer = http
                 .post(format!("{}/v1/tasks", self.base))
