@@ -171,7 +171,8 @@ impl Relay {
         let mut last_stream_sequence = stream_last_sequence(stream).await?;
         let mut cursor = self.load_checkpoint(conn).await?;
         let mut blocked = Blocked::load(conn, RELAY_STAGE).await?;
-        self.release_requested(conn, &mut blocked).await?;
+        self.release_requested(conn, &mut blocked, &mut last_stream_sequence)
+            .await?;
         let mut retry_soon = Duration::from_millis(1);
 
         while !shutdown.is_cancelled() {
@@ -191,7 +192,8 @@ impl Relay {
                     _ = shutdown.cancelled() => break,
                     notification = listener.recv() => {
                         if notification?.channel() == DEAD_LETTERS_CHANNEL {
-                            self.release_requested(conn, &mut blocked).await?;
+                            self.release_requested(conn, &mut blocked, &mut last_stream_sequence)
+                                .await?;
                         }
                     }
                     _ = tokio::time::sleep(wait) => {}
@@ -214,7 +216,8 @@ impl Relay {
                 release |= notification.channel() == DEAD_LETTERS_CHANNEL;
             }
             if release {
-                self.release_requested(conn, &mut blocked).await?;
+                self.release_requested(conn, &mut blocked, &mut last_stream_sequence)
+                    .await?;
             }
         }
         Ok(())
@@ -275,11 +278,15 @@ impl Relay {
     }
 
     /// Publishes the parked events of every aggregate whose release was
-    /// asked for, in sequence order, unless one of them still fails.
+    /// asked for, in sequence order, unless one of them still fails, and
+    /// moves `last_stream_sequence` past them: the next pipelined batch
+    /// expects the stream's real last sequence, or its first messages are
+    /// refused while later ones are taken, out of their aggregate's order.
     async fn release_requested(
         &self,
         conn: &mut PgConnection,
         blocked: &mut Blocked,
+        last_stream_sequence: &mut u64,
     ) -> Result<(), NatsError> {
         for key in dead_letter::release_requests(conn, RELAY_STAGE).await? {
             let outgoing = match self.encode_parked(conn, &key).await? {
@@ -289,7 +296,7 @@ impl Relay {
                     continue;
                 }
             };
-            self.publish_one_by_one(&outgoing).await?;
+            *last_stream_sequence = self.publish_one_by_one(&outgoing).await?;
             dead_letter::mark_released(conn, RELAY_STAGE, &key).await?;
             blocked.unblock(&key);
             tracing::info!(aggregate_type = %key.0, aggregate_id = %key.1, events = outgoing.len(), "parked events released");

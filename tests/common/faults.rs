@@ -583,7 +583,7 @@ async fn run_worker(
             }
         }
         // Pacing, not waiting: a modest, steady load.
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -600,7 +600,8 @@ pub async fn stored_sequences(pool: &PgPool) -> HashMap<String, i64> {
 }
 
 /// Polls until every aggregate a projection consumes is applied up to its
-/// last event, except those a projection parked (open dead letters).
+/// last event, except those that projection or the relay parked (open dead
+/// letters).
 pub async fn wait_for_projections_except_parked(pool: &PgPool, within: Duration) {
     let (types, projections): (Vec<&str>, Vec<&str>) = chronicle_projections::all_projections()
         .iter()
@@ -619,7 +620,7 @@ pub async fn wait_for_projections_except_parked(pool: &PgPool, within: Duration)
               and v.projection = c.projection \
              where coalesce(v.version, 0) < l.last \
                and not exists (select 1 from dead_letters d where d.released_at is null \
-                 and d.stage = c.projection and d.aggregate_type = l.aggregate_type \
+                 and d.stage in (c.projection, 'relay') and d.aggregate_type = l.aggregate_type \
                  and d.aggregate_id = l.aggregate_id)",
         )
         .bind(&types)
@@ -632,7 +633,146 @@ pub async fn wait_for_projections_except_parked(pool: &PgPool, within: Duration)
     .await
 }
 
-/// Polls until the stream holds as many messages as the store has events.
+/// The events the relay parked and nobody released, as
+/// `aggregate_type:aggregate_id:sequence` (the stream's message ids).
+pub async fn open_relay_parks(pool: &PgPool) -> Vec<String> {
+    sqlx::query_scalar(
+        "select aggregate_type || ':' || aggregate_id || ':' || sequence from dead_letters \
+         where stage = 'relay' and released_at is null order by aggregate_type, aggregate_id, sequence",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("relay dead letters")
+}
+
+/// Asserts every stored event but those parked at the relay is on the
+/// stream exactly once (`assert_stream_matches_store` less the parked
+/// ones); returns the stream's messages in stream order.
+pub async fn assert_stream_matches_store_but_relay_parks(
+    pool: &PgPool,
+    nats: &async_nats::Client,
+    stream: &chronicle_nats::StreamSettings,
+) -> Vec<(String, chronicle_nats::EventEnvelope)> {
+    use std::collections::HashSet;
+    let parked: HashSet<String> = open_relay_parks(pool).await.into_iter().collect();
+    let stored: HashSet<String> = crate::common::stored_event_ids(pool)
+        .await
+        .into_iter()
+        .collect();
+    let expected: HashSet<&String> = stored.difference(&parked).collect();
+    let received = crate::common::read_stream(
+        nats,
+        stream,
+        format!("{}.>", stream.subject_prefix),
+        expected.len(),
+    )
+    .await;
+    let on_stream: Vec<&String> = received.iter().map(|(id, _)| id).collect();
+    let distinct: HashSet<&String> = on_stream.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        on_stream.len(),
+        "no event is on the stream twice"
+    );
+    assert_eq!(
+        distinct, expected,
+        "the stream holds exactly the stored events but the relay-parked ones"
+    );
+    let info = async_nats::jetstream::new(nats.clone())
+        .get_stream(&stream.name)
+        .await
+        .unwrap()
+        .get_info()
+        .await
+        .unwrap();
+    assert_eq!(
+        info.state.messages as usize,
+        expected.len(),
+        "the stream holds no duplicate and no parked event"
+    );
+    received
+}
+
+/// While events are parked at the relay the audit trail has not seen them
+/// (`docs/architecture.md`, "Poison events"): asserts it has one entry per
+/// other event, in commit order, and that the verifier's first finding is
+/// the first parked event, missing. Returns the trail's rows.
+pub async fn assert_audit_trail_complete_but_relay_parks(pool: &PgPool) -> Vec<String> {
+    let parked = open_relay_parks(pool).await;
+    let events: Vec<(String, String, i64)> = sqlx::query_as(
+        "select aggregate_type, aggregate_id, sequence from events e \
+         where not exists (select 1 from dead_letters d where d.stage = 'relay' \
+           and d.released_at is null and d.aggregate_type = e.aggregate_type \
+           and d.aggregate_id = e.aggregate_id and d.sequence = e.sequence) \
+         order by transaction_id, global_position",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("events");
+    let entries = crate::common::eventually(Duration::from_secs(60), "the audit trail", || async {
+        let entries: Vec<(i64, String, String, i64)> = sqlx::query_as(
+            "select seq, aggregate_type, aggregate_id, aggregate_sequence from audit.entries \
+                 where generation = (select max(generation) from audit.generations) order by seq",
+        )
+        .fetch_all(pool)
+        .await
+        .ok()?;
+        (entries.len() >= events.len()).then_some(entries)
+    })
+    .await;
+    assert_eq!(
+        entries.len(),
+        events.len(),
+        "one audit entry per published event"
+    );
+    for (index, ((seq, kind, id, sequence), event)) in entries.iter().zip(&events).enumerate() {
+        assert_eq!(*seq, index as i64 + 1, "audit seq without gaps");
+        assert_eq!(
+            &(kind.clone(), id.clone(), *sequence),
+            event,
+            "audit entry {seq} in commit order"
+        );
+    }
+    let report = chronicle_projections::audit::verify::verify_chain(pool, Default::default())
+        .await
+        .expect("verify the audit chain");
+    if let Some(first) = parked.first() {
+        let failure = format!("{:?}", report.failure);
+        assert!(
+            failure.contains(&format!("event {first} ")) && failure.contains("has no audit entry"),
+            "the verifier's first finding is the parked event {first}: {failure}"
+        );
+    } else {
+        assert!(
+            report.failure.is_none(),
+            "the audit chain verifies: {:?}",
+            report.failure
+        );
+    }
+    crate::common::audit_trail_rows(pool).await
+}
+
+/// The read models equal a rebuild while events are parked at the relay: a
+/// rebuild leaves out what the live side left out, and the rebuilt audit
+/// trail is the live one.
+pub async fn assert_read_models_equal_rebuild_but_relay_parks(pool: &PgPool) {
+    let trail = assert_audit_trail_complete_but_relay_parks(pool).await;
+    let live = crate::common::read_model_rows(pool).await;
+    for projection in chronicle_projections::all_projections() {
+        chronicle_projections::replay::rebuild(pool, projection.as_ref(), &|_, _| {})
+            .await
+            .expect("rebuild");
+    }
+    assert_eq!(
+        live,
+        crate::common::read_model_rows(pool).await,
+        "live read models differ from a rebuild"
+    );
+    crate::common::assert_audit_rebuild_identical(pool, &trail).await;
+}
+
+/// Polls until the stream holds as many messages as the store has events
+/// (less those parked at the relay).
 pub async fn wait_for_relay(
     pool: &PgPool,
     nats: &async_nats::Client,
@@ -641,10 +781,13 @@ pub async fn wait_for_relay(
 ) {
     let jetstream = async_nats::jetstream::new(nats.clone());
     crate::common::eventually(within, "the relay to publish every event", || async {
-        let stored: i64 = sqlx::query_scalar("select count(*) from events")
-            .fetch_one(pool)
-            .await
-            .ok()?;
+        let stored: i64 = sqlx::query_scalar(
+            "select (select count(*) from events) - (select count(*) from dead_letters \
+             where stage = 'relay' and released_at is null)",
+        )
+        .fetch_one(pool)
+        .await
+        .ok()?;
         let mut stream = jetstream.get_stream(&stream.name).await.ok()?;
         let on_stream = stream.info().await.ok()?.state.messages as i64;
         (on_stream >= stored).then_some(())
@@ -807,6 +950,32 @@ impl PrivatePostgres {
             .args(["stop", "-m", "immediate", "-w", "-D"])
             .arg(self.data())
             .output();
+    }
+
+    /// Makes every new transaction read-only (`ALTER SYSTEM SET
+    /// default_transaction_read_only`, then `pg_reload_conf()`, which the
+    /// running sessions pick up too), or lifts it: writes fail with SQLSTATE
+    /// 25006 while reads go on, as they would on a full disk (which cannot
+    /// be made without root-only tricks; see docs/testing.md).
+    pub async fn set_read_only(&self, on: bool) {
+        use sqlx::Connection;
+        let mut admin = sqlx::PgConnection::connect(&self.url("postgres"))
+            .await
+            .expect("connect to the private postgres");
+        let statement = if on {
+            "alter system set default_transaction_read_only = on"
+        } else {
+            "alter system reset default_transaction_read_only"
+        };
+        sqlx::query(statement)
+            .execute(&mut admin)
+            .await
+            .expect("alter system");
+        sqlx::query("select pg_reload_conf()")
+            .execute(&mut admin)
+            .await
+            .expect("reload the configuration");
+        let _ = admin.close().await;
     }
 
     pub fn url(&self, database: &str) -> String {
