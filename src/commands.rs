@@ -62,6 +62,44 @@ pub struct Executed<A: Aggregate> {
     /// Names the last event written, sealed for the command's actor; `None`
     /// when the command changed nothing.
     pub token: Option<ConsistencyToken>,
+    /// Where the aggregate stands after this command, for a next command
+    /// that need not load it again ([`CommandExecutor::execute_at`]); `None`
+    /// when this command wrote a snapshot (whose version is then the store's
+    /// to know: the next command loads).
+    pub next: Option<Loaded<A>>,
+}
+
+/// An aggregate as the event store had it at one point: its state, the
+/// sequence of its last event and the version of its snapshot. A command
+/// given one ([`CommandExecutor::execute_at`]) commits after that sequence
+/// without loading; if another command got there first, the commit
+/// conflicts on the sequence and the command runs again, loaded.
+#[derive(Debug, Clone)]
+pub struct Loaded<A: Aggregate> {
+    pub aggregate: A,
+    sequence: usize,
+    snapshot: Option<usize>,
+}
+
+impl<A: Aggregate> Loaded<A> {
+    fn context(self, aggregate_id: &str) -> EventStoreAggregateContext<A> {
+        EventStoreAggregateContext {
+            aggregate_id: aggregate_id.to_string(),
+            aggregate: self.aggregate,
+            current_sequence: self.sequence,
+            current_snapshot: self.snapshot,
+        }
+    }
+}
+
+/// Whether committing `events` after `sequence` writes a snapshot: the
+/// rule of cqrs-es's snapshot store (`SourceOfTruth::Snapshot`), whose
+/// snapshot version only the store then knows.
+fn writes_snapshot(aggregate_type: &str, sequence: usize, events: usize) -> bool {
+    match snapshot_every(aggregate_type) {
+        Some(size) => events >= size - (sequence % size),
+        None => false,
+    }
 }
 
 /// Runs commands for one aggregate type.
@@ -166,8 +204,27 @@ where
 
     /// Loads the aggregate as the event store has it.
     pub async fn load(&self, aggregate_id: &str) -> Result<A, AggregateError<A::Error>> {
-        let mut context = self.store.load_aggregate(aggregate_id).await?;
-        Ok(context.aggregate().clone())
+        Ok(self.load_at(aggregate_id).await?.aggregate)
+    }
+
+    /// [`Self::load`], with the position a next command can commit at
+    /// without loading again ([`Self::execute_at`]).
+    pub async fn load_at(&self, aggregate_id: &str) -> Result<Loaded<A>, AggregateError<A::Error>> {
+        let context = self.load_context(aggregate_id).await?;
+        Ok(Loaded {
+            aggregate: context.aggregate,
+            sequence: context.current_sequence,
+            snapshot: context.current_snapshot,
+        })
+    }
+
+    /// The store's snapshot and events after it: two round trips, counted.
+    async fn load_context(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<EventStoreAggregateContext<A>, AggregateError<A::Error>> {
+        metrics::counter!("chronicle_aggregate_loads_total", "aggregate" => A::TYPE).increment(1);
+        self.store.load_aggregate(aggregate_id).await
     }
 
     /// Handles `command` and commits its events with `metadata`.
@@ -177,7 +234,22 @@ where
         command: A::Command,
         metadata: HashMap<String, String>,
     ) -> Result<Executed<A>, AggregateError<A::Error>> {
-        self.execute_as(aggregate_id, command, metadata, false)
+        self.execute_as(aggregate_id, command, metadata, None).await
+    }
+
+    /// [`Self::execute`] from where `at` says the aggregate stands (from
+    /// [`Self::load_at`] or a previous command's [`Executed::next`]): the
+    /// first attempt does not load it. Should another command have
+    /// committed since, the commit conflicts and the command runs again the
+    /// ordinary way, loaded; nothing is written from a stale state.
+    pub async fn execute_at(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        metadata: HashMap<String, String>,
+        at: Loaded<A>,
+    ) -> Result<Executed<A>, AggregateError<A::Error>> {
+        self.execute_as(aggregate_id, command, metadata, Some(at))
             .await
     }
 
@@ -186,7 +258,7 @@ where
         aggregate_id: &str,
         command: A::Command,
         metadata: HashMap<String, String>,
-        fresh: bool,
+        at: Option<Loaded<A>>,
     ) -> Result<Executed<A>, AggregateError<A::Error>> {
         let started = std::time::Instant::now();
         // Commands on one aggregate take turns in this process: racing them
@@ -195,7 +267,7 @@ where
         // the optimistic check as before.
         let turn = self.turns.acquire(aggregate_id).await;
         let result = self
-            .execute_with_retries(aggregate_id, command, metadata, fresh)
+            .execute_with_retries(aggregate_id, command, metadata, at)
             .await;
         drop(turn);
         let outcome = match &result {
@@ -222,7 +294,13 @@ where
         command: A::Command,
         metadata: HashMap<String, String>,
     ) -> Result<Executed<A>, AggregateError<A::Error>> {
-        self.execute_as(aggregate_id, command, metadata, true).await
+        let empty = Loaded {
+            aggregate: A::default(),
+            sequence: 0,
+            snapshot: None,
+        };
+        self.execute_as(aggregate_id, command, metadata, Some(empty))
+            .await
     }
 
     async fn execute_with_retries(
@@ -230,18 +308,13 @@ where
         aggregate_id: &str,
         command: A::Command,
         metadata: HashMap<String, String>,
-        fresh: bool,
+        mut at: Option<Loaded<A>>,
     ) -> Result<Executed<A>, AggregateError<A::Error>> {
         for attempt in 0..=CONFLICT_RETRIES {
-            let mut context = if fresh && attempt == 0 {
-                EventStoreAggregateContext {
-                    aggregate_id: aggregate_id.to_string(),
-                    aggregate: A::default(),
-                    current_sequence: 0,
-                    current_snapshot: None,
-                }
-            } else {
-                self.store.load_aggregate(aggregate_id).await?
+            // Only the first attempt may start from a given position.
+            let mut context = match at.take() {
+                Some(at) => at.context(aggregate_id),
+                None => self.load_context(aggregate_id).await?,
             };
             let sink = EventSink::default();
             // Handle on a copy: `EventSink::write` applies each event to the
@@ -254,14 +327,26 @@ where
                 .await
                 .map_err(AggregateError::UserError)?;
             let events = sink.collect().await;
+            let (sequence, snapshot) = (context.current_sequence, context.current_snapshot);
             if events.is_empty() {
+                let next = Some(Loaded {
+                    aggregate: aggregate.clone(),
+                    sequence,
+                    snapshot,
+                });
                 return Ok(Executed {
                     aggregate,
                     events,
                     token: None,
+                    next,
                 });
             }
             let count = events.len() as u64;
+            let next = (!writes_snapshot(A::TYPE, sequence, events.len())).then(|| Loaded {
+                aggregate: aggregate.clone(),
+                sequence: sequence + events.len(),
+                snapshot,
+            });
             match self
                 .store
                 .commit(events.clone(), context, metadata.clone())
@@ -277,6 +362,7 @@ where
                         aggregate,
                         events,
                         token,
+                        next,
                     });
                 }
                 Err(AggregateError::AggregateConflict) if attempt < CONFLICT_RETRIES => {

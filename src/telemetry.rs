@@ -115,6 +115,11 @@ fn describe_metrics() {
         "Time to load, handle and commit a command, by aggregate"
     );
     describe_counter!(
+        "chronicle_aggregate_loads_total",
+        Unit::Count,
+        "Aggregates loaded from the event store (snapshot and events after it), by aggregate"
+    );
+    describe_counter!(
         "chronicle_command_conflicts_retried_total",
         Unit::Count,
         "Optimistic-concurrency conflicts retried, by aggregate"

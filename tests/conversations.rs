@@ -1172,3 +1172,82 @@ async fn analytics_figures_equal_the_counts_of_the_event_store_for_the_same_wind
     assert_read_models_equal_rebuild(&app.pool).await;
     app.stop().await;
 }
+
+/// `chronicle_aggregate_loads_total` of chat sessions, from `/metrics`.
+async fn chat_session_loads(app: &TestApp) -> u64 {
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metrics
+        .lines()
+        .find(|line| {
+            line.starts_with("chronicle_aggregate_loads_total")
+                && line.contains(r#"aggregate="ChatSession""#)
+        })
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn an_exchange_reads_its_session_from_the_event_store_once_not_once_per_command() {
+    let (app, _fake) = app_with_fake_llm().await;
+    let user = app.register("one-load@example.com").await;
+    let id = start_session(&app, &user, json!({"model": "gpt-test"})).await;
+    let path = format!("/v1/sessions/{id}/messages");
+    let exchange = |content: &'static str, stream: bool| {
+        app.send(
+            Method::POST,
+            &path,
+            &user,
+            Some(json!({"content": content, "stream": stream})),
+        )
+    };
+    assert_eq!(
+        exchange("warm up", false).await.status(),
+        StatusCode::CREATED
+    );
+
+    let before = chat_session_loads(&app).await;
+    assert_eq!(exchange("hello", false).await.status(), StatusCode::CREATED);
+    assert_eq!(
+        chat_session_loads(&app).await - before,
+        1,
+        "the session is read once; the user message and the reply commit from there"
+    );
+
+    let before = chat_session_loads(&app).await;
+    let streamed = exchange("and again", true).await;
+    assert_eq!(streamed.status(), StatusCode::OK);
+    // `[DONE]` comes after the reply is stored.
+    let events = read_sse(streamed, |_| false).await;
+    assert_eq!(events.last().unwrap().1, "[DONE]");
+    assert_eq!(chat_session_loads(&app).await - before, 1, "streamed too");
+
+    // Every message is stored once, in order, after the session started.
+    let sequences: Vec<i64> = sqlx::query_scalar(
+        "select sequence from events where aggregate_type = 'ChatSession' \
+         and aggregate_id = $1 order by sequence",
+    )
+    .bind(&id)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(sequences, (1..=7).collect::<Vec<i64>>());
+    let stored: Vec<Value> = app
+        .send_json(Method::GET, &format!("{path}?limit=100"), &user, None)
+        .await;
+    let contents: Vec<&str> = stored
+        .iter()
+        .filter(|m| m["role"] == "user")
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(contents.len(), 3, "{stored:?}");
+    app.stop().await;
+}

@@ -55,3 +55,67 @@ async fn a_create_without_a_load_on_an_id_that_exists_falls_back_to_a_load_and_i
     assert_eq!(events, 1);
     app.stop().await;
 }
+
+fn retitle(actor: Uuid, title: &str) -> TaskCommand {
+    TaskCommand::Patch {
+        actor_id: actor,
+        title: Some(title.into()),
+        description: None,
+        project_id: None,
+        due_at: None,
+        completed: None,
+        at: chrono::Utc::now(),
+    }
+}
+
+#[tokio::test]
+async fn a_command_given_a_stale_position_is_run_again_on_the_stored_state_and_loses_nothing() {
+    let app = TestApp::spawn().await;
+    let tasks = CommandExecutor::<Task>::new(app.pool.clone(), ());
+    let (id, actor) = (Uuid::new_v4(), Uuid::new_v4());
+    let key = id.to_string();
+    tasks
+        .execute_new(&key, create(actor, "first"), HashMap::new())
+        .await
+        .unwrap();
+    let stale = tasks.load_at(&key).await.unwrap();
+    // Another command commits after the position was taken.
+    tasks
+        .execute(&key, retitle(actor, "second"), HashMap::new())
+        .await
+        .unwrap();
+    let done = tasks
+        .execute_at(
+            &key,
+            TaskCommand::SetCompleted {
+                actor_id: actor,
+                completed: true,
+                at: chrono::Utc::now(),
+            },
+            HashMap::new(),
+            stale,
+        )
+        .await
+        .expect("the conflict is retried on the stored state");
+    assert_eq!(
+        done.aggregate.title, "second",
+        "the other command's change is kept"
+    );
+    assert!(done.aggregate.completed);
+    let sequences: Vec<i64> =
+        sqlx::query_scalar("select sequence from events where aggregate_id = $1 order by sequence")
+            .bind(&key)
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(sequences, vec![1, 2, 3], "one event per command, none lost");
+    // The position a command hands on is where the store stands.
+    let next = done.next.expect("no snapshot was written");
+    let again = tasks
+        .execute_at(&key, retitle(actor, "third"), HashMap::new(), next)
+        .await
+        .unwrap();
+    assert_eq!(again.aggregate.title, "third");
+    assert!(again.aggregate.completed);
+    app.stop().await;
+}

@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, HeaderValue};
 use cqrs_es::{Aggregate, AggregateError};
 use uuid::Uuid;
 
-use crate::commands::{CommandExecutor, Executed};
+use crate::commands::{CommandExecutor, Executed, Loaded};
 use crate::http::error::{ApiError, Result};
 use crate::http::extract::{AuthUser, ConsistencyHeader, RequestContext, CONSISTENCY_HEADER};
 use crate::state::AppState;
@@ -49,6 +49,30 @@ where
     let metadata = context.metadata(user.id, &user.roles);
     let executed = executor
         .execute_new(&id.to_string(), command, metadata)
+        .await;
+    answer(state, user, executed.map_err(domain_error)?)
+}
+
+/// [`execute`] from where `at` says the aggregate stands: the first attempt
+/// does not load it (`CommandExecutor::execute_at`).
+#[allow(clippy::too_many_arguments)]
+pub async fn execute_at<A>(
+    state: &AppState,
+    executor: &CommandExecutor<A>,
+    user: &AuthUser,
+    context: &RequestContext,
+    id: Uuid,
+    command: A::Command,
+    at: Loaded<A>,
+    domain_error: fn(AggregateError<A::Error>) -> ApiError,
+) -> Result<(HeaderMap, Executed<A>)>
+where
+    A: Aggregate + Clone,
+    A::Command: Clone,
+{
+    let metadata = context.metadata(user.id, &user.roles);
+    let executed = executor
+        .execute_at(&id.to_string(), command, metadata, at)
         .await;
     answer(state, user, executed.map_err(domain_error)?)
 }

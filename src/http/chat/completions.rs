@@ -135,15 +135,16 @@ pub async fn create_chat_completion(
     let id = format!("chatcmpl-{}", Uuid::new_v4().simple());
     let created = chrono::Utc::now().timestamp();
     if let Some(session_id) = session_id {
-        load_own_session(&state, &user, session_id).await?;
+        let loaded = load_own_session(&state, &user, session_id).await?;
         let upstream_model = upstream_model.to_string();
-        let exchange = Exchange {
-            state: state.clone(),
+        let exchange = Exchange::new(
+            state.clone(),
             user,
             context,
             session_id,
-            model: request.model.clone(),
-        };
+            request.model.clone(),
+            loaded,
+        );
         return in_session(
             exchange,
             provider,

@@ -18,8 +18,10 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::messages::MessageResponse;
-use super::{load_own_session, run, TokenUsage};
-use crate::commands::now;
+use std::sync::Mutex;
+
+use super::{load_own_session, run_at, TokenUsage};
+use crate::commands::{now, Executed, Loaded};
 use crate::http::chat::{self, SseRelay, StreamOutcome};
 use crate::http::error::{ApiError, Result};
 use crate::http::extract::{AuthUser, IdPath, Json, RequestContext};
@@ -67,18 +69,17 @@ pub async fn send_message(
     Json(request): Json<SendMessageRequest>,
 ) -> Result<Response> {
     // The session and its history come from the event store, which always
-    // holds the caller's previous exchange: no read-your-writes wait.
-    let session = load_own_session(&state, &user, id).await?;
+    // holds the caller's previous exchange: no read-your-writes wait. Both
+    // reads go at once (the history is not used unless the session is the
+    // caller's).
+    let (loaded, history) = tokio::try_join!(
+        load_own_session(&state, &user, id),
+        load_history(&state, id)
+    )?;
+    let session = loaded.aggregate.clone();
     state.llm.resolve(&session.model).map_err(ApiError::from)?;
     chat::check_token_budget(&state, &user)?;
-    let history = load_history(&state, id).await?;
-    let exchange = Exchange {
-        state,
-        user,
-        context,
-        session_id: id,
-        model: session.model.clone(),
-    };
+    let exchange = Exchange::new(state, user, context, id, session.model.clone(), loaded);
     // A stream's slot is taken before anything is stored: a 429 changes nothing.
     let permit = match request.stream {
         true => Some(chat::stream_permit(&exchange.state, &exchange.user)?),
@@ -119,20 +120,54 @@ pub(crate) struct Exchange {
     pub session_id: Uuid,
     /// The model id asked.
     pub model: String,
+    /// Where the session stood after this exchange's last read or command:
+    /// the next command commits from there without loading the session
+    /// again (a conflict loads and retries; see `CommandExecutor::execute_at`).
+    known: Mutex<Option<Loaded<ChatSession>>>,
 }
 
 impl Exchange {
+    pub(crate) fn new(
+        state: AppState,
+        user: AuthUser,
+        context: RequestContext,
+        session_id: Uuid,
+        model: String,
+        loaded: Loaded<ChatSession>,
+    ) -> Self {
+        Self {
+            state,
+            user,
+            context,
+            session_id,
+            model,
+            known: Mutex::new(Some(loaded)),
+        }
+    }
+
+    /// Runs `command` on the session from where this exchange last saw it.
+    async fn run(&self, command: ChatSessionCommand) -> Result<(HeaderMap, Executed<ChatSession>)> {
+        let at = self.known.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let (headers, mut executed) = run_at(
+            &self.state,
+            &self.user,
+            &self.context,
+            self.session_id,
+            command,
+            at,
+        )
+        .await?;
+        *self.known.lock().unwrap_or_else(|e| e.into_inner()) = executed.next.take();
+        Ok((headers, executed))
+    }
+
     /// Stores the user's message; returns its consistency header and the message.
     pub(crate) async fn add_user_message(
         &self,
         content: String,
     ) -> Result<(HeaderMap, MessageResponse)> {
-        let (headers, executed) = run(
-            &self.state,
-            &self.user,
-            &self.context,
-            self.session_id,
-            ChatSessionCommand::AddMessage {
+        let (headers, executed) = self
+            .run(ChatSessionCommand::AddMessage {
                 actor: self.user.id,
                 message_id: Uuid::new_v4(),
                 role: Role::User,
@@ -140,9 +175,8 @@ impl Exchange {
                 model: None,
                 usage: None,
                 at: now(),
-            },
-        )
-        .await?;
+            })
+            .await?;
         Ok((headers, recorded_message(executed.events.last())?))
     }
 
@@ -247,12 +281,8 @@ impl Exchange {
             completion_tokens: usage.completion_tokens,
             total_tokens: usage.total_tokens,
         };
-        let (headers, executed) = run(
-            &self.state,
-            &self.user,
-            &self.context,
-            self.session_id,
-            ChatSessionCommand::AddMessage {
+        let (headers, executed) = self
+            .run(ChatSessionCommand::AddMessage {
                 actor: self.user.id,
                 message_id: Uuid::new_v4(),
                 role: Role::Assistant,
@@ -260,26 +290,20 @@ impl Exchange {
                 model: Some(self.model.clone()),
                 usage: Some(usage),
                 at: now(),
-            },
-        )
-        .await?;
+            })
+            .await?;
         Ok((headers, recorded_message(executed.events.last())?))
     }
 
     pub(crate) async fn record_failure(&self, err: &UpstreamError) {
-        let recorded = run(
-            &self.state,
-            &self.user,
-            &self.context,
-            self.session_id,
-            ChatSessionCommand::RecordExchangeFailure {
+        let recorded = self
+            .run(ChatSessionCommand::RecordExchangeFailure {
                 actor: self.user.id,
                 reason: err.to_string(),
                 model: self.model.clone(),
                 at: now(),
-            },
-        )
-        .await;
+            })
+            .await;
         if let Err(err) = recorded {
             tracing::error!(error = %err, "a failed exchange could not be recorded");
         }
@@ -337,7 +361,7 @@ async fn load_history(state: &AppState, session_id: Uuid) -> Result<Vec<ChatMess
                     Role::Assistant => llm::Role::Assistant,
                     Role::System => llm::Role::System,
                 },
-                content: content.as_str().to_owned(),
+                content: content.into_string(),
             }),
             Ok(_) => Err(ApiError::Internal(anyhow::anyhow!(
                 "a MessageAdded row holds another event"

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::commands::{now, Executed};
+use crate::commands::{now, Executed, Loaded};
 use crate::http::error::{infrastructure_error, ApiError, Result};
 use crate::http::extract::{AuthUser, ConsistencyHeader, IdPath, Json, Query, RequestContext};
 use crate::http::projects::check_project;
@@ -196,24 +196,52 @@ pub(crate) async fn run(
     .await
 }
 
+/// [`run`] from where `at` says the session stands: the first attempt does
+/// not load it again (a conflict loads and retries).
+pub(crate) async fn run_at(
+    state: &AppState,
+    user: &AuthUser,
+    context: &RequestContext,
+    id: Uuid,
+    command: ChatSessionCommand,
+    at: Option<Loaded<ChatSession>>,
+) -> Result<(HeaderMap, Executed<ChatSession>)> {
+    let Some(at) = at else {
+        return run(state, user, context, id, command).await;
+    };
+    write::execute_at(
+        state,
+        &state.chat_sessions,
+        user,
+        context,
+        id,
+        command,
+        at,
+        chat_session_error,
+    )
+    .await
+}
+
 /// The caller's session `id` as the event store has it (snapshot and
 /// tail): what an exchange needs, its model and system prompt, with no wait
 /// for the read model, so that an exchange does not pay the projection's
-/// lag. 404 when it is someone else's, deleted, or unknown.
+/// lag; and where it stands, so that the exchange's first command need not
+/// load it again. 404 when it is someone else's, deleted, or unknown.
 pub(crate) async fn load_own_session(
     state: &AppState,
     user: &AuthUser,
     id: Uuid,
-) -> Result<ChatSession> {
-    let session = state
+) -> Result<Loaded<ChatSession>> {
+    let loaded = state
         .chat_sessions
-        .load(&id.to_string())
+        .load_at(&id.to_string())
         .await
         .map_err(chat_session_error)?;
+    let session = &loaded.aggregate;
     if !session.exists || session.is_deleted || session.owner_id != Some(user.id) {
         return Err(ApiError::NotFound);
     }
-    Ok(session)
+    Ok(loaded)
 }
 
 /// The caller's session `id` from the read model (after waiting for the
