@@ -11,6 +11,7 @@ use chronicle::Components;
 use common::{eventually, test_settings, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use sqlx::Connection;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use uuid::Uuid;
@@ -390,5 +391,96 @@ async fn open_event_feeds_do_not_count_against_the_in_flight_cap() {
         "three open feeds, cap of one"
     );
     drop(open);
+    app.stop().await;
+}
+
+/// Sets `default_transaction_read_only` for this test's database and ends
+/// its sessions, so that every connection the app makes next has it: writes
+/// are refused (SQLSTATE 25006) as on a standby or a server switched to
+/// read-only to save its disk. Only this database is touched.
+async fn set_read_only(app: &TestApp, on: bool) {
+    let database: String = sqlx::query_scalar("select current_database()")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let mut admin = sqlx::PgConnection::connect(&common::admin_database_url())
+        .await
+        .unwrap();
+    sqlx::query(&format!(
+        "alter database {database} set default_transaction_read_only = {on}"
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    sqlx::query(
+        "select pg_terminate_backend(pid) from pg_stat_activity \
+         where datname = $1 and pid <> pg_backend_pid()",
+    )
+    .bind(&database)
+    .execute(&mut admin)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_database_that_refuses_writes_for_now_answers_503_to_writes_while_reads_are_served() {
+    let app = TestApp::spawn().await;
+    let user = app.register("readonly@example.com").await;
+    let task = app.create_task(&user, "before").await;
+    let task_path = format!("/v1/tasks/{}", task["id"].as_str().unwrap());
+    app.wait_for_projections().await;
+    let events_before: i64 = sqlx::query_scalar("select count(*) from events")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let create = || {
+        client(Duration::from_secs(10))
+            .post(app.url("/v1/tasks"))
+            .bearer_auth(&user.token)
+            .json(&json!({"title": "while read-only"}))
+            .send()
+    };
+
+    set_read_only(&app, true).await;
+    // The first request after the sessions ended may meet a connection
+    // that is being replaced; the answer settles on the refusal.
+    let (error, retry_after) = eventually(
+        Duration::from_secs(20),
+        "writes refused with 503",
+        || async {
+            let (status, error, retry_after) = error_of(create().await.unwrap()).await;
+            (status == StatusCode::SERVICE_UNAVAILABLE
+                && error["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("try again"))
+            .then_some((error, retry_after))
+        },
+    )
+    .await;
+    assert_eq!(error["code"], "UNAVAILABLE", "{error}");
+    assert!(error["request_id"].is_string(), "the API's error format");
+    assert!(retry_after.is_some(), "Retry-After on a read-only database");
+    let read = client(Duration::from_secs(10))
+        .get(app.url(&task_path))
+        .bearer_auth(&user.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), StatusCode::OK, "reads are served meanwhile");
+    let events_while: i64 = sqlx::query_scalar("select count(*) from events")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        events_while, events_before,
+        "a refused write changed nothing"
+    );
+
+    set_read_only(&app, false).await;
+    eventually(Duration::from_secs(20), "writes accepted again", || async {
+        (create().await.unwrap().status() == StatusCode::CREATED).then_some(())
+    })
+    .await;
     app.stop().await;
 }

@@ -178,12 +178,11 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        // However it travelled (`?` through anyhow), an exhausted pool is
-        // overload, not a fault: 503 with `Retry-After`, not 500.
+        // However it travelled (`?` through anyhow), a database that cannot
+        // serve for now is not a fault: 503 with `Retry-After`, not 500.
         if let Self::Internal(err) = &self {
-            if err.chain().any(is_pool_exhausted) {
-                tracing::warn!("no database connection within the pool's acquire timeout");
-                return Self::database_busy().into_response();
+            if let Some(unavailable) = err.chain().find_map(database_unavailable) {
+                return unavailable.into_response();
             }
         }
         if let Self::Internal(err) = &self {
@@ -231,28 +230,47 @@ impl IntoResponse for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
-        if matches!(err, sqlx::Error::PoolTimedOut) {
-            tracing::warn!("no database connection within the pool's acquire timeout");
-            return Self::database_busy();
+        if let Some(unavailable) = database_unavailable(&err) {
+            return unavailable;
         }
         Self::Internal(anyhow::Error::new(err).context("database"))
     }
 }
 
-/// Whether `cause` is sqlx's "no pooled connection within the acquire
-/// timeout" (directly, or as the source of a wrapping error).
-pub fn is_pool_exhausted(cause: &(dyn std::error::Error + 'static)) -> bool {
+/// The 503 for `cause` (or an error it wraps) when it says the database
+/// cannot serve for now, rather than that anything is wrong: no pooled
+/// connection within the acquire timeout, or a refusal Postgres gives while
+/// it is read-only, out of disk, memory or connections, or shutting down.
+/// The client may retry; anything else stays a 500.
+pub fn database_unavailable(cause: &(dyn std::error::Error + 'static)) -> Option<ApiError> {
     let mut next = Some(cause);
     while let Some(err) = next {
-        if matches!(
-            err.downcast_ref::<sqlx::Error>(),
-            Some(sqlx::Error::PoolTimedOut)
-        ) {
-            return true;
+        match err.downcast_ref::<sqlx::Error>() {
+            Some(sqlx::Error::PoolTimedOut) => {
+                tracing::warn!("no database connection within the pool's acquire timeout");
+                return Some(ApiError::database_busy());
+            }
+            Some(sqlx::Error::Database(refusal))
+                if refusal.code().is_some_and(|code| refuses_for_now(&code)) =>
+            {
+                tracing::warn!(error = %refusal, "the database refused the request for now");
+                return Some(ApiError::Unavailable(
+                    "the database cannot take this request right now; try again shortly".into(),
+                ));
+            }
+            _ => {}
         }
         next = err.source();
     }
-    false
+    None
+}
+
+/// SQLSTATEs of a database that refuses for now: 25006, a read-only
+/// transaction (writes switched off, a standby); class 53, insufficient
+/// resources (disk full, out of memory, too many connections); class 57P,
+/// operator intervention (shutting down, not accepting connections yet).
+fn refuses_for_now(sqlstate: &str) -> bool {
+    sqlstate == "25006" || sqlstate.starts_with("53") || sqlstate.starts_with("57P")
 }
 
 /// Maps the infrastructure half of a command failure; the domain half
@@ -278,11 +296,10 @@ pub fn infrastructure_error<E: std::error::Error>(err: AggregateError<E>) -> Api
         AggregateError::DatabaseConnectionError(err) => {
             ApiError::Unavailable(format!("event store unavailable: {err}"))
         }
-        // postgres-es passes sqlx's pool timeout on as an unexpected error.
-        AggregateError::UnexpectedError(err) if is_pool_exhausted(err.as_ref()) => {
-            ApiError::database_busy()
-        }
-        AggregateError::DeserializationError(err) | AggregateError::UnexpectedError(err) => {
+        // postgres-es passes sqlx's errors on as unexpected ones.
+        AggregateError::UnexpectedError(err) => database_unavailable(err.as_ref())
+            .unwrap_or_else(|| ApiError::Internal(anyhow::anyhow!("event store: {err}"))),
+        AggregateError::DeserializationError(err) => {
             ApiError::Internal(anyhow::anyhow!("event store: {err}"))
         }
     }

@@ -62,7 +62,7 @@ fn description(status: &str) -> &'static str {
         "429" => "RATE_LIMITED (Retry-After)",
         "500" => "INTERNAL_ERROR",
         "502" => "UPSTREAM_ERROR",
-        "503" => "UNAVAILABLE: overloaded, timed out, or your last write is not readable yet (Retry-After)",
+        "503" => "UNAVAILABLE: overloaded, timed out, the database cannot take it right now, or your last write is not readable yet (Retry-After)",
         _ => "Error",
     }
 }
