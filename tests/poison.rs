@@ -5,12 +5,18 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use chronicle::audit::checkpointer::sign_head_if_moved;
+use chronicle::audit::ServerSigner;
+use chronicle::auth::SigningKeys;
 use chronicle_nats::dead_letter::{self, RELAY_STAGE};
+use chronicle_projections::audit::{checkpoints_paused, AuditProjection};
+use common::log_capture::LogCapture;
 use common::{
-    assert_read_models_equal_rebuild, eventually, free_port, test_settings, wait_for_port, OwnNats,
-    TestApp,
+    assert_read_models_equal_rebuild, eventually, free_port, test_settings, wait_for_audit,
+    wait_for_port, OwnNats, TestApp,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -320,6 +326,10 @@ async fn an_event_a_projection_cannot_apply_is_parked_with_its_aggregate_and_the
     assert_eq!(parked[0].0, broken_id);
     assert!(parked[0].2.contains("invalid type"), "{parked:?}");
     assert!(parked[1].2.contains("held behind"), "{parked:?}");
+    // The audit trail has them: its checkpoints go on.
+    let mut conn = app.pool.acquire().await.unwrap();
+    assert_eq!(checkpoints_paused(&mut conn).await.unwrap(), None);
+    drop(conn);
 
     // The other task and the user's other aggregates go on.
     let healthy_id = healthy["id"].as_str().unwrap();
@@ -448,5 +458,191 @@ async fn a_parked_event_is_published_in_order_once_released_after_the_cause_is_f
         !body.to_string().contains("dead letters"),
         "no dead letters left open: {body}"
     );
+    app.stop().await;
+}
+
+/// The newest checkpoint's seq (0 without one).
+async fn last_checkpoint(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("select coalesce(max(seq), 0) from audit.checkpoints")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Whether the newest generation of the trail has an entry for every stored
+/// event but `held_out`.
+async fn audit_has_all_but(pool: &PgPool, held_out: i64) -> bool {
+    let (events, entries): (i64, i64) = sqlx::query_as(
+        "select (select count(*) from events), \
+                (select count(*) from audit.entries \
+                  where generation = (select max(generation) from audit.generations))",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    entries == events - held_out
+}
+
+/// A checkpoint signed while an event is held out of the audit trail, or
+/// after its release (it lands at the end, out of commit order) but before
+/// `chronicle replay --projection audit`, would vouch for a chain the replay
+/// does not give: `audit verify` would then report a rewrite that never
+/// happened. So neither signer signs until the replay; then they resume.
+#[tokio::test]
+async fn no_audit_checkpoint_is_signed_while_a_relay_parked_event_is_out_of_the_trail_or_out_of_order(
+) {
+    let log = LogCapture::install();
+    let port = free_port();
+    let store = std::env::temp_dir().join(format!("chronicle-nats-{}", Uuid::new_v4()));
+    let mut nats = OwnNats::start_with_config(port, store, Some("max_payload: 65536\n".into()));
+    wait_for_port(port).await;
+    let mut settings = test_settings().await;
+    settings.nats.url = nats.url();
+    settings.audit.checkpoint_every = 2;
+    // The interval checkpointer is called directly below, not by its timer.
+    settings.audit.checkpoint_interval = Duration::from_secs(3600);
+    let app = TestApp::spawn_with(settings.clone()).await;
+    let signer = ServerSigner::new(Arc::new(
+        SigningKeys::load_or_generate(&settings.auth, &settings.data_dir).unwrap(),
+    ));
+    let auditor = app.user_with_role("auditor@example.com", "auditor").await;
+    let user = app.register("large@example.com").await;
+    let other = app.register("other@example.com").await;
+    let id = user.id.to_string();
+    wait_for_audit(&app.pool).await;
+    sign_head_if_moved(&app.pool, &signer).await.unwrap();
+    let signed_before = last_checkpoint(&app.pool).await;
+    assert!(signed_before > 0);
+
+    // Too large for NATS, and one behind it: both parked at the relay.
+    let marker = "payload-never-logged";
+    let large = format!(r#"{{"notes": "{marker}{}"}}"#, "x".repeat(100_000));
+    append_raw(
+        &app.pool,
+        "User",
+        &id,
+        "ProfileUpdated",
+        &profile_updated(&large),
+    )
+    .await;
+    append_raw(
+        &app.pool,
+        "User",
+        &id,
+        "ProfileUpdated",
+        &profile_updated(r#"{"theme": "dark"}"#),
+    )
+    .await;
+    let parked = eventually(Duration::from_secs(30), "two parked events", || async {
+        let parked = open_dead_letters(&app.pool, RELAY_STAGE).await;
+        (parked.len() == 2).then_some(parked)
+    })
+    .await;
+    let poison = format!("User:{id}:{}", parked[0].1);
+
+    // Other aggregates flow on past it: several checkpoints fall due (every
+    // second entry), and none is signed, by the projection or the timer.
+    for n in 0..4 {
+        app.create_task(&other, &format!("while parked {n}")).await;
+    }
+    eventually(
+        Duration::from_secs(30),
+        "the trail without the parked events",
+        || async { audit_has_all_but(&app.pool, 2).await.then_some(()) },
+    )
+    .await;
+    assert_eq!(sign_head_if_moved(&app.pool, &signer).await.unwrap(), None);
+    assert_eq!(last_checkpoint(&app.pool).await, signed_before);
+    let mut conn = app.pool.acquire().await.unwrap();
+    let paused = checkpoints_paused(&mut conn)
+        .await
+        .unwrap()
+        .expect("paused");
+    assert_eq!(
+        (paused.event.as_str(), paused.released),
+        (poison.as_str(), false)
+    );
+
+    // The operator raises the limit and releases the aggregate.
+    nats.stop();
+    nats.set_config(Some("max_payload: 1048576\n".into()));
+    nats.restart();
+    wait_for_port(port).await;
+    eventually(
+        Duration::from_secs(60),
+        "the release to go through",
+        || async {
+            if open_dead_letters(&app.pool, RELAY_STAGE).await.is_empty() {
+                return Some(());
+            }
+            request_release(&app.pool, RELAY_STAGE, "User", &id).await;
+            None
+        },
+    )
+    .await;
+
+    // The released events land at the end of the trail, out of commit order:
+    // still no checkpoint, however many fall due.
+    for n in 0..4 {
+        app.create_task(&other, &format!("after the release {n}"))
+            .await;
+    }
+    wait_for_audit(&app.pool).await;
+    assert_eq!(sign_head_if_moved(&app.pool, &signer).await.unwrap(), None);
+    assert_eq!(last_checkpoint(&app.pool).await, signed_before);
+    let paused = checkpoints_paused(&mut conn)
+        .await
+        .unwrap()
+        .expect("paused");
+    assert_eq!(
+        (paused.event.as_str(), paused.released),
+        (poison.as_str(), true)
+    );
+    let report: Value = app
+        .send_json(Method::GET, "/v1/audit/verify", &auditor, None)
+        .await;
+    assert_eq!(report["ok"], false, "out of commit order: {report}");
+
+    // Each skipped checkpoint was logged, naming the event and what to do,
+    // never its payload.
+    let warnings: Vec<String> = log
+        .contents()
+        .lines()
+        .filter(|line| line.contains("audit checkpoint not signed"))
+        .map(str::to_string)
+        .collect();
+    for state in ["is parked", "was released"] {
+        assert!(
+            warnings.iter().any(|line| line.contains(&poison)
+                && line.contains(state)
+                && line.contains("chronicle replay --projection audit")),
+            "a warning that {poison} {state}: {warnings:#?}"
+        );
+    }
+    assert!(!warnings.iter().any(|line| line.contains(marker)));
+
+    // The replay puts the events in commit order: the trail verifies, with
+    // every checkpoint signed before, and signing resumes by itself.
+    chronicle_projections::replay::rebuild(&app.pool, &AuditProjection::default(), &|_, _| {})
+        .await
+        .expect("replay the audit trail");
+    assert_eq!(checkpoints_paused(&mut conn).await.unwrap(), None);
+    drop(conn);
+    for n in 0..2 {
+        app.create_task(&other, &format!("after the replay {n}"))
+            .await;
+    }
+    eventually(
+        Duration::from_secs(30),
+        "the projection to sign a checkpoint",
+        || async { (last_checkpoint(&app.pool).await > signed_before).then_some(()) },
+    )
+    .await;
+    wait_for_audit(&app.pool).await;
+    sign_head_if_moved(&app.pool, &signer).await.unwrap();
+    let report: Value = app
+        .send_json(Method::GET, "/v1/audit/verify", &auditor, None)
+        .await;
+    assert_eq!(report["ok"], true, "{report}");
     app.stop().await;
 }

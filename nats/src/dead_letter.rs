@@ -87,20 +87,11 @@ impl Blocked {
         self.first_parked.is_empty()
     }
 
-    /// Why an event of `key` must wait, if it must.
-    pub fn held_behind(&self, aggregate_type: &str, aggregate_id: &str) -> Option<String> {
-        if self.first_parked.is_empty() {
-            return None;
-        }
-        self.first_parked
-            .get(&(aggregate_type.to_string(), aggregate_id.to_string()))
-            .map(|(_, first)| format!("held behind the parked event {first}"))
-    }
-
     /// Why the event `sequence` of `key` must wait, if it must: only an
     /// event at or after the first parked one waits. An earlier event that
-    /// arrives in the same batch as a poison event is applied, not held
-    /// behind it.
+    /// arrives in the same batch as a poison event (or that the relay reads
+    /// again after a crash, its poison event parked already) goes on, not
+    /// held behind it.
     pub fn held_behind_at(
         &self,
         aggregate_type: &str,
@@ -132,7 +123,9 @@ impl Blocked {
     }
 }
 
-/// Stores `parked` for `stage` (a row already there is kept as it is).
+/// Stores `parked` for `stage` (a row already there is kept as it is, and
+/// not logged or counted again: the relay parks a batch's rows again after
+/// a crash before its checkpoint).
 pub async fn park(
     conn: &mut PgConnection,
     stage: &str,
@@ -155,10 +148,11 @@ pub async fn park(
         event_types.push(event.event_type.as_str());
         reasons.push(event.reason.as_str());
     }
-    sqlx::query(
+    let stored: Vec<(String, String, i64, String)> = sqlx::query_as(
         "insert into dead_letters (stage, aggregate_type, aggregate_id, sequence, global_position, event_type, reason) \
          select $1, * from unnest($2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::text[]) \
-         on conflict (stage, aggregate_type, aggregate_id, sequence) do nothing",
+         on conflict (stage, aggregate_type, aggregate_id, sequence) do nothing \
+         returning aggregate_type, aggregate_id, sequence, reason",
     )
     .bind(stage)
     .bind(&types)
@@ -167,18 +161,18 @@ pub async fn park(
     .bind(&positions)
     .bind(&event_types)
     .bind(&reasons)
-    .execute(conn)
+    .fetch_all(conn)
     .await?;
-    for event in parked {
+    for (aggregate_type, aggregate_id, sequence, reason) in &stored {
         tracing::error!(
             stage,
-            event = %event.message_id(),
-            reason = %event.reason,
+            event = %format!("{aggregate_type}:{aggregate_id}:{sequence}"),
+            reason = %reason,
             "event parked in dead_letters"
         );
     }
     metrics::counter!("chronicle_dead_letters_parked_total", "stage" => stage.to_string())
-        .increment(parked.len() as u64);
+        .increment(stored.len() as u64);
     Ok(())
 }
 
@@ -358,17 +352,17 @@ mod tests {
             event_type: "ProfileUpdated".into(),
             reason: "too large".into(),
         };
-        assert_eq!(blocked.held_behind("User", "u1"), None);
+        assert_eq!(blocked.held_behind_at("User", "u1", 3), None);
         blocked.block(&parked);
         blocked.block(&Parked {
             sequence: 4,
             ..parked.clone()
         });
         assert_eq!(
-            blocked.held_behind("User", "u1").as_deref(),
+            blocked.held_behind_at("User", "u1", 4).as_deref(),
             Some("held behind the parked event User:u1:3")
         );
-        assert_eq!(blocked.held_behind("User", "u2"), None);
+        assert_eq!(blocked.held_behind_at("User", "u2", 4), None);
         // An earlier event of the aggregate is not held behind a later one.
         assert_eq!(blocked.held_behind_at("User", "u1", 2), None);
         assert_eq!(

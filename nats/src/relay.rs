@@ -203,11 +203,17 @@ impl Relay {
             retry_soon = Duration::from_millis(1);
             let started = Instant::now();
             let sorted = self.sort(&batch, &mut blocked);
+            // Parked before anything behind them is published: once a later
+            // event can reach a consumer, the gap must show in
+            // `dead_letters` (the audit trail signs no checkpoint over it,
+            // `audit::checkpoints_paused`). A crash before the checkpoint
+            // reads the batch again and parks the same rows again.
+            dead_letter::park(conn, RELAY_STAGE, &sorted.parked).await?;
             last_stream_sequence = self
                 .publish_batch(&sorted.outgoing, last_stream_sequence)
                 .await?;
             let last = batch.last().map(ReadEvent::cursor).unwrap_or(cursor);
-            self.save_checkpoint(conn, last, &sorted.parked).await?;
+            write_checkpoint(conn, &self.config.name, last).await?;
             cursor = last;
             record_batch_metrics(&batch, sorted.outgoing.len(), started);
             // A release asked for while busy is taken between batches.
@@ -229,7 +235,14 @@ impl Relay {
         let mut sorted = Sorted::default();
         for read in batch {
             let (aggregate_type, aggregate_id) = read.aggregate();
-            let parked = match (blocked.held_behind(aggregate_type, aggregate_id), read) {
+            // By sequence: after a crash the batch is read again with its
+            // poison event parked already, and what came before it goes out.
+            let sequence = match read {
+                ReadEvent::Event(event) => event.sequence,
+                ReadEvent::Unreadable { parked, .. } => parked.sequence,
+            };
+            let held = blocked.held_behind_at(aggregate_type, aggregate_id, sequence);
+            let parked = match (held, read) {
                 (Some(reason), ReadEvent::Event(event)) => event.parked(reason),
                 (Some(reason), ReadEvent::Unreadable { parked, .. }) => Parked {
                     reason,
@@ -426,26 +439,6 @@ impl Relay {
             transaction_id,
             global_position,
         })
-    }
-
-    /// Stores the checkpoint, and the batch's parked events with it: a crash
-    /// before this commit republishes the batch (JetStream drops the copies)
-    /// and parks the same events again.
-    async fn save_checkpoint(
-        &self,
-        conn: &mut PgConnection,
-        cursor: EventCursor,
-        parked: &[Parked],
-    ) -> Result<(), NatsError> {
-        // The common case, nothing parked, stays one round trip.
-        if parked.is_empty() {
-            return write_checkpoint(conn, &self.config.name, cursor).await;
-        }
-        let mut tx = conn.begin().await?;
-        dead_letter::park(&mut tx, RELAY_STAGE, parked).await?;
-        write_checkpoint(&mut tx, &self.config.name, cursor).await?;
-        tx.commit().await?;
-        Ok(())
     }
 }
 

@@ -15,6 +15,7 @@ pub mod verify;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use chronicle_nats::dead_letter::RELAY_STAGE;
 use chronicle_nats::EventEnvelope;
 use chrono::{SubsecRound, Utc};
 use serde_json::{json, Value};
@@ -99,6 +100,13 @@ impl AuditProjection {
         };
         let every = self.config.checkpoint_every;
         if every == 0 || !(entry.seq as u64).is_multiple_of(every) {
+            return Ok(());
+        }
+        if let Some(paused) = checkpoints_paused(&mut *conn).await? {
+            tracing::warn!(
+                audit.seq = entry.seq,
+                "audit checkpoint not signed: {paused}"
+            );
             return Ok(());
         }
         insert_checkpoint(conn, signer.as_ref(), entry.seq, &entry.hash)
@@ -444,4 +452,74 @@ pub async fn insert_checkpoint(
     .execute(conn)
     .await?;
     Ok(stored.rows_affected() == 1)
+}
+
+/// Why no checkpoint may be signed now: an event that is held out of the
+/// trail (parked at the relay, or by this projection) or was let in since
+/// the newest generation began. Either way the live chain is not the one a
+/// rebuild gives (the rebuild puts the event at its commit position), so a
+/// checkpoint signed over it would contradict the replay the recovery calls
+/// for: a false tamper alarm.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointsPaused {
+    /// `relay`, or [`AUDIT_PROJECTION`].
+    pub stage: String,
+    /// `<AggregateType>:<id>:<sequence>` (never the payload).
+    pub event: String,
+    /// Released, so in the trail but out of commit order until a replay.
+    pub released: bool,
+}
+
+impl std::fmt::Display for CheckpointsPaused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self { stage, event, .. } = self;
+        if self.released {
+            write!(
+                f,
+                "the event {event} was released from dead_letters (stage {stage}) after the current \
+                 audit generation began, so the trail has it out of commit order; run \
+                 `chronicle replay --projection audit` and checkpoints resume"
+            )
+        } else {
+            write!(
+                f,
+                "the event {event} is parked in dead_letters (stage {stage}), held out of the \
+                 audit trail; fix the cause, release it (`chronicle dead-letters release`), then \
+                 run `chronicle replay --projection audit` and checkpoints resume"
+            )
+        }
+    }
+}
+
+/// The first reason not to sign a checkpoint now, if any (see
+/// [`CheckpointsPaused`]). Both signers ask this first: the projection every
+/// `checkpoint_every` entries and the interval checkpointer. A generation
+/// begins when its rebuild's transaction does, so an event released during
+/// a rebuild counts as released after it (the rebuild may not have seen it).
+///
+/// One query on `dead_letters`, which holds only the rare parked events.
+/// It relies on a parked row being committed before any event behind it in
+/// commit order can reach the trail (the relay parks before it publishes).
+pub async fn checkpoints_paused(
+    conn: &mut PgConnection,
+) -> Result<Option<CheckpointsPaused>, sqlx::Error> {
+    let paused: Option<(String, String, bool)> = sqlx::query_as(
+        "select stage, aggregate_type || ':' || aggregate_id || ':' || sequence, \
+           released_at is not null \
+         from dead_letters \
+         where stage in ($1, $2) \
+           and (released_at is null or released_at >= \
+                (select started_at from audit.generations order by generation desc limit 1)) \
+         order by released_at is not null, global_position \
+         limit 1",
+    )
+    .bind(RELAY_STAGE)
+    .bind(AUDIT_PROJECTION)
+    .fetch_optional(conn)
+    .await?;
+    Ok(paused.map(|(stage, event, released)| CheckpointsPaused {
+        stage,
+        event,
+        released,
+    }))
 }
