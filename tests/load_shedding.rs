@@ -412,14 +412,71 @@ async fn set_read_only(app: &TestApp, on: bool) {
     .execute(&mut admin)
     .await
     .unwrap();
+    end_sessions(&mut admin, &database).await;
+}
+
+/// Ends every session of `database` but the caller's, as a Postgres restart
+/// or a dropped socket would.
+async fn end_sessions(admin: &mut sqlx::PgConnection, database: &str) {
     sqlx::query(
         "select pg_terminate_backend(pid) from pg_stat_activity \
          where datname = $1 and pid <> pg_backend_pid()",
     )
-    .bind(&database)
-    .execute(&mut admin)
+    .bind(database)
+    .execute(admin)
     .await
     .unwrap();
+}
+
+#[tokio::test]
+async fn pooled_connections_that_postgres_ended_while_idle_are_replaced_before_use() {
+    let app = TestApp::spawn_components(test_settings().await, API_ONLY).await;
+    // A pool built as the server builds its own, used by nothing else (the
+    // app's background work would otherwise take, and so replace, dead
+    // connections before this test does).
+    let pool = chronicle::startup::connect_database(&app.settings)
+        .await
+        .unwrap();
+    let database: String = sqlx::query_scalar("select current_database()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let taken: Vec<_> = futures::future::join_all((0..3).map(|_| pool.acquire()))
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    drop(taken);
+    // Given back asynchronously (after sqlx's ping on release).
+    eventually(
+        Duration::from_secs(10),
+        "three idle connections",
+        || async { (pool.num_idle() >= 3).then_some(()) },
+    )
+    .await;
+    let mut admin = sqlx::PgConnection::connect(&common::admin_database_url())
+        .await
+        .unwrap();
+    end_sessions(&mut admin, &database).await;
+
+    // Waiting out a duration, not an event: the pool pings a connection
+    // only once it has been idle for more than 1 s.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // Every connection handed out now works: each dead one was pinged,
+    // dropped and replaced (used unpinged, a query fails with 57P01).
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut connection = pool.acquire().await.unwrap();
+        let answer: i32 = sqlx::query_scalar("select 1")
+            .fetch_one(&mut *connection)
+            .await
+            .expect("a live connection");
+        assert_eq!(answer, 1);
+        held.push(connection);
+    }
+    drop(held);
+    pool.close().await;
+    app.stop().await;
 }
 
 #[tokio::test]

@@ -239,8 +239,9 @@ impl From<sqlx::Error> for ApiError {
 
 /// The 503 for `cause` (or an error it wraps) when it says the database
 /// cannot serve for now, rather than that anything is wrong: no pooled
-/// connection within the acquire timeout, or a refusal Postgres gives while
-/// it is read-only, out of disk, memory or connections, or shutting down.
+/// connection within the acquire timeout, a connection lost, or a refusal
+/// Postgres gives while it is read-only, out of disk, memory or
+/// connections, or shutting down.
 /// The client may retry; anything else stays a 500.
 pub fn database_unavailable(cause: &(dyn std::error::Error + 'static)) -> Option<ApiError> {
     let mut next = Some(cause);
@@ -250,19 +251,29 @@ pub fn database_unavailable(cause: &(dyn std::error::Error + 'static)) -> Option
                 tracing::warn!("no database connection within the pool's acquire timeout");
                 return Some(ApiError::database_busy());
             }
+            // The connection to Postgres broke (a restart, a dropped
+            // socket): the pool replaces it, and a retry gets a new one.
+            Some(sqlx::Error::Io(lost)) => {
+                tracing::warn!(error = %lost, "the database connection was lost");
+                return Some(database_refuses_for_now());
+            }
             Some(sqlx::Error::Database(refusal))
                 if refusal.code().is_some_and(|code| refuses_for_now(&code)) =>
             {
                 tracing::warn!(error = %refusal, "the database refused the request for now");
-                return Some(ApiError::Unavailable(
-                    "the database cannot take this request right now; try again shortly".into(),
-                ));
+                return Some(database_refuses_for_now());
             }
             _ => {}
         }
         next = err.source();
     }
     None
+}
+
+fn database_refuses_for_now() -> ApiError {
+    ApiError::Unavailable(
+        "the database cannot take this request right now; try again shortly".into(),
+    )
 }
 
 /// SQLSTATEs of a database that refuses for now: 25006, a read-only
@@ -273,8 +284,6 @@ fn refuses_for_now(sqlstate: &str) -> bool {
     sqlstate == "25006" || sqlstate.starts_with("53") || sqlstate.starts_with("57P")
 }
 
-/// Maps the infrastructure half of a command failure; the domain half
-/// (`UserError`) is mapped by each resource, which knows what it means.
 /// Whether `cause` is a database error with SQLSTATE `code`, as the event
 /// store's triggers raise to refuse an event (e.g. `CU409`, a name taken).
 pub fn is_sqlstate(cause: &(dyn std::error::Error + Send + Sync + 'static), code: &str) -> bool {
@@ -285,6 +294,8 @@ pub fn is_sqlstate(cause: &(dyn std::error::Error + Send + Sync + 'static), code
         .is_some_and(|found| found == code)
 }
 
+/// Maps the infrastructure half of a command failure; the domain half
+/// (`UserError`) is mapped by each resource, which knows what it means.
 pub fn infrastructure_error<E: std::error::Error>(err: AggregateError<E>) -> ApiError {
     match err {
         AggregateError::UserError(err) => {
@@ -302,5 +313,26 @@ pub fn infrastructure_error<E: std::error::Error>(err: AggregateError<E>) -> Api
         AggregateError::DeserializationError(err) => {
             ApiError::Internal(anyhow::anyhow!("event store: {err}"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_connection_or_an_exhausted_pool_is_a_503_and_other_database_errors_are_not() {
+        let lost = sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(matches!(
+            database_unavailable(&lost),
+            Some(ApiError::Unavailable(_))
+        ));
+        // Found however deep it is wrapped.
+        let wrapped = anyhow::Error::new(lost).context("loading the task");
+        assert!(wrapped.chain().find_map(database_unavailable).is_some());
+        assert!(database_unavailable(&sqlx::Error::PoolTimedOut).is_some());
+        assert!(database_unavailable(&sqlx::Error::RowNotFound).is_none());
+        assert!(refuses_for_now("25006") && refuses_for_now("53100") && refuses_for_now("57P01"));
+        assert!(!refuses_for_now("23505") && !refuses_for_now("40001"));
     }
 }
