@@ -55,30 +55,11 @@ pub struct Application {
     audit_checkpointer: Option<(Arc<dyn CheckpointSigner>, Duration)>,
 }
 
-/// A pooled connection idle for longer than this is pinged before it is
-/// handed out; one used more recently is not.
-const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
-
 /// Connects to Postgres with the configured pool size.
-///
-/// sqlx pings every connection it takes back into the pool, and by default
-/// pings it again when it hands it out: a round trip before every query or
-/// transaction, on the request's path. The second ping only finds a
-/// connection that died while idle (a Postgres restart, a dropped socket),
-/// so it is kept for connections idle long enough for that to be likely.
 pub async fn connect_database(settings: &Settings) -> anyhow::Result<PgPool> {
     PgPoolOptions::new()
         .max_connections(settings.database.max_connections)
         .acquire_timeout(settings.database.acquire_timeout)
-        .test_before_acquire(false)
-        .before_acquire(|conn, meta| {
-            Box::pin(async move {
-                if meta.idle_for > PING_WHEN_IDLE_FOR {
-                    sqlx::Connection::ping(conn).await?;
-                }
-                Ok(true)
-            })
-        })
         .connect(settings.database.url.expose_secret())
         .await
         .context("connecting to Postgres (DATABASE_URL)")

@@ -429,57 +429,6 @@ async fn end_sessions(admin: &mut sqlx::PgConnection, database: &str) {
 }
 
 #[tokio::test]
-async fn pooled_connections_that_postgres_ended_while_idle_are_replaced_before_use() {
-    let app = TestApp::spawn_components(test_settings().await, API_ONLY).await;
-    // A pool built as the server builds its own, used by nothing else (the
-    // app's background work would otherwise take, and so replace, dead
-    // connections before this test does).
-    let pool = chronicle::startup::connect_database(&app.settings)
-        .await
-        .unwrap();
-    let database: String = sqlx::query_scalar("select current_database()")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    let taken: Vec<_> = futures::future::join_all((0..3).map(|_| pool.acquire()))
-        .await
-        .into_iter()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    drop(taken);
-    // Given back asynchronously (after sqlx's ping on release).
-    eventually(
-        Duration::from_secs(10),
-        "three idle connections",
-        || async { (pool.num_idle() >= 3).then_some(()) },
-    )
-    .await;
-    let mut admin = sqlx::PgConnection::connect(&common::admin_database_url())
-        .await
-        .unwrap();
-    end_sessions(&mut admin, &database).await;
-
-    // Waiting out a duration, not an event: the pool pings a connection
-    // only once it has been idle for more than 1 s.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    // Every connection handed out now works: each dead one was pinged,
-    // dropped and replaced (used unpinged, a query fails with 57P01).
-    let mut held = Vec::new();
-    for _ in 0..3 {
-        let mut connection = pool.acquire().await.unwrap();
-        let answer: i32 = sqlx::query_scalar("select 1")
-            .fetch_one(&mut *connection)
-            .await
-            .expect("a live connection");
-        assert_eq!(answer, 1);
-        held.push(connection);
-    }
-    drop(held);
-    pool.close().await;
-    app.stop().await;
-}
-
-#[tokio::test]
 async fn a_database_that_refuses_writes_for_now_answers_503_to_writes_while_reads_are_served() {
     let app = TestApp::spawn().await;
     let user = app.register("readonly@example.com").await;
