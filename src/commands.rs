@@ -82,6 +82,16 @@ pub struct Loaded<A: Aggregate> {
 }
 
 impl<A: Aggregate> Loaded<A> {
+    /// An aggregate with no events yet: where a command on an id the
+    /// caller has just generated (a fresh UUID v4) starts.
+    pub fn empty() -> Self {
+        Self {
+            aggregate: A::default(),
+            sequence: 0,
+            snapshot: None,
+        }
+    }
+
     fn context(self, aggregate_id: &str) -> EventStoreAggregateContext<A> {
         EventStoreAggregateContext {
             aggregate_id: aggregate_id.to_string(),
@@ -294,12 +304,7 @@ where
         command: A::Command,
         metadata: HashMap<String, String>,
     ) -> Result<Executed<A>, AggregateError<A::Error>> {
-        let empty = Loaded {
-            aggregate: A::default(),
-            sequence: 0,
-            snapshot: None,
-        };
-        self.execute_as(aggregate_id, command, metadata, Some(empty))
+        self.execute_at(aggregate_id, command, metadata, Loaded::empty())
             .await
     }
 

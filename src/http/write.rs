@@ -46,11 +46,18 @@ where
     A: Aggregate + Clone,
     A::Command: Clone,
 {
-    let metadata = context.metadata(user.id, &user.roles);
-    let executed = executor
-        .execute_new(&id.to_string(), command, metadata)
-        .await;
-    answer(state, user, executed.map_err(domain_error)?)
+    let empty = Loaded::empty();
+    execute_at(
+        state,
+        executor,
+        user,
+        context,
+        id,
+        command,
+        empty,
+        domain_error,
+    )
+    .await
 }
 
 /// [`execute`] from where `at` says the aggregate stands: the first attempt
