@@ -24,7 +24,7 @@ use crate::commands::CommandExecutor;
 use crate::config::Settings;
 use crate::consistency::{Consistency, TokenKeys, WaitLimits};
 use crate::http::server::{serve, ServerLimits};
-use crate::state::AppState;
+use crate::state::{AppState, Shared};
 use crate::telemetry::metrics_handle;
 
 /// Which parts run in this process.
@@ -164,7 +164,7 @@ impl Application {
             .then(|| (signer, settings.audit.checkpoint_interval));
         let llm = crate::llm::Llm::from_settings(&settings.llm)
             .map_err(|err| anyhow::anyhow!("building the LLM upstream clients: {err}"))?;
-        let state = AppState {
+        let state = AppState::new(Shared {
             llm: Arc::new(llm),
             users: Arc::new(
                 CommandExecutor::new(pool.clone(), passwords.clone() as Arc<dyn UserServices>)
@@ -210,7 +210,7 @@ impl Application {
             consistency,
             metrics: metrics_handle(),
             projections: Arc::new(projections),
-        };
+        });
         Ok(Self {
             listener,
             state,

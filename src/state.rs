@@ -1,5 +1,6 @@
 //! The state every handler shares; cheap to clone.
 
+use std::ops::Deref;
 use std::sync::Arc;
 
 use chronicle_aggregates::audit_query::AuditQuery;
@@ -23,8 +24,31 @@ use crate::consistency::Consistency;
 use crate::http::rate_limit::RateLimiter;
 use crate::llm::Llm;
 
+/// What every handler shares, behind one `Arc`.
+///
+/// axum clones the state for every extractor and every `from_fn_with_state`
+/// layer of every request. Cloned field by field (two dozen `Arc`s, a pool,
+/// the NATS client with its channel sender), that was a fifth of the
+/// server's CPU per GET in a profile (`docs/performance.md`, change 16); one
+/// reference count is all a clone costs now.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     pub settings: Arc<Settings>,
     pub pool: PgPool,
     pub nats: async_nats::Client,
