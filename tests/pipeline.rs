@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use chronicle_nats::stored_event::has_in_flight_after;
+use chronicle_nats::EventCursor;
 use common::{
     assert_read_models_equal_rebuild, assert_stream_matches_store, eventually, free_port,
     read_stream, remove_test_resources, stored_event_ids, test_settings, wait_for_port,
@@ -146,6 +148,45 @@ async fn a_transaction_that_commits_after_a_later_one_is_still_published() {
         ["early", "late"],
         "commit order: the held-back event first, none skipped"
     );
+    app.stop().await;
+}
+
+/// The relay's "retry soon" check: a committed row held back by an older open
+/// transaction is in flight until that transaction ends (an index walk since
+/// change 18 of docs/performance.md; this pins down what it answers).
+#[tokio::test]
+async fn rows_behind_an_open_transaction_are_in_flight_until_it_ends() {
+    let app = TestApp::spawn().await;
+    let insert = "insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+                  values ('Probe', $1, 1, 'ProbeHappened', '1.0', '{\"ProbeHappened\": {}}', '{}')";
+    let in_flight = || async {
+        let mut conn = app.pool.acquire().await.unwrap();
+        has_in_flight_after(&mut conn, EventCursor::default())
+            .await
+            .unwrap()
+    };
+    assert!(!in_flight().await, "nothing is held back yet");
+    let mut open = app.pool.begin().await.unwrap();
+    sqlx::query(insert)
+        .bind("held")
+        .execute(&mut *open)
+        .await
+        .unwrap();
+    assert!(
+        !in_flight().await,
+        "an uncommitted row alone is invisible, not in flight"
+    );
+    sqlx::query(insert)
+        .bind("behind")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    assert!(
+        in_flight().await,
+        "a committed row behind the open transaction is in flight"
+    );
+    open.commit().await.unwrap();
+    assert!(!in_flight().await, "both rows are final once it commits");
     app.stop().await;
 }
 

@@ -212,10 +212,14 @@ pub async fn has_in_flight_after(
     conn: &mut PgConnection,
     after: EventCursor,
 ) -> Result<bool, NatsError> {
+    // Not `exists(...)`: the planner expects a third of the table to match
+    // and picks a sequential scan, which reads every event when none does
+    // (the common answer). The first row in commit order is an index walk.
     let pending: bool = sqlx::query_scalar(
-        "select exists(select 1 from events \
-         where (transaction_id, global_position) > ($1::text::xid8, $2) \
-           and transaction_id >= (select events_commit_horizon()))",
+        "select coalesce((select true from events \
+           where (transaction_id, global_position) > ($1::text::xid8, $2) \
+             and transaction_id >= (select events_commit_horizon()) \
+           order by transaction_id, global_position limit 1), false)",
     )
     .bind(after.transaction_id.to_string())
     .bind(after.global_position)
