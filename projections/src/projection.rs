@@ -217,15 +217,27 @@ impl VersionGuard {
         if ids.is_empty() {
             return Ok(guard);
         }
+        // One primary-key probe per aggregate, whatever the statistics say.
+        // As a plain join, a plan made while the table was small (a fresh
+        // database; statistics from before this projection had rows) hashed
+        // every version of the projection on each batch until autovacuum's
+        // next ANALYZE: 0.65–0.75 ms a batch at 15k rows, and growing
+        // (docs/performance.md, change 19). The lateral `limit 1` keeps the
+        // probe a nested loop; planning each batch (not once per connection)
+        // keeps it off a sequential scan chosen when the table had one page.
         let rows: Vec<(String, String, i64)> = sqlx::query_as(
-            "select v.aggregate_type, v.aggregate_id, v.version \
+            "select k.aggregate_type, k.aggregate_id, v.version \
              from unnest($2::text[], $3::text[]) as k(aggregate_type, aggregate_id) \
-             join read.aggregate_versions v on v.projection = $1 \
-               and v.aggregate_type = k.aggregate_type and v.aggregate_id = k.aggregate_id",
+             cross join lateral ( \
+               select version from read.aggregate_versions v \
+                where v.projection = $1 and v.aggregate_type = k.aggregate_type \
+                  and v.aggregate_id = k.aggregate_id \
+                limit 1) v",
         )
         .bind(projection)
         .bind(&types)
         .bind(&ids)
+        .persistent(false)
         .fetch_all(conn)
         .await?;
         for (aggregate_type, aggregate_id, version) in rows {
