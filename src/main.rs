@@ -3,9 +3,10 @@
 
 use clap::Parser;
 
-/// Small, short-lived allocations on both runtime threads are most of what
-/// a request allocates; glibc's malloc spent a third of the server's CPU on
-/// them (`docs/performance.md`, change 17).
+/// A request makes many small, short-lived allocations on both runtime
+/// threads; glibc's malloc spent a third of the server's user-space CPU on
+/// them (`docs/performance.md`, change 17). mimalloc v2: v3 kept freed pages
+/// resident and put the peak RSS at the 100 MB target.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
