@@ -151,14 +151,16 @@ async fn a_transaction_that_commits_after_a_later_one_is_still_published() {
     app.stop().await;
 }
 
+/// Inserts a `Probe` event with the bound aggregate id, as a command would.
+const PROBE_INSERT: &str = "insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+                            values ('Probe', $1, 1, 'ProbeHappened', '1.0', '{\"ProbeHappened\": {}}', '{}')";
+
 /// The relay's "retry soon" check: a committed row held back by an older open
 /// transaction is in flight until that transaction ends (an index walk since
 /// change 18 of docs/performance.md; this pins down what it answers).
 #[tokio::test]
 async fn rows_behind_an_open_transaction_are_in_flight_until_it_ends() {
     let app = TestApp::spawn().await;
-    let insert = "insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
-                  values ('Probe', $1, 1, 'ProbeHappened', '1.0', '{\"ProbeHappened\": {}}', '{}')";
     let in_flight = || async {
         let mut conn = app.pool.acquire().await.unwrap();
         has_in_flight_after(&mut conn, EventCursor::default())
@@ -167,7 +169,7 @@ async fn rows_behind_an_open_transaction_are_in_flight_until_it_ends() {
     };
     assert!(!in_flight().await, "nothing is held back yet");
     let mut open = app.pool.begin().await.unwrap();
-    sqlx::query(insert)
+    sqlx::query(PROBE_INSERT)
         .bind("held")
         .execute(&mut *open)
         .await
@@ -176,7 +178,7 @@ async fn rows_behind_an_open_transaction_are_in_flight_until_it_ends() {
         !in_flight().await,
         "an uncommitted row alone is invisible, not in flight"
     );
-    sqlx::query(insert)
+    sqlx::query(PROBE_INSERT)
         .bind("behind")
         .execute(&app.pool)
         .await
@@ -193,17 +195,15 @@ async fn rows_behind_an_open_transaction_are_in_flight_until_it_ends() {
 #[tokio::test]
 async fn a_late_commit_is_published_even_after_later_events_went_out() {
     let app = TestApp::spawn().await;
-    let insert = "insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
-                  values ('Probe', $1, 1, 'ProbeHappened', '1.0', '{\"ProbeHappened\": {}}', '{}')";
     let mut open = app.pool.begin().await.unwrap();
-    sqlx::query(insert)
+    sqlx::query(PROBE_INSERT)
         .bind("held")
         .execute(&mut *open)
         .await
         .unwrap();
     // Another event is committed while the first transaction stays open: it is
     // held back behind it, so nothing is published out of commit order.
-    sqlx::query(insert)
+    sqlx::query(PROBE_INSERT)
         .bind("free")
         .execute(&app.pool)
         .await
