@@ -28,7 +28,7 @@ use crate::llm::Llm;
 ///
 /// axum clones the state for every extractor and every `from_fn_with_state`
 /// layer of every request. Cloned field by field (two dozen `Arc`s, a pool,
-/// the NATS client with its channel sender), that was a fifth of the
+/// the NATS client with its channel sender), that was over a quarter of the
 /// server's CPU per GET in a profile (`docs/performance.md`, change 16); one
 /// reference count is all a clone costs now.
 #[derive(Clone)]
