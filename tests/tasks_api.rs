@@ -713,6 +713,97 @@ async fn a_client_reads_its_own_write_200_times_in_a_row() {
     app.stop().await;
 }
 
+/// Every filter of the list at once, and each with the others absent: the
+/// list's SQL numbers its parameters by the filters that are set (change 20
+/// of docs/performance.md), so each combination is a statement of its own.
+#[tokio::test]
+async fn lists_filter_by_project_together_with_every_other_filter() {
+    let app = TestApp::spawn().await;
+    let user = app.register("project-lists@example.com").await;
+    let project: Value = app
+        .send_json(
+            Method::POST,
+            "/v1/projects",
+            &user,
+            Some(json!({"name": "Filtered"})),
+        )
+        .await;
+    let project_id = project["id"].as_str().unwrap().to_string();
+    let mut in_project = Vec::new();
+    for n in 0..3 {
+        let task: Value = app
+            .send_json(
+                Method::POST,
+                "/v1/tasks",
+                &user,
+                Some(json!({"title": format!("in project {n}"), "project_id": project_id})),
+            )
+            .await;
+        in_project.push(task["id"].as_str().unwrap().to_string());
+    }
+    for n in 0..2 {
+        app.create_task(&user, &format!("elsewhere {n}")).await;
+    }
+    app.send(
+        Method::PATCH,
+        &format!("/v1/tasks/{}/complete", in_project[0]),
+        &user,
+        Some(json!({"completed": true})),
+    )
+    .await;
+
+    let count = |query: String| {
+        let app = &app;
+        let user = &user;
+        let project_id = project_id.as_str();
+        async move {
+            let response = app
+                .send(Method::GET, &format!("/v1/tasks{query}"), user, None)
+                .await;
+            assert_eq!(response.status(), StatusCode::OK, "{query}");
+            let total: i64 = response.headers()["x-total-count"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            let page: Vec<Value> = response.json().await.unwrap();
+            assert!(
+                page.iter().all(|task| task["project_id"] == project_id),
+                "{query}: only the project's tasks"
+            );
+            (page.len(), total)
+        }
+    };
+    let range = "date_from=2000-01-01T00:00:00Z&date_to=2999-01-01T00:00:00Z";
+    assert_eq!(count(format!("?project_id={project_id}")).await, (3, 3));
+    assert_eq!(
+        count(format!("?project_id={project_id}&status=pending")).await,
+        (2, 2)
+    );
+    assert_eq!(
+        count(format!(
+            "?project_id={project_id}&status=completed&{range}&limit=1"
+        ))
+        .await,
+        (1, 1)
+    );
+    assert_eq!(
+        count(format!(
+            "?project_id={project_id}&status=pending&{range}&limit=1&offset=1"
+        ))
+        .await,
+        (1, 2)
+    );
+    assert_eq!(
+        count(format!(
+            "?project_id={project_id}&status=all&include_deleted=true&date_to=2000-01-01T00:00:00Z"
+        ))
+        .await,
+        (0, 0)
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn fifty_concurrent_patches_lose_no_update() {
     let app = TestApp::spawn().await;
