@@ -283,6 +283,7 @@ pub async fn list_tasks(
     // reuses. With `($n is null or …)` for the absent ones, the generic plan
     // looked costlier than a custom one and the list was planned on every
     // call, 70 % of its time in Postgres (docs/performance.md, change 20).
+    // The values are bound further down in this same order.
     let mut filter = String::from("owner_id = $1");
     let mut counts_filter = filter.clone();
     let mut parameters = 1;
