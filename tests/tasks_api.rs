@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, TestApp};
+use common::{eventually, TestApp, TestUser};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -185,6 +185,20 @@ async fn a_task_goes_through_its_whole_lifecycle_over_http() {
     app.stop().await;
 }
 
+/// `GET /v1/tasks{query}`: the page and its `X-Total-Count`.
+async fn list_page(app: &TestApp, user: &TestUser, query: &str) -> (Vec<Value>, i64) {
+    let response = app
+        .send(Method::GET, &format!("/v1/tasks{query}"), user, None)
+        .await;
+    assert_eq!(response.status(), StatusCode::OK, "{query}");
+    let total: i64 = response.headers()["x-total-count"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    (response.json().await.unwrap(), total)
+}
+
 #[tokio::test]
 async fn lists_filter_and_paginate_newest_first() {
     let app = TestApp::spawn().await;
@@ -215,22 +229,9 @@ async fn lists_filter_and_paginate_newest_first() {
     )
     .await;
 
-    let count = |query: &'static str| {
-        let app = &app;
-        let user = &user;
-        async move {
-            let response = app
-                .send(Method::GET, &format!("/v1/tasks{query}"), user, None)
-                .await;
-            assert_eq!(response.status(), StatusCode::OK, "{query}");
-            let total: i64 = response.headers()["x-total-count"]
-                .to_str()
-                .unwrap()
-                .parse()
-                .unwrap();
-            let page: Vec<Value> = response.json().await.unwrap();
-            (page.len(), total)
-        }
+    let count = |query: &'static str| async {
+        let (page, total) = list_page(&app, &user, query).await;
+        (page.len(), total)
     };
     assert_eq!(count("").await, (5, 5));
     assert_eq!(count("?status=all").await, (6, 6));
@@ -753,20 +754,9 @@ async fn lists_filter_by_project_together_with_every_other_filter() {
     .await;
 
     let count = |query: String| {
-        let app = &app;
-        let user = &user;
-        let project_id = project_id.as_str();
+        let (app, user, project_id) = (&app, &user, project_id.as_str());
         async move {
-            let response = app
-                .send(Method::GET, &format!("/v1/tasks{query}"), user, None)
-                .await;
-            assert_eq!(response.status(), StatusCode::OK, "{query}");
-            let total: i64 = response.headers()["x-total-count"]
-                .to_str()
-                .unwrap()
-                .parse()
-                .unwrap();
-            let page: Vec<Value> = response.json().await.unwrap();
+            let (page, total) = list_page(app, user, &query).await;
             assert!(
                 page.iter().all(|task| task["project_id"] == project_id),
                 "{query}: only the project's tasks"
