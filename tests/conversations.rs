@@ -138,6 +138,27 @@ async fn start_session(app: &TestApp, user: &TestUser, body: Value) -> String {
     session["id"].as_str().unwrap().to_string()
 }
 
+/// A list's body and its `X-Total-Count`.
+async fn listed(app: &TestApp, user: &TestUser, path: &str) -> (Value, i64) {
+    let response = app.send(Method::GET, path, user, None).await;
+    assert_eq!(response.status(), StatusCode::OK, "{path}");
+    let total = response.headers()["x-total-count"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    (response.json().await.unwrap(), total)
+}
+
+/// The `id` of each item of a list.
+fn ids(list: &Value) -> Vec<&str> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item["id"].as_str().unwrap())
+        .collect()
+}
+
 #[tokio::test]
 async fn a_chat_session_is_started_changed_and_deleted_and_others_get_404_everywhere() {
     let (app, _fake) = app_with_fake_llm().await;
@@ -172,17 +193,25 @@ async fn a_chat_session_is_started_changed_and_deleted_and_others_get_404_everyw
     let path = format!("/v1/sessions/{id}");
     start_session(&app, &owner, json!({"model": "gpt-test"})).await;
 
-    let in_project = app
-        .send(
-            Method::GET,
-            &format!("/v1/sessions?project_id={project_id}"),
-            &owner,
-            None,
-        )
-        .await;
-    assert_eq!(in_project.headers()["x-total-count"], "1");
-    let all = app.send(Method::GET, "/v1/sessions", &owner, None).await;
-    assert_eq!(all.headers()["x-total-count"], "2");
+    let (in_project, total) = listed(
+        &app,
+        &owner,
+        &format!("/v1/sessions?project_id={project_id}"),
+    )
+    .await;
+    assert_eq!((ids(&in_project), total), (vec![id], 1));
+    let (all, total) = listed(&app, &owner, "/v1/sessions").await;
+    assert_eq!((all.as_array().unwrap().len(), total), (2, 2));
+    // Paged, with the filter and without: newest first, the total unpaged.
+    let (older, total) = listed(&app, &owner, "/v1/sessions?offset=1").await;
+    assert_eq!((ids(&older), total), (vec![id], 2));
+    let (past_the_end, total) = listed(
+        &app,
+        &owner,
+        &format!("/v1/sessions?project_id={project_id}&offset=1"),
+    )
+    .await;
+    assert_eq!((past_the_end, total), (json!([]), 1));
 
     let patched: Value = app
         .send_json(
@@ -637,6 +666,19 @@ async fn tool_executions_are_recorded_filtered_and_totalled() {
         )
         .await;
     assert_eq!(bad.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    // Another session's execution is in none of this session's lists.
+    let elsewhere = start_session(&app, &user, json!({})).await;
+    let response = app
+        .send(
+            Method::POST,
+            &format!("/v1/sessions/{elsewhere}/tools"),
+            &user,
+            Some(
+                json!({"tool_name": "search", "tool_type": "mcp", "input": {}, "status": "error"}),
+            ),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
 
     let all = app.send(Method::GET, &path, &user, None).await;
     assert_eq!(all.headers()["x-total-count"], "4");
@@ -655,6 +697,133 @@ async fn tool_executions_are_recorded_filtered_and_totalled() {
         .await;
     assert_eq!(running["total"], 1);
     assert_eq!(running["success_rate"], 0.0);
+
+    // Both filters at once, and with a page: the same rows in the page, the
+    // total and the rate.
+    let executions = |query: &'static str| {
+        let (app, user, path) = (&app, &user, &path);
+        async move {
+            let (page, total) = listed(app, user, &format!("{path}{query}")).await;
+            assert_eq!(page["total"], total, "{query}");
+            let items: Vec<String> = page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|item| {
+                    format!(
+                        "{} {} {}",
+                        item["tool_name"].as_str().unwrap(),
+                        item["tool_type"].as_str().unwrap(),
+                        item["status"].as_str().unwrap()
+                    )
+                })
+                .collect();
+            (items, total, page["success_rate"].as_f64().unwrap())
+        }
+    };
+    assert_eq!(
+        executions("?tool_type=mcp").await,
+        (
+            vec!["search mcp success".into(), "search mcp error".into()],
+            2,
+            0.5
+        )
+    );
+    assert_eq!(
+        executions("?tool_type=mcp&status=error").await,
+        (vec!["search mcp error".into()], 1, 0.0)
+    );
+    assert_eq!(
+        executions("?status=success&tool_type=builtin").await,
+        (vec!["read_file builtin success".into()], 1, 1.0)
+    );
+    assert_eq!(
+        executions("?tool_type=builtin&offset=1").await,
+        (vec!["build builtin running".into()], 2, 1.0)
+    );
+    assert_eq!(
+        executions("?tool_type=builtin&status=error").await,
+        (vec![], 0, 0.0)
+    );
+    app.stop().await;
+}
+
+/// The role filter holds for the page and the total alike, with a page too,
+/// and a session lists its own messages only.
+#[tokio::test]
+async fn messages_are_filtered_by_role_in_the_page_and_the_total() {
+    let (app, _fake) = app_with_fake_llm().await;
+    let user = app.register("message-roles@example.com").await;
+    let id = start_session(&app, &user, json!({"system_prompt": "Be brief"})).await;
+    let path = format!("/v1/sessions/{id}/messages");
+    for content in ["hello", "again"] {
+        let response = app
+            .send(
+                Method::POST,
+                &path,
+                &user,
+                Some(json!({"content": content})),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED, "{content}");
+    }
+    let elsewhere = start_session(&app, &user, json!({})).await;
+    let response = app
+        .send(
+            Method::POST,
+            &format!("/v1/sessions/{elsewhere}/messages"),
+            &user,
+            Some(json!({"content": "not here"})),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+
+    let messages = |query: &'static str| {
+        let (app, user, path) = (&app, &user, &path);
+        async move {
+            let (page, total) = listed(app, user, &format!("{path}{query}")).await;
+            let contents: Vec<String> = page
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| {
+                    format!(
+                        "{}: {}",
+                        m["role"].as_str().unwrap(),
+                        m["content"].as_str().unwrap()
+                    )
+                })
+                .collect();
+            (contents, total)
+        }
+    };
+    let first_reply = format!("assistant: {}", reply_for("hello", 1, "Be brief"));
+    let second_reply = format!("assistant: {}", reply_for("again", 3, "Be brief"));
+    assert_eq!(
+        messages("").await,
+        (
+            vec![
+                "user: hello".to_string(),
+                first_reply.clone(),
+                "user: again".to_string(),
+                second_reply.clone()
+            ],
+            4
+        )
+    );
+    assert_eq!(
+        messages("?role=assistant").await,
+        (vec![first_reply, second_reply.clone()], 2)
+    );
+    assert_eq!(
+        messages("?role=user&limit=1").await,
+        (vec!["user: hello".to_string()], 2)
+    );
+    assert_eq!(
+        messages("?role=assistant&offset=1").await,
+        (vec![second_reply], 2)
+    );
+    assert_eq!(messages("?role=system").await, (vec![], 0));
     app.stop().await;
 }
 

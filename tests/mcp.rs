@@ -461,6 +461,135 @@ async fn the_export_holds_the_enabled_servers_as_clients_read_them_and_follows_e
     app.stop().await;
 }
 
+/// The list's filters alone and together, in the page and the total alike,
+/// and the export's project filter.
+#[tokio::test]
+async fn lists_and_the_export_filter_by_project_transport_and_enabled_together() {
+    let app = TestApp::spawn().await;
+    let user = app.register("mcp-filters@example.com").await;
+    let project: Value = app
+        .send_json(
+            Method::POST,
+            "/v1/projects",
+            &user,
+            Some(json!({"name": "Tools"})),
+        )
+        .await;
+    let project_id = project["id"].as_str().unwrap();
+    let in_project = |mut server: Value| {
+        server["project_id"] = json!(project_id);
+        server
+    };
+    create(&app, &user, in_project(http_server("project-http", "t"))).await;
+    let mut off = in_project(http_server("project-off", "t"));
+    off["enabled"] = json!(false);
+    create(&app, &user, off).await;
+    create(&app, &user, in_project(stdio_server("project-stdio", "t"))).await;
+    create(&app, &user, http_server("elsewhere-http", "t")).await;
+
+    let names = |query: String| {
+        let (app, user) = (&app, &user);
+        async move {
+            let response = app
+                .send(Method::GET, &format!("{SERVERS}{query}"), user, None)
+                .await;
+            assert_eq!(response.status(), StatusCode::OK, "{query}");
+            let total: i64 = response.headers()["x-total-count"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            let page: Vec<Value> = response.json().await.unwrap();
+            let names: Vec<String> = page
+                .iter()
+                .map(|server| server["name"].as_str().unwrap().to_string())
+                .collect();
+            (names, total)
+        }
+    };
+    // Newest first.
+    assert_eq!(
+        names(String::new()).await,
+        (
+            vec![
+                "elsewhere-http".to_string(),
+                "project-stdio".into(),
+                "project-off".into(),
+                "project-http".into()
+            ],
+            4
+        )
+    );
+    assert_eq!(
+        names(format!("?project_id={project_id}")).await,
+        (
+            vec![
+                "project-stdio".to_string(),
+                "project-off".into(),
+                "project-http".into()
+            ],
+            3
+        )
+    );
+    assert_eq!(
+        names("?transport=http&enabled=true".into()).await,
+        (vec!["elsewhere-http".to_string(), "project-http".into()], 2)
+    );
+    assert_eq!(
+        names(format!(
+            "?project_id={project_id}&transport=http&enabled=true"
+        ))
+        .await,
+        (vec!["project-http".to_string()], 1)
+    );
+    assert_eq!(
+        names(format!(
+            "?enabled=false&transport=http&project_id={project_id}"
+        ))
+        .await,
+        (vec!["project-off".to_string()], 1)
+    );
+    assert_eq!(
+        names(format!("?project_id={project_id}&enabled=true&offset=1")).await,
+        (vec!["project-http".to_string()], 2)
+    );
+    assert_eq!(
+        names(format!(
+            "?project_id={project_id}&transport=stdio&enabled=false&limit=1"
+        ))
+        .await,
+        (vec![], 0)
+    );
+
+    // The export: the enabled servers, of the project when one is asked for.
+    let exported = |document: Value| -> Vec<String> {
+        document["mcpServers"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
+    };
+    assert_eq!(
+        exported(export(&app, &user).await),
+        ["elsewhere-http", "project-http", "project-stdio"]
+    );
+    let response = app
+        .send(
+            Method::GET,
+            &format!("{SERVERS}/export?project_id={project_id}"),
+            &user,
+            None,
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        exported(response.json().await.unwrap()),
+        ["project-http", "project-stdio"]
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_stdio_server_is_configuration_only_and_its_command_is_never_run() {
     let app = TestApp::spawn().await;

@@ -8,7 +8,7 @@ use chronicle_aggregates::task::{Task, TaskCommand, TaskError};
 use chrono::{DateTime, Utc};
 use cqrs_es::AggregateError;
 use serde::{Deserialize, Serialize};
-use sqlx::{FromRow, Row};
+use sqlx::{FromRow, Postgres, QueryBuilder, Row};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -278,83 +278,60 @@ pub async fn list_tasks(
             (StatusFilter::Completed, include) => (Some(true), (!include).then_some(false)),
             (StatusFilter::NotDeleted, include) => (None, (!include).then_some(false)),
         };
-    // Only the filters that are set, each with its own parameter: every
-    // combination is then a prepared statement whose generic plan Postgres
-    // reuses. With `($n is null or …)` for the absent ones, the generic plan
-    // looked costlier than a custom one and the list was planned on every
-    // call, 70 % of its time in Postgres (docs/performance.md, change 20).
-    // The values are bound further down in this same order.
-    let mut filter = String::from("owner_id = $1");
-    let mut counts_filter = filter.clone();
-    let mut parameters = 1;
-    let mut add = |condition: &str, counted: bool| {
-        parameters += 1;
-        let clause = format!(" and {condition} ${parameters}");
-        filter.push_str(&clause);
-        if counted {
-            counts_filter.push_str(&clause);
+    // Only the filters that are set go into the SQL, each with its own
+    // parameter: every combination is then a prepared statement whose generic
+    // plan Postgres reuses. With `($n is null or …)` for the absent ones, the
+    // generic plan looked costlier than a custom one and the list was planned
+    // on every call, 70 % of its time in Postgres (docs/performance.md,
+    // change 20).
+    let push_state_filters = |statement: &mut QueryBuilder<'static, Postgres>| {
+        statement.push(" where owner_id = ").push_bind(user.id);
+        if let Some(completed) = completed {
+            statement.push(" and completed = ").push_bind(completed);
+        }
+        if let Some(deleted) = deleted {
+            statement.push(" and is_deleted = ").push_bind(deleted);
         }
     };
-    if completed.is_some() {
-        add("completed =", true);
-    }
-    if deleted.is_some() {
-        add("is_deleted =", true);
-    }
-    if query.date_from.is_some() {
-        add("created_at >=", false);
-    }
-    if query.date_to.is_some() {
-        add("created_at <=", false);
-    }
-    if query.project_id.is_some() {
-        add("project_id =", false);
-    }
-    // Filtered by state only, the total is a sum of the maintained counts
-    // (migration 0900), not a count of every row.
-    let total_sql = if query.date_from.is_none()
-        && query.date_to.is_none()
-        && query.project_id.is_none()
-    {
-        format!("select coalesce(sum(n), 0)::bigint from read.task_counts where {counts_filter}")
-    } else {
-        format!("select count(*) from read.tasks where {filter}")
+    let push_filters = |statement: &mut QueryBuilder<'static, Postgres>| {
+        push_state_filters(statement);
+        if let Some(date_from) = query.date_from {
+            statement.push(" and created_at >= ").push_bind(date_from);
+        }
+        if let Some(date_to) = query.date_to {
+            statement.push(" and created_at <= ").push_bind(date_to);
+        }
+        if let Some(project_id) = query.project_id {
+            statement.push(" and project_id = ").push_bind(project_id);
+        }
     };
     // The total and the page in one round trip (and one snapshot): one row
     // per task, each with the total, or a single row without a task when
     // the page is empty.
-    let sql = format!(
-        "select total.n as total, page.* from ({total_sql}) as total(n) \
-         left join lateral ( \
+    let mut statement = QueryBuilder::new("select total.n as total, page.* from (");
+    // Filtered by state only, the total is a sum of the maintained counts
+    // (migration 0900), not a count of every row.
+    if query.date_from.is_none() && query.date_to.is_none() && query.project_id.is_none() {
+        statement.push("select coalesce(sum(n), 0)::bigint from read.task_counts");
+        push_state_filters(&mut statement);
+    } else {
+        statement.push("select count(*) from read.tasks");
+        push_filters(&mut statement);
+    }
+    statement.push(
+        ") as total(n) left join lateral ( \
            select id, title, description, completed, is_deleted, deleted_at, project_id, due_at, \
              created_at, updated_at, version \
-           from read.tasks where {filter} order by created_at desc, id desc \
-           limit ${} offset ${} \
-         ) page on true",
-        parameters + 1,
-        parameters + 2
+           from read.tasks",
     );
-    let mut statement = sqlx::query(&sql).bind(user.id);
-    if let Some(completed) = completed {
-        statement = statement.bind(completed);
-    }
-    if let Some(deleted) = deleted {
-        statement = statement.bind(deleted);
-    }
-    if let Some(date_from) = query.date_from {
-        statement = statement.bind(date_from);
-    }
-    if let Some(date_to) = query.date_to {
-        statement = statement.bind(date_to);
-    }
-    if let Some(project_id) = query.project_id {
-        statement = statement.bind(project_id);
-    }
-    let rows = statement
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&state.pool)
-        .await?;
+    push_filters(&mut statement);
+    statement
+        .push(" order by created_at desc, id desc limit ")
+        .push_bind(limit)
+        .push(" offset ")
+        .push_bind(offset)
+        .push(") page on true");
+    let rows = statement.build().fetch_all(&state.pool).await?;
     let mut total = 0;
     let mut tasks = Vec::with_capacity(rows.len());
     for row in &rows {

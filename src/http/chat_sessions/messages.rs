@@ -4,6 +4,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use sqlx::{Postgres, QueryBuilder};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -105,26 +106,42 @@ pub async fn list_messages(
     let page = Page::new(query.limit, query.offset)?;
     load_session(&state, &user, token, id).await?;
     let role = query.role.map(RoleFilter::as_str);
-    let filter = "session_id = $1 and ($2::text is null or role = $2)";
-    let rows: Vec<MessageRow> = sqlx::query_as(&format!(
-        "select id, role, content, model, prompt_tokens, completion_tokens, total_tokens, created_at \
-         from read.chat_messages where {filter} order by sequence limit $3 offset $4"
-    ))
-    .bind(id)
-    .bind(role)
-    .bind(page.limit)
-    .bind(page.offset)
-    .fetch_all(&state.pool)
-    .await?;
-    let total: i64 = sqlx::query_scalar(&format!(
-        "select count(*) from read.chat_messages where {filter}"
-    ))
-    .bind(id)
-    .bind(role)
-    .fetch_one(&state.pool)
-    .await?;
+    let mut page_query = messages_query(
+        "id, role, content, model, prompt_tokens, completion_tokens, total_tokens, created_at",
+        id,
+        role,
+    );
+    page_query
+        .push(" order by sequence limit ")
+        .push_bind(page.limit)
+        .push(" offset ")
+        .push_bind(page.offset);
+    let rows: Vec<MessageRow> = page_query.build_query_as().fetch_all(&state.pool).await?;
+    let total: i64 = messages_query("count(*)", id, role)
+        .build_query_scalar()
+        .fetch_one(&state.pool)
+        .await?;
     Ok((
         total_count(total),
         axum::Json(rows.into_iter().map(MessageResponse::from).collect()),
     ))
+}
+
+/// `select {select}` from the session's messages, of `role` if it is set.
+/// Only the filters that are set go into the SQL: each combination is then a
+/// prepared statement whose generic plan Postgres reuses (docs/performance.md,
+/// change 20).
+fn messages_query(
+    select: &str,
+    session_id: Uuid,
+    role: Option<&'static str>,
+) -> QueryBuilder<'static, Postgres> {
+    let mut query = QueryBuilder::new(format!(
+        "select {select} from read.chat_messages where session_id = "
+    ));
+    query.push_bind(session_id);
+    if let Some(role) = role {
+        query.push(" and role = ").push_bind(role);
+    }
+    query
 }

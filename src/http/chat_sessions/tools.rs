@@ -8,6 +8,7 @@ use chronicle_aggregates::chat_session::{
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sqlx::{Postgres, QueryBuilder};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -115,29 +116,25 @@ pub async fn list_tool_executions(
 ) -> Result<(HeaderMap, axum::Json<ToolExecutionsPage>)> {
     let page = Page::new(query.limit, query.offset)?;
     load_session(&state, &user, token, id).await?;
-    let tool_type = query.tool_type.map(ToolType::as_str);
-    let status = query.status.map(ToolStatus::as_str);
-    let filter = "session_id = $1 and ($2::text is null or tool_type = $2) \
-                  and ($3::text is null or status = $3)";
-    let items: Vec<ToolExecutionResponse> = sqlx::query_as(&format!(
-        "select id, tool_name, tool_type, input, output, status, duration_ms, created_at \
-         from read.tool_executions where {filter} order by sequence limit $4 offset $5"
-    ))
-    .bind(id)
-    .bind(tool_type)
-    .bind(status)
-    .bind(page.limit)
-    .bind(page.offset)
-    .fetch_all(&state.pool)
-    .await?;
-    let (total, succeeded, finished): (i64, i64, i64) = sqlx::query_as(&format!(
-        "select count(*), count(*) filter (where status = 'success'), \
-           count(*) filter (where status in ('success', 'error')) \
-         from read.tool_executions where {filter}"
-    ))
-    .bind(id)
-    .bind(tool_type)
-    .bind(status)
+    let mut page_query = tool_executions_query(
+        "id, tool_name, tool_type, input, output, status, duration_ms, created_at",
+        id,
+        &query,
+    );
+    page_query
+        .push(" order by sequence limit ")
+        .push_bind(page.limit)
+        .push(" offset ")
+        .push_bind(page.offset);
+    let items: Vec<ToolExecutionResponse> =
+        page_query.build_query_as().fetch_all(&state.pool).await?;
+    let (total, succeeded, finished): (i64, i64, i64) = tool_executions_query(
+        "count(*), count(*) filter (where status = 'success'), \
+           count(*) filter (where status in ('success', 'error'))",
+        id,
+        &query,
+    )
+    .build_query_as()
     .fetch_one(&state.pool)
     .await?;
     let success_rate = if finished == 0 {
@@ -153,6 +150,30 @@ pub async fn list_tool_executions(
             success_rate,
         }),
     ))
+}
+
+/// `select {select}` from the session's tool executions, of the type and
+/// status asked for. Only the filters that are set go into the SQL: each
+/// combination is then a prepared statement whose generic plan Postgres
+/// reuses (docs/performance.md, change 20).
+fn tool_executions_query(
+    select: &str,
+    session_id: Uuid,
+    filters: &ListToolExecutionsQuery,
+) -> QueryBuilder<'static, Postgres> {
+    let mut query = QueryBuilder::new(format!(
+        "select {select} from read.tool_executions where session_id = "
+    ));
+    query.push_bind(session_id);
+    if let Some(tool_type) = filters.tool_type {
+        query
+            .push(" and tool_type = ")
+            .push_bind(tool_type.as_str());
+    }
+    if let Some(status) = filters.status {
+        query.push(" and status = ").push_bind(status.as_str());
+    }
+    query
 }
 
 /// Records a tool execution in the session.
