@@ -1,11 +1,13 @@
 //! The command line: one binary, one subcommand per process role.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use futures::StreamExt;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use chronicle_projections::Projection;
 
 use crate::config::Settings;
 use crate::startup::{cancel_on_signal, connect_database, migrate, Application, Components};
@@ -184,43 +186,45 @@ async fn replay(settings: &Settings, name: &str) -> anyhow::Result<()> {
             .with_context(|| format!("no projection `{name}`; known: {}, all", known.join(", ")))?]
     };
     let pool = connect_database(settings).await?;
-    // Each projection rebuilds in a transaction of its own, so they can run
-    // side by side: one per core (Postgres works while Rust decodes and hashes).
-    let side_by_side = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Each projection rebuilds in a transaction of its own, all of them on
+    // one read of the store (Postgres works while Rust decodes and hashes).
     let bars = MultiProgress::new();
-    let mut rebuilds = futures::stream::iter(projections.iter().map(|projection| {
-        let bar = bars.add(ProgressBar::new(0));
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{prefix:>16} [{bar:40}] {pos}/{len} events {per_sec} {elapsed}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        bar.set_prefix(projection.name());
-        let pool = &pool;
-        async move {
+    let style = ProgressStyle::with_template(
+        "{prefix:>16} [{bar:40}] {pos}/{len} events {per_sec} {elapsed}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    let by_name: HashMap<&str, ProgressBar> = projections
+        .iter()
+        .map(|projection| {
+            let bar = bars.add(ProgressBar::new(0));
+            bar.set_style(style.clone());
+            bar.set_prefix(projection.name());
             bar.enable_steady_tick(Duration::from_millis(200));
-            let progress = |done: u64, total: u64| {
-                bar.set_length(total);
-                bar.set_position(done);
-            };
-            let started = std::time::Instant::now();
-            let count =
-                chronicle_projections::replay::rebuild(pool, projection.as_ref(), &progress)
-                    .await
-                    .with_context(|| format!("rebuilding {}", projection.name()))?;
-            bar.finish();
-            anyhow::Ok((projection.name(), count, started.elapsed().as_secs_f64()))
+            (projection.name(), bar)
+        })
+        .collect();
+    let progress = |name: &str, done: u64, total: u64| {
+        if let Some(bar) = by_name.get(name) {
+            bar.set_length(total);
+            bar.set_position(done);
         }
-    }))
-    .buffer_unordered(side_by_side);
-    while let Some(rebuilt) = rebuilds.next().await {
-        let (name, count, seconds) = rebuilt?;
+    };
+    let together: Vec<&dyn Projection> = projections.iter().map(|p| p.as_ref()).collect();
+    let rebuilt = chronicle_projections::replay::rebuild_together(&pool, &together, &progress)
+        .await
+        .context("rebuilding")?;
+    for bar in by_name.values() {
+        bar.finish();
+    }
+    for rebuilt in rebuilt {
+        let seconds = rebuilt.elapsed.as_secs_f64();
         bars.suspend(|| {
             println!(
-                "{name}: {count} events in {seconds:.2}s ({:.0} events/s)",
-                count as f64 / seconds.max(1e-9)
+                "{}: {} events in {seconds:.2}s ({:.0} events/s)",
+                rebuilt.projection,
+                rebuilt.events,
+                rebuilt.events as f64 / seconds.max(1e-9)
             )
         });
     }

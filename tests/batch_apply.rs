@@ -8,12 +8,14 @@ mod common;
 use chronicle_nats::stored_event::read_committed_after;
 use chronicle_nats::{EventCursor, EventEnvelope, ReadEvent};
 use chronicle_projections::projection::{lock_key, MARK_AND_LOCK};
+use chronicle_projections::replay::rebuild_together;
 use chronicle_projections::{all_projections, apply_guarded, Projection};
 use common::{
     assert_audit_rebuild_identical, assert_audit_trail_complete, read_model_rows, TestApp,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,6 +143,46 @@ async fn every_read_model_is_the_same_whether_its_events_come_one_at_a_time_or_i
         "a batch gives other rows than its events one at a time"
     );
     assert_audit_rebuild_identical(&app.pool, &trail).await;
+
+    // Together on one read of the store, in groups of two on a pool of
+    // three connections (two rebuild transactions and the reader).
+    let small = PgPoolOptions::new()
+        .max_connections(3)
+        .connect_with(app.pool.connect_options().as_ref().clone())
+        .await
+        .unwrap();
+    let projections = all_projections();
+    let together: Vec<&dyn Projection> = projections.iter().map(|p| p.as_ref()).collect();
+    let rebuilt = rebuild_together(&small, &together, &|_, _, _| {})
+        .await
+        .expect("rebuild together");
+    // A rebuild that fails takes the others of its group down with it:
+    // none of them commits, the read models stay as they were.
+    let tasks = chronicle_projections::projection_named("tasks").unwrap();
+    let failed = rebuild_together(&small, &[tasks.as_ref(), &FailsOnFirstBatch], &|_, _, _| {})
+        .await
+        .expect_err("one projection of the group fails");
+    assert!(
+        failed
+            .to_string()
+            .contains("rebuilding fails_on_first_batch"),
+        "{failed}"
+    );
+    small.close().await;
+    assert_eq!(
+        read_model_rows(&app.pool).await,
+        one_at_a_time,
+        "a failed group left a read model changed"
+    );
+    let names: Vec<&str> = rebuilt.iter().map(|r| r.projection).collect();
+    let expected: Vec<&str> = projections.iter().map(|p| p.name()).collect();
+    assert_eq!(names, expected, "every projection rebuilt once, in order");
+    assert_eq!(
+        read_model_rows(&app.pool).await,
+        one_at_a_time,
+        "rebuilt together, the read models differ from one event at a time"
+    );
+    assert_audit_rebuild_identical(&app.pool, &trail).await;
     app.stop().await;
 }
 
@@ -181,4 +223,36 @@ async fn rebuild_one_event_at_a_time(pool: &PgPool, projection: &dyn Projection)
         }
     }
     tx.commit().await.unwrap();
+}
+
+/// A projection of tasks whose every batch fails.
+struct FailsOnFirstBatch;
+
+#[async_trait::async_trait]
+impl Projection for FailsOnFirstBatch {
+    fn name(&self) -> &'static str {
+        "fails_on_first_batch"
+    }
+
+    fn aggregate_types(&self) -> &'static [&'static str] {
+        &["Task"]
+    }
+
+    async fn apply(
+        &self,
+        _conn: &mut sqlx::PgConnection,
+        event: &EventEnvelope,
+    ) -> Result<(), chronicle_projections::ProjectionError> {
+        Err(chronicle_projections::ProjectionError::halt(
+            "test projection",
+            format!("refuses {}", event.message_id()),
+        ))
+    }
+
+    async fn reset(
+        &self,
+        _conn: &mut sqlx::PgConnection,
+    ) -> Result<(), chronicle_projections::ProjectionError> {
+        Ok(())
+    }
 }

@@ -449,11 +449,13 @@ pub async fn read_model_rows(pool: &PgPool) -> Vec<Value> {
 pub async fn assert_read_models_equal_rebuild(pool: &PgPool) {
     let trail = assert_audit_trail_complete(pool).await;
     let live = read_model_rows(pool).await;
-    for projection in chronicle_projections::all_projections() {
-        chronicle_projections::replay::rebuild(pool, projection.as_ref(), &|_, _| {})
-            .await
-            .expect("rebuild");
-    }
+    // As `chronicle replay --projection all` does: together, on one read.
+    let projections = chronicle_projections::all_projections();
+    let together: Vec<&dyn chronicle_projections::Projection> =
+        projections.iter().map(|p| p.as_ref()).collect();
+    chronicle_projections::replay::rebuild_together(pool, &together, &|_, _, _| {})
+        .await
+        .expect("rebuild");
     let rebuilt = read_model_rows(pool).await;
     assert_eq!(live, rebuilt, "live read models differ from a rebuild");
     assert_audit_rebuild_identical(pool, &trail).await;
