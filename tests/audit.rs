@@ -467,8 +467,31 @@ async fn a_consistent_rewrite_of_the_whole_chain_fails_against_the_signed_checkp
 async fn a_rebuild_of_the_audit_trail_gives_byte_identical_entries_and_the_live_trail_carries_on() {
     let app = TestApp::spawn().await;
     busy_flow(&app).await;
+    // Roles that an array literal must quote and escape reach the trail as
+    // they are, live and rebuilt.
+    let odd_roles = r#"a"b,c\d,{e},NULL, spaced ,"#;
+    sqlx::query(
+        "insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+         values ('Probe', 'odd-roles', 1, 'ProbeHappened', '1.0', '{\"ProbeHappened\": {}}', \
+                 jsonb_build_object('actor_roles', $1::text))",
+    )
+    .bind(odd_roles)
+    .execute(&app.pool)
+    .await
+    .unwrap();
     let auditor = app.user_with_role("auditor@example.com", "auditor").await;
     wait_for_audit(&app.pool).await;
+    let stored_roles = || async {
+        sqlx::query_scalar::<_, Vec<String>>(
+            "select actor_roles from audit.entries where aggregate_id = 'odd-roles' \
+             and generation = (select max(generation) from audit.generations)",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+    };
+    let expected_roles = ["a\"b", "c\\d", "{e}", "NULL", " spaced "];
+    assert_eq!(stored_roles().await, expected_roles);
     let rows = |generation: i32| {
         let pool = app.pool.clone();
         async move {
@@ -487,6 +510,7 @@ async fn a_rebuild_of_the_audit_trail_gives_byte_identical_entries_and_the_live_
     let rebuilt = rows(2).await;
     assert!(!live.is_empty());
     assert_eq!(&rebuilt[..live.len()], &live[..], "byte-identical entries");
+    assert_eq!(stored_roles().await, expected_roles);
 
     let alice = app.login("alice@example.com").await;
     app.create_task(&alice, "after the rebuild").await;
