@@ -10,7 +10,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use chronicle::Components;
+use chronicle_nats::stored_event::read_committed_after;
+use chronicle_nats::{EventCursor, EventEnvelope, ReadEvent};
 use chronicle_projections::audit::AuditProjection;
+use chronicle_projections::Projection;
 use chrono::{DateTime, SecondsFormat, Utc};
 use common::{
     eventually, test_settings, wait_for_audit, wait_for_projections, TestApp, TestUser,
@@ -529,6 +532,34 @@ async fn a_rebuild_of_the_audit_trail_gives_byte_identical_entries_and_the_live_
         live.len() as i64,
         "the old generation stays as it was"
     );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_event_that_already_has_an_entry_halts_the_trail_and_changes_nothing() {
+    let app = TestApp::spawn().await;
+    let ada = app.register("twice-ada@example.com").await;
+    app.create_task(&ada, "recorded once").await;
+    let entries = wait_for_audit(&app.pool).await;
+    let mut conn = app.pool.acquire().await.unwrap();
+    let first = read_committed_after(&mut conn, EventCursor::default(), 1, &[], None)
+        .await
+        .unwrap();
+    let Some(ReadEvent::Event(first)) = first.first() else {
+        panic!("the store has a readable first event")
+    };
+    let envelope = EventEnvelope::from(first);
+    let mut tx = app.pool.begin().await.unwrap();
+    let refused = AuditProjection::default()
+        .apply_batch(&mut tx, &[&envelope])
+        .await
+        .expect_err("the event is in this generation already");
+    assert!(
+        refused.to_string().contains("already has an audit entry"),
+        "{refused}"
+    );
+    tx.rollback().await.unwrap();
+    assert_eq!(wait_for_audit(&app.pool).await, entries);
     app.stop().await;
 }
 

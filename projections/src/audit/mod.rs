@@ -281,8 +281,8 @@ enum Appended {
     All,
     /// None: `head` is not the head this transaction knows.
     NotTheHead,
-    /// Fewer than all: an event already has an entry in this generation.
-    /// The caller fails, so the transaction is rolled back.
+    /// Not all: an event already has an entry in this generation. The
+    /// caller fails, so the transaction is rolled back.
     Some,
 }
 
@@ -301,7 +301,7 @@ async fn append_after(
     for entry in entries {
         columns.push(entry);
     }
-    let inserted: i64 = sqlx::query_scalar(
+    let inserted: Result<i64, _> = sqlx::query_scalar(
         "with inserted as ( \
            insert into audit.entries (generation, seq, global_position, occurred_at, recorded_at, \
              actor_id, actor_roles, actor_ip, actor_user_agent, action, event_version, \
@@ -320,7 +320,6 @@ async fn append_after(
                aggregate_sequence, request_id, correlation_id, causation_id, payload_digest, \
                metadata_digest, prev_hash, hash) \
            where current_setting('chronicle.audit_head', true) = $22 \
-           on conflict do nothing \
            returning 1), \
          counted as (select count(*) as n from inserted) \
          select n from counted \
@@ -353,11 +352,18 @@ async fn append_after(
     .bind(head_token(next))
     .bind(entries.len() as i64)
     .fetch_one(conn)
-    .await?;
+    .await;
+    // A plain insert, not `on conflict do nothing`: the speculative
+    // insertion that needs cost the trail a fifth of its insert
+    // (docs/performance.md, change 22), and a conflict fails the batch
+    // either way. The violation aborts the transaction the caller then
+    // rolls back.
     Ok(match inserted {
-        0 => Appended::NotTheHead,
-        n if n == entries.len() as i64 => Appended::All,
-        _ => Appended::Some,
+        Ok(0) => Appended::NotTheHead,
+        Ok(n) if n == entries.len() as i64 => Appended::All,
+        Ok(_) => Appended::Some,
+        Err(sqlx::Error::Database(err)) if err.is_unique_violation() => Appended::Some,
+        Err(err) => return Err(err),
     })
 }
 
