@@ -12,10 +12,10 @@ use chrono::{DateTime, SubsecRound, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventStore};
 use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventStore};
-use postgres_es::PostgresEventRepository;
 use sqlx::PgPool;
 
 use crate::consistency::{ConsistencyToken, TokenKeys};
+use crate::event_repository::EventRepository;
 
 /// How often a conflicting command is retried before it is answered 409.
 const CONFLICT_RETRIES: usize = 4;
@@ -114,7 +114,7 @@ fn writes_snapshot(aggregate_type: &str, sequence: usize, events: usize) -> bool
 
 /// Runs commands for one aggregate type.
 pub struct CommandExecutor<A: Aggregate> {
-    store: PersistedEventStore<PostgresEventRepository, A>,
+    store: PersistedEventStore<EventRepository, A>,
     services: A::Services,
     turns: Turns,
     /// Seals each token for the command's actor (the caller who gets the
@@ -171,7 +171,7 @@ where
     A::Command: Clone,
 {
     pub fn new(pool: PgPool, services: A::Services) -> Self {
-        let repository = PostgresEventRepository::new(pool);
+        let repository = EventRepository::new(pool);
         let store = match snapshot_every(A::TYPE) {
             Some(size) => PersistedEventStore::new_snapshot_store(repository, size),
             None => PersistedEventStore::new_event_store(repository),

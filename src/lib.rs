@@ -10,6 +10,7 @@ pub mod commands;
 pub mod config;
 pub mod consistency;
 pub mod dead_letters;
+pub mod event_repository;
 pub mod http;
 pub mod llm;
 pub mod mcp;

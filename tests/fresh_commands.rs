@@ -7,9 +7,11 @@ mod common;
 use std::collections::HashMap;
 
 use chronicle::commands::CommandExecutor;
-use chronicle_aggregates::task::{Task, TaskCommand, TaskError};
+use chronicle::event_repository::EventRepository;
+use chronicle_aggregates::task::{Task, TaskCommand, TaskError, TaskEvent};
 use common::TestApp;
-use cqrs_es::AggregateError;
+use cqrs_es::persist::{PersistedEventRepository, PersistenceError, SerializedEvent};
+use cqrs_es::{Aggregate, AggregateError, DomainEvent};
 use uuid::Uuid;
 
 fn create(actor: Uuid, title: &str) -> TaskCommand {
@@ -117,5 +119,91 @@ async fn a_command_given_a_stale_position_is_run_again_on_the_stored_state_and_l
         .unwrap();
     assert_eq!(again.aggregate.title, "third");
     assert!(again.aggregate.completed);
+    app.stop().await;
+}
+
+/// A commit without a snapshot is one multi-row insert
+/// (`chronicle::event_repository`): its events get positions in sequence
+/// order, and it is all or nothing, a taken sequence being the conflict.
+#[tokio::test]
+async fn an_append_of_several_events_is_in_order_and_all_or_nothing() {
+    let app = TestApp::spawn().await;
+    let repository = EventRepository::new(app.pool.clone());
+    let id = Uuid::new_v4().to_string();
+    let owner = Uuid::new_v4();
+    let at = chrono::Utc::now();
+    let stored = |sequence: usize, event: TaskEvent| {
+        SerializedEvent::new(
+            id.clone(),
+            sequence,
+            Task::TYPE.to_string(),
+            event.event_type(),
+            event.event_version(),
+            serde_json::to_value(&event).unwrap(),
+            serde_json::json!({ "actor_id": owner.to_string() }),
+        )
+    };
+    let created = TaskEvent::TaskCreated {
+        owner_id: owner,
+        title: "appended".into(),
+        description: None,
+        project_id: None,
+        due_at: None,
+        created_at: at,
+    };
+    let completed = |n: i64| TaskEvent::TaskCompleted {
+        completed_at: at + chrono::Duration::seconds(n),
+    };
+    let reopened = |n: i64| TaskEvent::TaskReopened {
+        reopened_at: at + chrono::Duration::seconds(n),
+    };
+    let rows = || async {
+        sqlx::query_as::<_, (i64, i64)>(
+            "select sequence, global_position from events where aggregate_id = $1 order by sequence",
+        )
+        .bind(&id)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap()
+    };
+
+    repository
+        .persist::<Task>(
+            &[
+                stored(1, created),
+                stored(2, completed(1)),
+                stored(3, reopened(2)),
+            ],
+            None,
+        )
+        .await
+        .expect("append three events");
+    let appended = rows().await;
+    let sequences: Vec<i64> = appended.iter().map(|(sequence, _)| *sequence).collect();
+    assert_eq!(sequences, [1, 2, 3]);
+    assert!(
+        appended.windows(2).all(|pair| pair[0].1 < pair[1].1),
+        "global positions rise with the sequences: {appended:?}"
+    );
+
+    // Sequence 4 is free, 3 is taken: the whole append is refused.
+    let refused = repository
+        .persist::<Task>(&[stored(4, completed(3)), stored(3, reopened(4))], None)
+        .await
+        .expect_err("sequence 3 is taken");
+    assert!(
+        matches!(refused, PersistenceError::OptimisticLockError),
+        "{refused:?}"
+    );
+    assert_eq!(
+        rows().await,
+        appended,
+        "nothing of a refused append is written"
+    );
+
+    // The aggregate loads from what was written, and goes on from there.
+    let tasks = CommandExecutor::<Task>::new(app.pool.clone(), ());
+    let task = tasks.load(&id).await.unwrap();
+    assert!(!task.completed);
     app.stop().await;
 }
