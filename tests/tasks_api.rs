@@ -714,9 +714,9 @@ async fn a_client_reads_its_own_write_200_times_in_a_row() {
     app.stop().await;
 }
 
-/// Every filter of the list at once, and each with the others absent: the
-/// list's SQL numbers its parameters by the filters that are set (change 20
-/// of docs/performance.md), so each combination is a statement of its own.
+/// Every filter of the list at once, and each with the others absent: only
+/// the filters that are set go into the list's SQL (change 20 of
+/// docs/performance.md), so each combination is a statement of its own.
 #[tokio::test]
 async fn lists_filter_by_project_together_with_every_other_filter() {
     let app = TestApp::spawn().await;

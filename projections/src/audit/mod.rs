@@ -376,9 +376,9 @@ struct EntryColumns<'a> {
     recorded_at: Vec<chrono::DateTime<Utc>>,
     actor_id: Vec<Option<&'a str>>,
     /// Each entry's roles as an array literal (`{"admin","user"}`), cast
-    /// per row: Postgres has no array of arrays of different lengths. A JSON
-    /// array expanded by a subquery per row cost the trail a quarter of its
-    /// insert (docs/performance.md, change 22).
+    /// per row: Postgres has no array of arrays of different lengths. (A
+    /// JSON array expanded by a subquery per row cost more: change 22 of
+    /// docs/performance.md.)
     actor_roles: Vec<String>,
     actor_ip: Vec<Option<&'a str>>,
     actor_user_agent: Vec<Option<&'a str>>,
