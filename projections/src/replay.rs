@@ -126,14 +126,23 @@ async fn rebuild_group(
             .await?
             .into_iter()
             .collect();
+    // Every connection of the group before any lock: a live batch that
+    // waits for one of these locks holds a connection of the same pool
+    // (when the rebuild runs inside the server's process, as tests do), so
+    // asking the pool for more while holding a lock could wait on it.
+    let mut reader = pool.acquire().await?;
+    let mut transactions = Vec::with_capacity(projections.len());
+    for _ in projections {
+        transactions.push(pool.begin().await?);
+    }
     let mut rebuilds = Vec::with_capacity(projections.len());
-    for projection in projections {
+    for (projection, tx) in projections.iter().zip(transactions) {
         let total = per_type
             .iter()
             .filter(|(kind, _)| concerns(*projection, kind))
             .map(|(_, count)| *count as u64)
             .sum();
-        rebuilds.push(Rebuilding::begin(pool, *projection, total).await?);
+        rebuilds.push(Rebuilding::begin(tx, *projection, total).await?);
     }
     // Every lock is held now: no live batch of these projections commits
     // until the rebuilds do. Everything the relay has published is
@@ -142,7 +151,7 @@ async fn rebuild_group(
     // applied (and will not see again).
     let published: Option<String> =
         sqlx::query_scalar("select max(transaction_id)::text from relay_checkpoints")
-            .fetch_one(pool)
+            .fetch_one(&mut *reader)
             .await?;
     let published = published.and_then(|id| id.parse::<u64>().ok());
     // The union of the aggregate types; empty (every type) when one of the
@@ -166,10 +175,9 @@ async fn rebuild_group(
         .map(|_| mpsc::channel::<Arc<Vec<Replayed>>>(READ_AHEAD))
         .unzip();
     let read = async move {
-        let mut conn = pool.acquire().await?;
         let mut cursor = EventCursor::default();
         loop {
-            let batch = read_committed_after(&mut conn, cursor, REPLAY_BATCH, &types, published)
+            let batch = read_committed_after(&mut reader, cursor, REPLAY_BATCH, &types, published)
                 .await
                 .map_err(|err| ProjectionError::Stream(err.to_string()))?;
             let Some(last) = batch.last() else { break };
@@ -239,14 +247,13 @@ struct Rebuilding<'p> {
 }
 
 impl<'p> Rebuilding<'p> {
-    /// Takes the projection's lock and empties its read model.
+    /// Takes the projection's lock in `tx` and empties its read model.
     async fn begin(
-        pool: &PgPool,
+        mut tx: Transaction<'static, Postgres>,
         projection: &'p dyn Projection,
         total: u64,
     ) -> Result<Self, ProjectionError> {
         let name = projection.name();
-        let mut tx = pool.begin().await?;
         sqlx::query(MARK_AND_LOCK)
             .bind(lock_key(name))
             .execute(&mut *tx)
