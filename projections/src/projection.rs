@@ -177,6 +177,52 @@ fn admit(projection: &str, event: &EventEnvelope, applied: i64) -> Result<bool, 
     Ok(true)
 }
 
+/// The upsert of [`ChangedVersions`]: `$1` the projection, `$2`–`$4` the
+/// types, ids and versions. A macro, so that the live batch can make it one
+/// part of its closing statement (`concat!`).
+macro_rules! upsert_versions {
+    () => {
+        "insert into read.aggregate_versions (projection, aggregate_type, aggregate_id, version) \
+         select $1, * from unnest($2::text[], $3::text[], $4::bigint[]) \
+         on conflict (projection, aggregate_type, aggregate_id) do update set version = excluded.version"
+    };
+}
+pub(crate) use upsert_versions;
+
+/// The applied versions of some aggregates: `$1` the projection, `$2` and
+/// `$3` their types and ids.
+///
+/// One primary-key probe per aggregate, whatever the statistics say. As a
+/// plain join, a plan made while the table was small (a fresh database;
+/// statistics from before this projection had rows) hashed every version of
+/// the projection on each batch until autovacuum's next ANALYZE: 0.65–0.75 ms
+/// a batch at 15k rows, and growing (docs/performance.md, change 19). The
+/// lateral `limit 1` keeps the probe a nested loop; planning each batch (not
+/// once per connection, hence `persistent(false)`) keeps it off a sequential
+/// scan chosen when the table had one page.
+const VERSIONS_OF: &str = "select k.aggregate_type, k.aggregate_id, v.version \
+     from unnest($2::text[], $3::text[]) as k(aggregate_type, aggregate_id) \
+     cross join lateral ( \
+       select version from read.aggregate_versions v \
+        where v.projection = $1 and v.aggregate_type = k.aggregate_type \
+          and v.aggregate_id = k.aggregate_id \
+        limit 1) v";
+
+/// The distinct aggregates of `events`, as parallel lists of types and ids.
+fn aggregate_keys<'e>(
+    events: impl IntoIterator<Item = &'e EventEnvelope>,
+) -> (Vec<String>, Vec<String>) {
+    let mut seen = HashSet::new();
+    let (mut types, mut ids) = (Vec::new(), Vec::new());
+    for event in events {
+        if seen.insert((event.aggregate_type.as_str(), event.aggregate_id.as_str())) {
+            types.push(event.aggregate_type.clone());
+            ids.push(event.aggregate_id.clone());
+        }
+    }
+    (types, ids)
+}
+
 /// The version guard for a whole batch: the applied versions of the batch's
 /// aggregates are read in one query, checked and advanced in memory as the
 /// batch is applied, and written back in one statement before the batch
@@ -206,46 +252,60 @@ impl VersionGuard {
         events: impl IntoIterator<Item = &'e EventEnvelope>,
     ) -> Result<Self, ProjectionError> {
         let mut guard = Self::empty(projection);
-        let mut seen = HashSet::new();
-        let (mut types, mut ids) = (Vec::new(), Vec::new());
-        for event in events {
-            if seen.insert((event.aggregate_type.as_str(), event.aggregate_id.as_str())) {
-                types.push(event.aggregate_type.clone());
-                ids.push(event.aggregate_id.clone());
-            }
-        }
+        let (types, ids) = aggregate_keys(events);
         if ids.is_empty() {
             return Ok(guard);
         }
-        // One primary-key probe per aggregate, whatever the statistics say.
-        // As a plain join, a plan made while the table was small (a fresh
-        // database; statistics from before this projection had rows) hashed
-        // every version of the projection on each batch until autovacuum's
-        // next ANALYZE: 0.65–0.75 ms a batch at 15k rows, and growing
-        // (docs/performance.md, change 19). The lateral `limit 1` keeps the
-        // probe a nested loop; planning each batch (not once per connection)
-        // keeps it off a sequential scan chosen when the table had one page.
-        let rows: Vec<(String, String, i64)> = sqlx::query_as(
-            "select k.aggregate_type, k.aggregate_id, v.version \
-             from unnest($2::text[], $3::text[]) as k(aggregate_type, aggregate_id) \
-             cross join lateral ( \
-               select version from read.aggregate_versions v \
-                where v.projection = $1 and v.aggregate_type = k.aggregate_type \
-                  and v.aggregate_id = k.aggregate_id \
-                limit 1) v",
-        )
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(VERSIONS_OF)
+            .bind(projection)
+            .bind(&types)
+            .bind(&ids)
+            .persistent(false)
+            .fetch_all(conn)
+            .await?;
+        guard.applied.extend(
+            rows.into_iter()
+                .map(|(aggregate_type, aggregate_id, version)| {
+                    ((aggregate_type, aggregate_id), version)
+                }),
+        );
+        Ok(guard)
+    }
+
+    /// [`load`](Self::load), and in the same round trip the projection's
+    /// stored checkpoint (`read.projection_checkpoints.stream_sequence`).
+    pub async fn load_with_checkpoint<'e>(
+        conn: &mut PgConnection,
+        projection: &'static str,
+        events: impl IntoIterator<Item = &'e EventEnvelope>,
+    ) -> Result<(Self, Option<i64>), ProjectionError> {
+        let mut guard = Self::empty(projection);
+        let (types, ids) = aggregate_keys(events);
+        let rows: Vec<(bool, Option<String>, Option<String>, i64)> = sqlx::query_as(&format!(
+            "select true, null, null, stream_sequence from read.projection_checkpoints \
+              where projection = $1 \
+             union all \
+             select false, * from ({VERSIONS_OF}) versions"
+        ))
         .bind(projection)
         .bind(&types)
         .bind(&ids)
         .persistent(false)
         .fetch_all(conn)
         .await?;
-        for (aggregate_type, aggregate_id, version) in rows {
-            guard
-                .applied
-                .insert((aggregate_type, aggregate_id), version);
+        let mut checkpoint = None;
+        for row in rows {
+            match row {
+                (true, _, _, stream_sequence) => checkpoint = Some(stream_sequence),
+                (false, Some(aggregate_type), Some(aggregate_id), version) => {
+                    guard
+                        .applied
+                        .insert((aggregate_type, aggregate_id), version);
+                }
+                (false, ..) => {}
+            }
         }
-        Ok(guard)
+        Ok((guard, checkpoint))
     }
 
     /// Applies `event` through `projection` unless it already has it (see
@@ -279,30 +339,41 @@ impl VersionGuard {
 
     /// Writes the versions advanced since the last call, in one statement.
     pub async fn store(&mut self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
-        if self.changed.is_empty() {
+        let changed = self.take_changed();
+        if changed.types.is_empty() {
             return Ok(());
         }
-        let mut types = Vec::with_capacity(self.changed.len());
-        let mut ids = Vec::with_capacity(self.changed.len());
-        let mut versions = Vec::with_capacity(self.changed.len());
-        for key in self.changed.drain() {
-            versions.push(self.applied.get(&key).copied().unwrap_or(0));
-            types.push(key.0);
-            ids.push(key.1);
-        }
-        sqlx::query(
-            "insert into read.aggregate_versions (projection, aggregate_type, aggregate_id, version) \
-             select $1, * from unnest($2::text[], $3::text[], $4::bigint[]) \
-             on conflict (projection, aggregate_type, aggregate_id) do update set version = excluded.version",
-        )
-        .bind(self.projection)
-        .bind(&types)
-        .bind(&ids)
-        .bind(&versions)
-        .execute(conn)
-        .await?;
+        sqlx::query(upsert_versions!())
+            .bind(self.projection)
+            .bind(&changed.types)
+            .bind(&changed.ids)
+            .bind(&changed.versions)
+            .execute(conn)
+            .await?;
         Ok(())
     }
+
+    /// The versions advanced since the last call, as [`store`](Self::store)
+    /// writes them; for a caller that writes them within a statement of its own.
+    pub fn take_changed(&mut self) -> ChangedVersions {
+        let mut changed = ChangedVersions::default();
+        for key in self.changed.drain() {
+            changed
+                .versions
+                .push(self.applied.get(&key).copied().unwrap_or(0));
+            changed.types.push(key.0);
+            changed.ids.push(key.1);
+        }
+        changed
+    }
+}
+
+/// Versions to write to `read.aggregate_versions`, one entry per aggregate.
+#[derive(Debug, Default)]
+pub struct ChangedVersions {
+    pub types: Vec<String>,
+    pub ids: Vec<String>,
+    pub versions: Vec<i64>,
 }
 
 /// Decodes an envelope's payload into the aggregate's event enum, which is
@@ -314,6 +385,14 @@ pub fn decode_event<E: serde::de::DeserializeOwned>(
     serde_json::from_value(tagged).map_err(|err| ProjectionError::poison(event.message_id(), err))
 }
 
+/// The settings [`MARK_AND_LOCK`] makes, for both of its forms.
+macro_rules! mark {
+    () => {
+        "set_config('application_name', 'chronicle projection', true), \
+         set_config('synchronous_commit', 'off', true)"
+    };
+}
+
 /// First statement of every projection transaction (live batch or rebuild):
 /// marks it as one that writes no events, so the relay's commit horizon does
 /// not wait for it (migration 0100, which also refuses event inserts from a
@@ -323,9 +402,17 @@ pub fn decode_event<E: serde::de::DeserializeOwned>(
 /// data, and its checkpoint is in the same transaction, so a batch lost in a
 /// crash is simply consumed and applied again (the version guard keeps that
 /// exact). Commands, which write the source of truth, keep durable commits.
-pub const MARK_AND_LOCK: &str =
-    "select set_config('application_name', 'chronicle projection', true), \
-     set_config('synchronous_commit', 'off', true), pg_advisory_xact_lock($1)";
+pub const MARK_AND_LOCK: &str = concat!("select ", mark!(), ", pg_advisory_xact_lock($1)");
+
+/// `BEGIN` and [`MARK_AND_LOCK`] as one simple query, for `begin_with`: one
+/// round trip where a live batch took two. The simple protocol takes no
+/// parameters, so the key is written in (an integer of our own making).
+pub fn begin_marked_and_locked(projection: &str) -> String {
+    format!(
+        concat!("begin; select ", mark!(), ", pg_advisory_xact_lock({})"),
+        lock_key(projection)
+    )
+}
 
 /// The advisory-lock key that serialises a projection's live batches and its rebuild.
 pub fn lock_key(projection: &str) -> i64 {

@@ -20,7 +20,9 @@ use sqlx::PgPool;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::projection::{lock_key, VersionGuard, MARK_AND_LOCK};
+use crate::projection::{
+    begin_marked_and_locked, lock_key, upsert_versions, VersionGuard, MARK_AND_LOCK,
+};
 use crate::{Projection, ProjectionError, PROJECTED_CHANNEL};
 
 /// What a running projection reports to `/ready` and `/metrics`.
@@ -347,22 +349,17 @@ impl ProjectionRunner {
         last_recorded_at: Option<chrono::DateTime<chrono::Utc>>,
     ) -> Result<Result<usize, Parked>, ProjectionError> {
         let name = self.projection.name();
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(MARK_AND_LOCK)
-            .bind(lock_key(name))
-            .execute(&mut *tx)
-            .await?;
+        let mut tx = self.pool.begin_with(begin_marked_and_locked(name)).await?;
         // Batches commit without waiting for the WAL flush (MARK_AND_LOCK):
         // a Postgres crash can lose the last ones after their messages were
         // acknowledged, and this consumer would go on after them, leaving a
         // gap. The stored checkpoint then lags what this consumer committed:
         // resume from it (a new consumer at checkpoint + 1, `consume`).
-        let stored: Option<i64> = sqlx::query_scalar(
-            "select stream_sequence from read.projection_checkpoints where projection = $1",
-        )
-        .bind(name)
-        .fetch_optional(&mut *tx)
-        .await?;
+        // The version guard for the whole batch comes in the same round trip:
+        // one read and one write of `read.aggregate_versions` instead of two
+        // per event.
+        let (mut guard, stored) =
+            VersionGuard::load_with_checkpoint(&mut tx, name, wanted.iter().copied()).await?;
         let committed = self.status.stream_sequence();
         if (stored.unwrap_or(0) as u64) < committed {
             return Err(ProjectionError::Stream(format!(
@@ -371,9 +368,6 @@ impl ProjectionRunner {
                 stored.unwrap_or(0)
             )));
         }
-        // The version guard for the whole batch: one read and one write of
-        // `read.aggregate_versions` instead of two per event.
-        let mut guard = VersionGuard::load(&mut tx, name, wanted.iter().copied()).await?;
         let mut parked = unreadable.to_vec();
         let mut admitted = Vec::with_capacity(wanted.len());
         for envelope in wanted {
@@ -408,20 +402,26 @@ impl ProjectionRunner {
             Err(err) => return Err(err),
         }
         let applied = admitted.len();
-        guard.store(&mut tx).await?;
         dead_letter::park(&mut tx, name, &parked).await?;
-        // Checkpoint and wake-up of waiting queries in one round trip.
-        sqlx::query(
-            "with checkpoint as ( \
+        // Versions, checkpoint and the wake-up of waiting queries in one
+        // round trip.
+        let versions = guard.take_changed();
+        sqlx::query(concat!(
+            "with versions as (",
+            upsert_versions!(),
+            "), checkpoint as ( \
                insert into read.projection_checkpoints (projection, stream_sequence, last_recorded_at, updated_at) \
-               values ($1, $2, $3, now()) \
+               values ($1, $5, $6, now()) \
                on conflict (projection) do update set stream_sequence = excluded.stream_sequence, \
                  last_recorded_at = coalesce(excluded.last_recorded_at, read.projection_checkpoints.last_recorded_at), \
                  updated_at = excluded.updated_at \
                returning 1) \
-             select pg_notify($4, $1) from checkpoint",
-        )
+             select pg_notify($7, $1) from checkpoint"
+        ))
         .bind(name)
+        .bind(&versions.types)
+        .bind(&versions.ids)
+        .bind(&versions.versions)
         .bind(stream_sequence as i64)
         .bind(last_recorded_at)
         .bind(PROJECTED_CHANNEL)
