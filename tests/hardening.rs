@@ -484,6 +484,26 @@ async fn an_unread_export_is_abandoned_after_the_send_timeout_freeing_its_connec
     })
     .await;
 
+    // Abandoned once a chunk waits the send timeout: its slot (the only
+    // one) is free again and a one-row export is answered instead of 503.
+    // Not the query ending: Postgres may have sent every row into the socket
+    // buffers long before that (it did once, and the client then read a
+    // complete answer from a producer that was still waiting, not abandoned).
+    eventually(
+        Duration::from_secs(20),
+        "the stalled export to be abandoned",
+        || async {
+            let probe = app
+                .client
+                .get(app.url("/v1/audit/export?format=ndjson&limit=1"))
+                .bearer_auth(&auditor.token)
+                .send()
+                .await
+                .unwrap();
+            (probe.status() == StatusCode::OK).then_some(())
+        },
+    )
+    .await;
     eventually(
         Duration::from_secs(20),
         "the stalled export's query to end",
