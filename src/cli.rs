@@ -45,6 +45,14 @@ pub enum UserCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum FilesCommand {
+    /// Remove blobs that no file references any more and uploads abandoned
+    /// for over an hour (the API also does this every
+    /// CHRONICLE_FILES_SWEEP_INTERVAL_SECS).
+    Sweep,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the HTTP API (and, with --all, the relay and projections too).
     Serve {
@@ -77,6 +85,11 @@ pub enum Command {
     DeadLetters {
         #[command(subcommand)]
         command: crate::dead_letters::DeadLettersCommand,
+    },
+    /// Maintain the workspace files on disk.
+    Files {
+        #[command(subcommand)]
+        command: FilesCommand,
     },
     /// Rebuild read models from the event store, then hand over to the live consumers.
     Replay {
@@ -163,6 +176,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::DeadLetters { command } => {
             let pool = connect_database(&settings).await?;
             crate::dead_letters::run(&pool, command).await
+        }
+        Command::Files {
+            command: FilesCommand::Sweep,
+        } => {
+            let pool = connect_database(&settings).await?;
+            let swept = crate::file_blobs::sweep(
+                &pool,
+                &settings.data_dir,
+                crate::file_blobs::ABANDONED_UPLOAD_AGE,
+            )
+            .await?;
+            println!(
+                "removed {} orphaned blobs and {} abandoned uploads",
+                swept.blobs, swept.uploads
+            );
+            Ok(())
         }
         Command::Replay { projection } => replay(&settings, &projection).await,
     }

@@ -40,6 +40,9 @@ pub struct FilesSettings {
     /// (`CHRONICLE_FILES_ALLOWED_EXTENSIONS`, comma-separated); each must be
     /// one whose content the server can check.
     pub allowed_extensions: Vec<String>,
+    /// How often the API sweeps orphaned blobs and abandoned uploads
+    /// (`CHRONICLE_FILES_SWEEP_INTERVAL_SECS`, an hour; 0: never).
+    pub sweep_interval: Option<Duration>,
 }
 
 /// The extensions allowed when `CHRONICLE_FILES_ALLOWED_EXTENSIONS` is unset.
@@ -51,6 +54,7 @@ impl Default for FilesSettings {
         Self {
             max_bytes: 10 * 1024 * 1024,
             allowed_extensions: parse_extensions(DEFAULT_FILE_EXTENSIONS),
+            sweep_interval: Some(Duration::from_secs(3600)),
         }
     }
 }
@@ -601,6 +605,11 @@ impl Settings {
                     "CHRONICLE_FILES_ALLOWED_EXTENSIONS",
                     DEFAULT_FILE_EXTENSIONS,
                 )?),
+                sweep_interval: Some(Duration::from_secs(number(
+                    "CHRONICLE_FILES_SWEEP_INTERVAL_SECS",
+                    parse("CHRONICLE_FILES_SWEEP_INTERVAL_SECS", "3600")?,
+                )?))
+                .filter(|interval| !interval.is_zero()),
             },
         };
         settings.validate()?;
@@ -898,7 +907,7 @@ mod tests {
     }
 
     #[test]
-    fn file_limits_default_to_ten_mib_and_unknown_extensions_are_refused() {
+    fn file_limits_default_to_ten_mib_hourly_sweeps_and_unknown_extensions_are_refused() {
         let defaults = settings(&[("DATABASE_URL", "postgres://x")]).unwrap();
         assert_eq!(defaults.files.max_bytes, 10 * 1024 * 1024);
         assert!(defaults
@@ -913,6 +922,16 @@ mod tests {
         .unwrap();
         assert_eq!(custom.files.max_bytes, 2048);
         assert_eq!(custom.files.allowed_extensions, ["txt", "pdf"]);
+        assert_eq!(
+            defaults.files.sweep_interval,
+            Some(Duration::from_secs(3600))
+        );
+        let never = settings(&[
+            ("DATABASE_URL", "postgres://x"),
+            ("CHRONICLE_FILES_SWEEP_INTERVAL_SECS", "0"),
+        ])
+        .unwrap();
+        assert_eq!(never.files.sweep_interval, None);
         for (name, value) in [
             ("CHRONICLE_FILES_ALLOWED_EXTENSIONS", "txt,exe"),
             ("CHRONICLE_FILES_MAX_BYTES", "0"),

@@ -11,6 +11,7 @@ pub mod config;
 pub mod consistency;
 pub mod dead_letters;
 pub mod event_repository;
+pub mod file_blobs;
 pub mod http;
 pub mod llm;
 pub mod mcp;

@@ -256,6 +256,14 @@ impl Application {
         }
         let server = match self.listener.take() {
             Some(listener) => {
+                if let Some(interval) = self.state.settings.files.sweep_interval {
+                    self.tasks.spawn(crate::file_blobs::sweep_periodically(
+                        self.state.pool.clone(),
+                        self.state.settings.data_dir.clone(),
+                        interval,
+                        self.shutdown.clone(),
+                    ));
+                }
                 let router = crate::http::router(self.state.clone());
                 let shutdown = self.shutdown.clone();
                 tracing::info!(addr = %listener.local_addr()?, "api listening");

@@ -622,3 +622,180 @@ async fn the_openapi_description_covers_the_files_routes_and_the_environment_ann
     assert_eq!(environment["features"]["files"], true);
     app.stop().await;
 }
+
+/// Writes `bytes` at `path`, creating its directory, dated `age` ago.
+fn write_aged(path: &Path, bytes: &[u8], age: Duration) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, bytes).unwrap();
+    let file = std::fs::File::options().write(true).open(path).unwrap();
+    file.set_modified(std::time::SystemTime::now() - age)
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_sweep_removes_orphaned_blobs_and_abandoned_uploads_and_keeps_everything_in_use() {
+    let app = TestApp::spawn().await;
+    let ada = app.register("ada@example.com").await;
+    let bob = app.register("bob@example.com").await;
+    let live_bytes = b"kept: a live file has these bytes";
+    let live = uploaded(&app, &ada, "live.txt", live_bytes).await;
+    // A file deleted by a process that died before removing its blob: the
+    // delete is recorded, the blob is back on disk.
+    let deleted_bytes = b"a deleted file had these bytes";
+    let deleted = uploaded(&app, &ada, "deleted.txt", deleted_bytes).await;
+    let path = format!("/v1/files/{}", deleted["id"].as_str().unwrap());
+    let response = app.send(Method::DELETE, &path, &ada, None).await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let ada_dir = workspace(&app, &ada);
+    let undeleted = ada_dir.join(sha256_hex(deleted_bytes));
+    write_aged(&undeleted, deleted_bytes, Duration::ZERO);
+    // A blob stored by an upload that died before recording its file.
+    let unrecorded = ada_dir.join(sha256_hex(b"never recorded"));
+    write_aged(&unrecorded, b"never recorded", Duration::ZERO);
+    // Ada's bytes in Bob's workspace: Bob has no file with them.
+    let not_bobs = workspace(&app, &bob).join(sha256_hex(live_bytes));
+    write_aged(&not_bobs, live_bytes, Duration::ZERO);
+    // Upload files: one cut off two hours ago, one that may still be running.
+    let abandoned = ada_dir.join(".upload-abandoned");
+    write_aged(&abandoned, b"partial", Duration::from_secs(2 * 3600));
+    let running = ada_dir.join(".upload-running");
+    write_aged(&running, b"partial", Duration::from_secs(60));
+    // Whatever the server did not name is not its to remove.
+    let foreign = [
+        ada_dir.join("notes.txt"),
+        app.settings
+            .data_dir
+            .join("files/not-a-user/")
+            .join(sha256_hex(b"x")),
+    ];
+    for path in &foreign {
+        write_aged(path, b"x", Duration::from_secs(2 * 3600));
+    }
+
+    let swept = chronicle::file_blobs::sweep(
+        &app.pool,
+        &app.settings.data_dir,
+        chronicle::file_blobs::ABANDONED_UPLOAD_AGE,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (swept.blobs, swept.uploads),
+        (3, 1),
+        "three orphaned blobs and one abandoned upload"
+    );
+    let mut left = files_under(&app.settings.data_dir.join("files"));
+    left.sort();
+    let mut expected = vec![ada_dir.join(sha256_hex(live_bytes)), running];
+    expected.extend(foreign);
+    expected.sort();
+    assert_eq!(left, expected);
+    let response = app
+        .send(
+            Method::GET,
+            &format!("/v1/files/{}?download=true", live["id"].as_str().unwrap()),
+            &ada,
+            None,
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.bytes().await.unwrap().as_ref(), live_bytes);
+
+    let again = chronicle::file_blobs::sweep(
+        &app.pool,
+        &app.settings.data_dir,
+        chronicle::file_blobs::ABANDONED_UPLOAD_AGE,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (again.blobs, again.uploads),
+        (0, 0),
+        "nothing left to sweep"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_blob_recorded_while_the_sweep_waits_for_its_lock_is_kept() {
+    let app = TestApp::spawn().await;
+    let ada = app.register("ada@example.com").await;
+    let bytes = b"stored, then recorded while the sweep waited";
+    let digest = sha256_hex(bytes);
+    let blob = workspace(&app, &ada).join(&digest);
+    write_aged(&blob, bytes, Duration::ZERO);
+
+    // Stand in for an upload between storing the blob and recording it: it
+    // holds the blob's lock. The sweep finds the blob unrecorded and waits.
+    let upload = chronicle::file_blobs::lock_blob(&app.pool, ada.id, &digest)
+        .await
+        .unwrap();
+    let sweep = tokio::spawn({
+        let pool = app.pool.clone();
+        let data_dir = app.settings.data_dir.clone();
+        async move {
+            chronicle::file_blobs::sweep(
+                &pool,
+                &data_dir,
+                chronicle::file_blobs::ABANDONED_UPLOAD_AGE,
+            )
+            .await
+            .unwrap()
+        }
+    });
+    common::eventually(
+        Duration::from_secs(10),
+        "the sweep waiting for the lock",
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "select count(*) from pg_locks where locktype = 'advisory' and not granted \
+               and database = (select oid from pg_database where datname = current_database())",
+            )
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+            (waiting == 1).then_some(())
+        },
+    )
+    .await;
+    // The upload records its file (as the command would), then lets go.
+    let metadata: Value = sqlx::query_scalar("select metadata from events limit 1")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let payload = serde_json::json!({"FileUploaded": {
+        "owner_id": ada.id, "name": "late.txt", "size": bytes.len(), "sha256": digest,
+        "content_type": "text/plain; charset=utf-8", "uploaded_at": "2026-12-07T04:00:00Z",
+    }});
+    sqlx::query(
+        "insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, \
+           payload, metadata) values ('WorkspaceFile', $1, 1, 'FileUploaded', '1.0', $2, $3)",
+    )
+    .bind(uuid::Uuid::new_v4().to_string())
+    .bind(payload)
+    .bind(metadata)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    upload.commit().await.unwrap();
+
+    let swept = sweep.await.unwrap();
+    assert_eq!(swept.blobs, 0, "checked again under the lock");
+    assert!(blob.exists(), "the recorded file's blob is kept");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_api_sweeps_on_its_own_every_interval() {
+    let mut settings = common::test_settings().await;
+    settings.files.sweep_interval = Some(Duration::from_millis(50));
+    let app = TestApp::spawn_with(settings).await;
+    let ada = app.register("ada@example.com").await;
+    let orphan = workspace(&app, &ada).join(sha256_hex(b"orphan"));
+    write_aged(&orphan, b"orphan", Duration::ZERO);
+    common::eventually(Duration::from_secs(10), "the orphan swept", || async {
+        (!orphan.exists()).then_some(())
+    })
+    .await;
+    app.stop().await;
+}

@@ -25,13 +25,13 @@ use chrono::{DateTime, Utc};
 use cqrs_es::AggregateError;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use sqlx::{Postgres, Transaction};
 use tokio::io::AsyncWriteExt;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::commands::{now, Executed};
 use crate::config::FilesSettings;
+use crate::file_blobs::{self, UPLOAD_PREFIX};
 use crate::http::error::{infrastructure_error, ApiError, Result};
 use crate::http::extract::{AuthUser, ConsistencyHeader, IdPath, Query, RequestContext};
 use crate::http::write::{self, total_count, Page};
@@ -143,39 +143,10 @@ async fn run(
     write::execute(state, &state.files, user, context, id, command, file_error).await
 }
 
-/// The caller's workspace directory.
-fn workspace_dir(data_dir: &Path, owner_id: Uuid) -> PathBuf {
-    data_dir.join("files").join(owner_id.to_string())
-}
-
-/// Where the blob with `sha256` of `owner_id` lives. Built only from the
-/// owner's UUID and a digest checked to be 64 hex digits, so it always
-/// names a file directly inside the owner's directory.
+/// Where the caller's blob with `sha256` lives.
 fn blob_path(data_dir: &Path, owner_id: Uuid, sha256: &str) -> Result<PathBuf> {
-    if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(ApiError::Internal(anyhow::anyhow!(
-            "a file's digest is not hex"
-        )));
-    }
-    Ok(workspace_dir(data_dir, owner_id).join(sha256))
-}
-
-/// Serialises, per owner and digest, storing a blob with recording its file,
-/// and deleting a file with removing a blob nothing references any more:
-/// without it a delete could remove the blob an upload of the same bytes is
-/// about to reference. A transaction-scoped advisory lock, released however
-/// the request ends (a client leaving included).
-async fn lock_blob(
-    state: &AppState,
-    owner_id: Uuid,
-    sha256: &str,
-) -> Result<Transaction<'static, Postgres>> {
-    let mut tx = state.pool.begin().await?;
-    sqlx::query("select pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(format!("files:{owner_id}:{sha256}"))
-        .execute(&mut *tx)
-        .await?;
-    Ok(tx)
+    file_blobs::blob_path(data_dir, owner_id, sha256)
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("a file's digest is not hex")))
 }
 
 /// A temporary upload file, removed unless [`TempFile::keep`] is called
@@ -232,7 +203,7 @@ async fn receive(
         .await
         .map_err(io_error("creating the workspace directory"))?;
     let temp = TempFile {
-        path: dir.join(format!(".upload-{}", Uuid::new_v4().simple())),
+        path: dir.join(format!("{UPLOAD_PREFIX}{}", Uuid::new_v4().simple())),
         keep: false,
     };
     let mut file = tokio::fs::OpenOptions::new()
@@ -349,7 +320,7 @@ pub async fn upload_file(
                 ),
             )
         })?;
-    let dir = workspace_dir(&state.settings.data_dir, user.id);
+    let dir = file_blobs::workspace_dir(&state.settings.data_dir, user.id);
     let received = receive(&dir, field, Sniffer::new(kind), settings.max_bytes).await?;
     match multipart.next_field().await.map_err(multipart_error)? {
         None => {}
@@ -371,7 +342,7 @@ pub async fn upload_file(
         content_type,
     } = received;
     let blob = blob_path(&state.settings.data_dir, user.id, &sha256)?;
-    let lock = lock_blob(&state, user.id, &sha256).await?;
+    let lock = file_blobs::lock_blob(&state.pool, user.id, &sha256).await?;
     // Same bytes, same blob: a second upload only adds metadata.
     let existed = tokio::fs::try_exists(&blob)
         .await
@@ -566,7 +537,7 @@ pub async fn delete_file(
     };
     let (headers, executed) = run(&state, &user, &context, id, command).await?;
     let sha256 = executed.aggregate.sha256.clone();
-    let lock = lock_blob(&state, user.id, &sha256).await?;
+    let lock = file_blobs::lock_blob(&state.pool, user.id, &sha256).await?;
     state
         .consistency
         .wait("files", Some(user.id), executed.token.clone())
@@ -603,19 +574,6 @@ mod tests {
             "attachment; filename=\"r_sum_ _final_.pdf\"; \
              filename*=UTF-8''r%C3%A9sum%C3%A9%20%22final%22.pdf"
         );
-    }
-
-    #[test]
-    fn blob_paths_are_made_of_the_owner_and_a_hex_digest_only() {
-        let owner = Uuid::from_u128(7);
-        let sha = "a".repeat(64);
-        let path = blob_path(Path::new("/data"), owner, &sha).unwrap();
-        assert_eq!(
-            path,
-            Path::new("/data/files/00000000-0000-0000-0000-000000000007").join(&sha)
-        );
-        assert!(blob_path(Path::new("/data"), owner, "../../etc/passwd").is_err());
-        assert!(blob_path(Path::new("/data"), owner, &format!("{}/x", "a".repeat(62))).is_err());
     }
 
     #[test]
