@@ -55,14 +55,39 @@ pub struct Application {
     audit_checkpointer: Option<(Arc<dyn CheckpointSigner>, Duration)>,
 }
 
-/// Connects to Postgres with the configured pool size.
+/// How long start-up waits for a Postgres that is not up yet (starting,
+/// restarting, unreachable) before it gives up.
+pub const DATABASE_STARTUP_WAIT: Duration = Duration::from_secs(60);
+
+/// Connects to Postgres with the configured pool size. A database that is
+/// not up yet is tried again, with growing pauses, for up to
+/// [`DATABASE_STARTUP_WAIT`]; anything else (a wrong password, a database
+/// that does not exist) fails at once.
 pub async fn connect_database(settings: &Settings) -> anyhow::Result<PgPool> {
-    PgPoolOptions::new()
+    let options = PgPoolOptions::new()
         .max_connections(settings.database.max_connections)
-        .acquire_timeout(settings.database.acquire_timeout)
-        .connect(settings.database.url.expose_secret())
-        .await
-        .context("connecting to Postgres (DATABASE_URL)")
+        .acquire_timeout(settings.database.acquire_timeout);
+    let url = settings.database.url.expose_secret();
+    let deadline = tokio::time::Instant::now() + DATABASE_STARTUP_WAIT;
+    let mut pause = Duration::from_millis(250);
+    loop {
+        match options.clone().connect(url).await {
+            Ok(pool) => return Ok(pool),
+            Err(err)
+                if crate::http::error::is_database_unavailable(&err)
+                    && tokio::time::Instant::now() + pause < deadline =>
+            {
+                tracing::warn!(
+                    error = %err,
+                    retry_in_ms = pause.as_millis() as u64,
+                    "Postgres is not reachable yet; retrying"
+                );
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            Err(err) => return Err(err).context("connecting to Postgres (DATABASE_URL)"),
+        }
+    }
 }
 
 /// Applies the embedded migrations.

@@ -1,7 +1,7 @@
 //! Faults a hostile or broken client can cause: connections that never finish
 //! their request head or never read their answer, methods invented to grow
 //! `/metrics`, formulas smuggled into the CSV export, and streams that hold
-//! database connections.
+//! database connections; a Postgres that is not up yet when the server starts.
 
 mod common;
 
@@ -815,4 +815,84 @@ async fn a_string_holding_nul_is_refused_with_422_in_a_body_or_a_query_and_store
     .unwrap();
     assert_eq!(events_after, 1, "only the task with the escaped backslash");
     app.stop().await;
+}
+
+/// Forwards every connection to `127.0.0.1:listen_port` to `target`.
+async fn forward(listen_port: u16, target: String) {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", listen_port))
+        .await
+        .expect("the port is free again");
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let target = target.clone();
+            tokio::spawn(async move {
+                if let Ok(mut server) = TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+}
+
+#[tokio::test]
+async fn start_up_waits_for_a_postgres_that_is_not_up_yet() {
+    use secrecy::{ExposeSecret, SecretString};
+    let log = common::log_capture::LogCapture::install();
+    let mut settings = test_settings().await;
+    let real = reqwest::Url::parse(settings.database.url.expose_secret()).unwrap();
+    // A port nothing listens on, for now.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut late = real.clone();
+    late.set_host(Some("127.0.0.1")).unwrap();
+    late.set_port(Some(port)).unwrap();
+    let real_settings = settings.clone();
+    settings.database.url = SecretString::from(late.to_string());
+
+    let connecting = tokio::spawn({
+        let settings = settings.clone();
+        async move { chronicle::startup::connect_database(&settings).await }
+    });
+    eventually(
+        Duration::from_secs(10),
+        "a refused attempt, logged",
+        || async {
+            log.contents()
+                .contains("Postgres is not reachable yet; retrying")
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(!connecting.is_finished(), "still trying");
+    // Postgres "comes up" at the configured address.
+    forward(
+        port,
+        format!(
+            "{}:{}",
+            real.host_str().unwrap(),
+            real.port().unwrap_or(5432)
+        ),
+    )
+    .await;
+    let pool = connecting.await.unwrap().expect("connected once it was up");
+    let one: i32 = sqlx::query_scalar("select 1")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(one, 1);
+    pool.close().await;
+
+    // A database that is up but refuses (one that does not exist) fails at once.
+    let mut missing = real.clone();
+    missing.set_path("/test_no_such_database");
+    settings.database.url = SecretString::from(missing.to_string());
+    let started = Instant::now();
+    let err = chronicle::startup::connect_database(&settings)
+        .await
+        .expect_err("no such database");
+    assert!(started.elapsed() < Duration::from_secs(5), "{err:#}");
+    common::remove_test_resources(&real_settings).await;
 }

@@ -238,36 +238,37 @@ impl From<sqlx::Error> for ApiError {
 }
 
 /// The 503 for `cause` (or an error it wraps) when it says the database
-/// cannot serve for now, rather than that anything is wrong: no pooled
-/// connection within the acquire timeout, a connection lost, or a refusal
-/// Postgres gives while it is read-only, out of disk, memory or
-/// connections, or shutting down.
-/// The client may retry; anything else stays a 500.
+/// cannot serve for now ([`is_database_unavailable`]), rather than that
+/// anything is wrong. The client may retry; anything else stays a 500.
 pub fn database_unavailable(cause: &(dyn std::error::Error + 'static)) -> Option<ApiError> {
     let mut next = Some(cause);
     while let Some(err) = next {
-        match err.downcast_ref::<sqlx::Error>() {
-            Some(sqlx::Error::PoolTimedOut) => {
-                tracing::warn!("no database connection within the pool's acquire timeout");
-                return Some(ApiError::database_busy());
-            }
-            // The connection to Postgres broke (a restart, a dropped
-            // socket): the pool replaces it, and a retry gets a new one.
-            Some(sqlx::Error::Io(lost)) => {
-                tracing::warn!(error = %lost, "the database connection was lost");
-                return Some(database_refuses_for_now());
-            }
-            Some(sqlx::Error::Database(refusal))
-                if refusal.code().is_some_and(|code| refuses_for_now(&code)) =>
-            {
-                tracing::warn!(error = %refusal, "the database refused the request for now");
-                return Some(database_refuses_for_now());
-            }
-            _ => {}
+        if let Some(unavailable) = err
+            .downcast_ref::<sqlx::Error>()
+            .filter(|err| is_database_unavailable(err))
+        {
+            tracing::warn!(error = %unavailable, "the database cannot serve for now");
+            return Some(match unavailable {
+                sqlx::Error::PoolTimedOut => ApiError::database_busy(),
+                _ => database_refuses_for_now(),
+            });
         }
         next = err.source();
     }
     None
+}
+
+/// Whether `err` says the database cannot serve for now: no pooled
+/// connection within the acquire timeout; a connection lost or refused (a
+/// restart, a dropped socket: the pool replaces it, and a retry gets a new
+/// one); or a refusal Postgres gives while it is read-only, out of disk,
+/// memory or connections, starting up or shutting down.
+pub fn is_database_unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(refusal) => refusal.code().is_some_and(|code| refuses_for_now(&code)),
+        _ => false,
+    }
 }
 
 fn database_refuses_for_now() -> ApiError {
