@@ -646,3 +646,84 @@ async fn no_audit_checkpoint_is_signed_while_a_relay_parked_event_is_out_of_the_
     assert_eq!(report["ok"], true, "{report}");
     app.stop().await;
 }
+
+/// A release that began before an audit rebuild and committed after the
+/// rebuild read the parked events was not seen by it: the rebuild left the
+/// event out, so once released it lands out of commit order and checkpoints
+/// must stay paused until the next rebuild. Told apart by transaction
+/// visibility, not by comparing the release's time with the generation's
+/// (the release's time is earlier here).
+#[tokio::test]
+async fn a_release_the_audit_rebuild_did_not_see_keeps_checkpoints_paused_until_the_next_one() {
+    let app = TestApp::spawn().await;
+    let user = app.register("released@example.com").await;
+    wait_for_audit(&app.pool).await;
+    let id = user.id.to_string();
+    // The user's first event, parked at the relay as the relay parks one.
+    sqlx::query(
+        "insert into dead_letters (stage, aggregate_type, aggregate_id, sequence, \
+           global_position, event_type, reason) \
+         select $1, aggregate_type, aggregate_id, sequence, global_position, event_type, \
+           'too large for NATS' \
+         from events where aggregate_type = 'User' and aggregate_id = $2 and sequence = 1",
+    )
+    .bind(RELAY_STAGE)
+    .bind(&id)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let poison = format!("User:{id}:1");
+    let mut conn = app.pool.acquire().await.unwrap();
+    let paused = checkpoints_paused(&mut conn)
+        .await
+        .unwrap()
+        .expect("parked");
+    assert_eq!(
+        (paused.event.as_str(), paused.released),
+        (poison.as_str(), false)
+    );
+
+    // The release begins, the rebuild runs while it is uncommitted (and so
+    // leaves the event out), then the release commits.
+    let mut release = app.pool.begin().await.unwrap();
+    sqlx::query(
+        "update dead_letters set released_at = now() where stage = $1 and aggregate_id = $2",
+    )
+    .bind(RELAY_STAGE)
+    .bind(&id)
+    .execute(&mut *release)
+    .await
+    .unwrap();
+    chronicle_projections::replay::rebuild(&app.pool, &AuditProjection::default(), &|_, _| {})
+        .await
+        .expect("replay the audit trail");
+    release.commit().await.unwrap();
+    let released_earlier: bool = sqlx::query_scalar(
+        "select (select released_at from dead_letters where aggregate_id = $1) < \
+           (select max(started_at) from audit.generations)",
+    )
+    .bind(&id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(
+        released_earlier,
+        "the case a comparison of times gets wrong"
+    );
+    let paused = checkpoints_paused(&mut conn)
+        .await
+        .unwrap()
+        .expect("the rebuild did not see the release");
+    assert_eq!(
+        (paused.event.as_str(), paused.released),
+        (poison.as_str(), true)
+    );
+
+    // A rebuild that sees the release has the event in commit order.
+    chronicle_projections::replay::rebuild(&app.pool, &AuditProjection::default(), &|_, _| {})
+        .await
+        .expect("replay the audit trail again");
+    assert_eq!(checkpoints_paused(&mut conn).await.unwrap(), None);
+    drop(conn);
+    app.stop().await;
+}

@@ -34,6 +34,10 @@ use crate::{Projection, ProjectionError, PROJECTED_CHANNEL};
 
 const REPLAY_BATCH: i64 = 2_000;
 
+/// The transaction-local setting in which a rebuild leaves the snapshot it
+/// read the parked events in (migration 1100).
+pub const PARKED_SNAPSHOT_SETTING: &str = "chronicle.parked_snapshot";
+
 /// Batches read ahead of the slowest projection: enough to keep the others
 /// busy, few enough that memory stays a handful of batches.
 const READ_AHEAD: usize = 2;
@@ -258,22 +262,30 @@ impl<'p> Rebuilding<'p> {
             .bind(lock_key(name))
             .execute(&mut *tx)
             .await?;
+        // What is parked, in one statement with the snapshot it was read in:
+        // the audit trail's new generation records that snapshot, to tell
+        // later which releases this rebuild saw (`checkpoints_paused`).
+        let (_, kinds, ids, sequences): (String, Vec<String>, Vec<String>, Vec<i64>) =
+            sqlx::query_as(
+                "select set_config($3, pg_current_snapshot()::text, true), \
+                   coalesce(array_agg(aggregate_type), '{}'), \
+                   coalesce(array_agg(aggregate_id), '{}'), \
+                   coalesce(array_agg(first), '{}') \
+                 from (select aggregate_type, aggregate_id, min(sequence) as first \
+                       from dead_letters where stage in ($1, $2) and released_at is null \
+                       group by 1, 2) as parked",
+            )
+            .bind(name)
+            .bind(RELAY_STAGE)
+            .bind(PARKED_SNAPSHOT_SETTING)
+            .fetch_one(&mut *tx)
+            .await?;
+        let parked_from = kinds.into_iter().zip(ids).zip(sequences).collect();
         projection.reset(&mut tx).await?;
         sqlx::query("delete from read.aggregate_versions where projection = $1")
             .bind(name)
             .execute(&mut *tx)
             .await?;
-        let parked_from = sqlx::query_as(
-            "select aggregate_type, aggregate_id, min(sequence) from dead_letters \
-             where stage in ($1, $2) and released_at is null group by 1, 2",
-        )
-        .bind(name)
-        .bind(RELAY_STAGE)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .map(|(kind, id, sequence): (String, String, i64)| ((kind, id), sequence))
-        .collect();
         Ok(Self {
             projection,
             tx,

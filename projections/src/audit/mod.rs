@@ -194,10 +194,15 @@ impl Projection for AuditProjection {
 
     /// Starts a new generation; the old one stays (the trail refuses deletes).
     async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
+        // A rebuild left the snapshot it read the parked events in; there
+        // is none when the trail is reset otherwise.
         let generation: i32 = sqlx::query_scalar(
-            "insert into audit.generations (generation, reason) \
-             select max(generation) + 1, 'rebuild' from audit.generations returning generation",
+            "insert into audit.generations (generation, reason, parked_snapshot) \
+             select max(generation) + 1, 'rebuild', \
+               nullif(current_setting($1, true), '')::pg_snapshot \
+             from audit.generations returning generation",
         )
+        .bind(crate::replay::PARKED_SNAPSHOT_SETTING)
         .fetch_one(&mut *conn)
         .await?;
         let head = Head {
@@ -523,9 +528,13 @@ impl std::fmt::Display for CheckpointsPaused {
 
 /// The first reason not to sign a checkpoint now, if any (see
 /// [`CheckpointsPaused`]). Both signers ask this first: the projection every
-/// `checkpoint_every` entries and the interval checkpointer. A generation
-/// begins when its rebuild's transaction does, so an event released during
-/// a rebuild counts as released after it (the rebuild may not have seen it).
+/// `checkpoint_every` entries and the interval checkpointer. A released
+/// event is out of commit order when the rebuild that began the newest
+/// generation did not see its release: the release's transaction is not
+/// visible in the snapshot the rebuild read the parked events in (migration
+/// 1100). Generations without that snapshot (the initial one, and those
+/// begun before it was recorded) compare times instead: released at or after
+/// the generation began.
 ///
 /// One query on `dead_letters`, which holds only the rare parked events.
 /// It relies on a parked row being committed before any event behind it in
@@ -536,10 +545,14 @@ pub async fn checkpoints_paused(
     let paused: Option<(String, String, bool)> = sqlx::query_as(
         "select stage, aggregate_type || ':' || aggregate_id || ':' || sequence, \
            released_at is not null \
-         from dead_letters \
+         from dead_letters, \
+           (select started_at, parked_snapshot from audit.generations \
+            order by generation desc limit 1) as newest \
          where stage in ($1, $2) \
-           and (released_at is null or released_at >= \
-                (select started_at from audit.generations order by generation desc limit 1)) \
+           and (released_at is null \
+                or case when newest.parked_snapshot is null or released_xid is null \
+                     then released_at >= newest.started_at \
+                     else not pg_visible_in_snapshot(released_xid, newest.parked_snapshot) end) \
          order by released_at is not null, global_position \
          limit 1",
     )
