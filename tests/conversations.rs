@@ -422,6 +422,72 @@ async fn an_exchange_sends_the_system_prompt_and_history_and_stores_the_reply_as
     app.stop().await;
 }
 
+/// Upstream goes the newest turns whose estimated tokens (four characters
+/// each) fit the budget of 16,000 beside the new message; the first turn that
+/// does not fit ends the history, shorter older ones included.
+#[tokio::test]
+async fn the_history_sent_upstream_is_the_newest_turns_that_fit_the_token_budget() {
+    let (app, fake) = app_with_fake_llm().await;
+    let user = app.register("budget-history@example.com").await;
+    let id = start_session(&app, &user, json!({"system_prompt": "Be brief"})).await;
+    let path = format!("/v1/sessions/{id}/messages");
+    // The fake's replies quote the message, so each reply costs a little
+    // more than its message.
+    let five_thousand_tokens = "a".repeat(20_000);
+    let three_thousand_tokens = "b".repeat(12_000);
+    let mut sent = Vec::new();
+    for content in ["first", &five_thousand_tokens, &three_thousand_tokens] {
+        let exchanged: Value = app
+            .send_json(
+                Method::POST,
+                &path,
+                &user,
+                Some(json!({"content": content})),
+            )
+            .await;
+        let reply = exchanged["assistant_message"]["content"].as_str().unwrap();
+        sent.push((content.to_string(), reply.to_string()));
+    }
+    app.send_json::<Value>(Method::POST, &path, &user, Some(json!({"content": "last"})))
+        .await;
+
+    let request = fake.requests().last().unwrap().clone();
+    assert_eq!(request.body["system"], "Be brief");
+    let upstream: Vec<(String, String)> = request.body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["role"].as_str().unwrap().into(),
+                m["content"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    // Newest first: the third reply (~3,000), its message (3,000) and the
+    // second reply (~5,000) fit; the second message (5,000 more) does not, so
+    // it stays behind with "first" and its reply.
+    let expected = vec![
+        ("assistant".to_string(), sent[1].1.clone()),
+        ("user".to_string(), sent[2].0.clone()),
+        ("assistant".to_string(), sent[2].1.clone()),
+        ("user".to_string(), "last".to_string()),
+    ];
+    let summary = |messages: &[(String, String)]| -> Vec<(String, usize)> {
+        messages
+            .iter()
+            .map(|(role, content)| (role.clone(), content.len()))
+            .collect()
+    };
+    assert!(
+        upstream == expected,
+        "sent {:?}, expected {:?}",
+        summary(&upstream),
+        summary(&expected)
+    );
+    app.stop().await;
+}
+
 /// The upstream keys are in no stored event (payload or metadata).
 /// An exchange reads its session and history from the event store: it
 /// neither waits for nor needs the `chat_sessions` read model (before, each
