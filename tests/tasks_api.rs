@@ -1277,3 +1277,90 @@ async fn docs_serve_swagger_ui_from_this_server_alone_under_a_policy_that_lets_i
     }
     app.stop().await;
 }
+
+/// A task's `project_id` must name one of the caller's live projects: a
+/// project that does not exist, is someone else's or was deleted answers 404
+/// naming the field, on create, PUT and PATCH, and changes nothing.
+#[tokio::test]
+async fn a_task_can_only_be_put_in_a_live_project_of_ones_own() {
+    let app = TestApp::spawn().await;
+    let user = app.register("project-owner@example.com").await;
+    let other = app.register("project-other@example.com").await;
+    let create_project = |owner: &TestUser, name: &str| {
+        let (app, owner, name) = (&app, owner.clone(), name.to_string());
+        async move {
+            let project: Value = app
+                .send_json(
+                    Method::POST,
+                    "/v1/projects",
+                    &owner,
+                    Some(json!({"name": name})),
+                )
+                .await;
+            project["id"].as_str().unwrap().to_string()
+        }
+    };
+    let mine = create_project(&user, "Mine").await;
+    let theirs = create_project(&other, "Theirs").await;
+    let deleted = create_project(&user, "Deleted").await;
+    let response = app
+        .send(
+            Method::DELETE,
+            &format!("/v1/projects/{deleted}"),
+            &user,
+            None,
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let task: Value = app
+        .send_json(
+            Method::POST,
+            "/v1/tasks",
+            &user,
+            Some(json!({"title": "in mine", "project_id": mine})),
+        )
+        .await;
+    assert_eq!(task["project_id"], mine.as_str());
+    let path = format!("/v1/tasks/{}", task["id"].as_str().unwrap());
+
+    let missing = Uuid::new_v4().to_string();
+    for project_id in [missing.as_str(), theirs.as_str(), deleted.as_str()] {
+        for (method, path, body) in [
+            (
+                Method::POST,
+                "/v1/tasks",
+                json!({"title": "t", "project_id": project_id}),
+            ),
+            (
+                Method::PUT,
+                path.as_str(),
+                json!({"title": "t", "project_id": project_id}),
+            ),
+            (
+                Method::PATCH,
+                path.as_str(),
+                json!({"project_id": project_id}),
+            ),
+        ] {
+            let response = app.send(method.clone(), path, &user, Some(body)).await;
+            assert_eq!(
+                response.status(),
+                StatusCode::NOT_FOUND,
+                "{method} {project_id}"
+            );
+            let error: Value = response.json().await.unwrap();
+            assert_eq!(error["error"]["code"], "NOT_FOUND");
+            assert_eq!(error["error"]["details"][0]["field"], "project_id");
+        }
+    }
+    let unchanged: Value = app.send_json(Method::GET, &path, &user, None).await;
+    assert_eq!(unchanged["version"], task["version"]);
+    assert_eq!(unchanged["project_id"], mine.as_str());
+    let listed = app.send(Method::GET, "/v1/tasks", &user, None).await;
+    assert_eq!(
+        listed.headers()["x-total-count"],
+        "1",
+        "no task was created"
+    );
+    app.stop().await;
+}

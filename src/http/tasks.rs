@@ -15,6 +15,7 @@ use uuid::Uuid;
 use crate::commands::{micros, now, Executed};
 use crate::http::error::{infrastructure_error, ApiError, Result};
 use crate::http::extract::{AuthUser, ConsistencyHeader, IdPath, Json, Query, RequestContext};
+use crate::http::projects::check_project;
 use crate::http::write::{self, total_count, Page};
 use crate::state::AppState;
 
@@ -227,6 +228,7 @@ pub async fn create_task(
     context: RequestContext,
     Json(request): Json<CreateTaskRequest>,
 ) -> Result<(StatusCode, HeaderMap, axum::Json<TaskResponse>)> {
+    check_project(&state, &user, request.project_id).await?;
     let id = Uuid::new_v4();
     let command = TaskCommand::Create {
         actor_id: user.id,
@@ -370,7 +372,7 @@ pub async fn get_task(
 /// Replaces every editable field.
 #[utoipa::path(put, path = "/v1/tasks/{id}", tag = "tasks", security(("bearer" = [])), params(("id" = Uuid, Path)), request_body = ReplaceTaskRequest, responses(
     (status = 200, body = TaskResponse),
-    (status = 404), (status = 409, description = "Deleted, or changed concurrently"), (status = 422),
+    (status = 404, description = "No such task of yours, or `project_id` is not one of your projects"), (status = 409, description = "Deleted, or changed concurrently"), (status = 422),
 ))]
 pub async fn replace_task(
     State(state): State<AppState>,
@@ -379,6 +381,7 @@ pub async fn replace_task(
     IdPath(id): IdPath,
     Json(request): Json<ReplaceTaskRequest>,
 ) -> Result<(HeaderMap, axum::Json<TaskResponse>)> {
+    check_project(&state, &user, request.project_id).await?;
     let command = TaskCommand::Replace {
         actor_id: user.id,
         title: request.title,
@@ -398,7 +401,7 @@ pub async fn replace_task(
 /// Changes only the given fields.
 #[utoipa::path(patch, path = "/v1/tasks/{id}", tag = "tasks", security(("bearer" = [])), params(("id" = Uuid, Path)), request_body = PatchTaskRequest, responses(
     (status = 200, body = TaskResponse),
-    (status = 404), (status = 409, description = "Deleted, or changed concurrently"), (status = 422),
+    (status = 404, description = "No such task of yours, or `project_id` is not one of your projects"), (status = 409, description = "Deleted, or changed concurrently"), (status = 422),
 ))]
 pub async fn patch_task(
     State(state): State<AppState>,
@@ -412,6 +415,9 @@ pub async fn patch_task(
         Some(Some(title)) => Some(title),
         None => None,
     };
+    if let Some(project_id) = request.project_id {
+        check_project(&state, &user, project_id).await?;
+    }
     let command = TaskCommand::Patch {
         actor_id: user.id,
         title,
