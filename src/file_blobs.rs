@@ -23,7 +23,9 @@ pub const UPLOAD_PREFIX: &str = ".upload-";
 
 /// An upload file untouched for this long belongs to no running request
 /// (every request ends within the server's 30 s request timeout), so the
-/// sweep removes it.
+/// sweep removes it. Blobs younger than this are left alone too: the lock
+/// already keeps the sweep from a blob an upload is recording, and the age
+/// keeps it so should that lock be lost with its connection.
 pub const ABANDONED_UPLOAD_AGE: Duration = Duration::from_secs(3600);
 
 /// The workspace directory of `owner_id`.
@@ -100,10 +102,12 @@ pub struct Swept {
 }
 
 /// Removes, under `<data_dir>/files`, every blob that no live file of its
-/// owner references and every upload file abandoned for longer than
-/// `abandoned_after`. Safe beside running uploads and deletes, on any number
-/// of replicas sharing the directory: a blob is removed only under its lock
-/// and after the event store, read under that lock, shows no live file for it.
+/// owner references and every upload file, each once untouched for longer
+/// than `abandoned_after`. Safe beside running uploads and deletes, on any
+/// number of replicas sharing the directory: a blob is removed only under
+/// its lock and after the event store, read under that lock, shows no live
+/// file for it. Checking one suspect blob scans the store's uploads (no
+/// index covers a payload's digest): suspects are rare.
 pub async fn sweep(
     pool: &PgPool,
     data_dir: &Path,
@@ -132,23 +136,37 @@ pub async fn sweep(
         .await
         .context("listing the workspaces")?
     {
-        let Some(owner_id) = owner
-            .file_name()
-            .to_str()
-            .and_then(|name| name.parse().ok())
-        else {
+        // Only directories named as the server names them (a hyphenated
+        // lower-case UUID); anything else is not ours to touch.
+        let Some(owner_id) = owner.file_name().to_str().and_then(|name| {
+            Uuid::parse_str(name)
+                .ok()
+                .filter(|id| id.to_string() == name)
+        }) else {
             continue;
         };
-        let mut entries = tokio::fs::read_dir(owner.path())
-            .await
-            .context("listing a workspace")?;
+        let mut entries = match tokio::fs::read_dir(owner.path()).await {
+            Ok(entries) => entries,
+            // Not a directory, or gone since it was listed.
+            Err(err) if matches!(err.kind(), ErrorKind::NotADirectory | ErrorKind::NotFound) => {
+                continue
+            }
+            Err(err) => return Err(err).context("listing a workspace"),
+        };
         while let Some(entry) = entries.next_entry().await.context("listing a workspace")? {
             let Ok(name) = entry.file_name().into_string() else {
                 continue;
             };
+            let untouched_long_enough = entry
+                .metadata()
+                .await
+                .and_then(|meta| meta.modified())
+                .is_ok_and(|at| at < abandoned_before);
+            if !untouched_long_enough {
+                continue;
+            }
             if name.starts_with(UPLOAD_PREFIX) {
-                let modified = entry.metadata().await.and_then(|meta| meta.modified());
-                if modified.is_ok_and(|at| at < abandoned_before) && remove(&entry.path()).await? {
+                if remove(&entry.path()).await? {
                     swept.uploads += 1;
                 }
             } else if is_digest(&name) && !live.contains(&(owner_id, name.clone())) {

@@ -60,9 +60,11 @@ pub struct Application {
 pub const DATABASE_STARTUP_WAIT: Duration = Duration::from_secs(60);
 
 /// Connects to Postgres with the configured pool size. A database that is
-/// not up yet is tried again, with growing pauses, for up to
-/// [`DATABASE_STARTUP_WAIT`]; anything else (a wrong password, a database
-/// that does not exist) fails at once.
+/// not up yet (refusing, unreachable, a name that does not resolve yet,
+/// starting up) is tried again, with growing pauses, until
+/// [`DATABASE_STARTUP_WAIT`] has passed (plus the attempt then running, at
+/// most the pool's acquire timeout); anything else (a wrong password, a
+/// database that does not exist) fails at once.
 pub async fn connect_database(settings: &Settings) -> anyhow::Result<PgPool> {
     let options = PgPoolOptions::new()
         .max_connections(settings.database.max_connections)

@@ -146,6 +146,27 @@ async fn forged_expired_and_revoked_tokens_all_get_invalid_token() {
         );
     }
 
+    // A body that is not declared JSON is refused (415), and logs nothing out.
+    for path in ["/v1/auth/logout", "/v1/user/profile/reset-api-key"] {
+        let refused = app
+            .client
+            .post(app.url(path))
+            .bearer_auth(&user.token)
+            .header("content-type", "text/plain")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            refused.status(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "{path}"
+        );
+        let body: Value = refused.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "UNSUPPORTED_MEDIA_TYPE", "{path}");
+    }
+    assert_eq!(me_with(&app, &user.token).await.0, StatusCode::OK);
+
     // logged out: the access token dies at once
     let logout = app.send(Method::POST, "/v1/auth/logout", &user, None).await;
     assert_eq!(logout.status(), StatusCode::NO_CONTENT);

@@ -234,6 +234,12 @@ async fn a_chat_session_is_started_changed_and_deleted_and_others_get_404_everyw
             json!({"title": "a\u{0}b"}),
             StatusCode::UNPROCESSABLE_ENTITY,
         ),
+        // Outside the schema's bounds before it is looked up.
+        (json!({"model": ""}), StatusCode::UNPROCESSABLE_ENTITY),
+        (
+            json!({"model": "m".repeat(101)}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
         // What the caller has not got is missing: 404, naming the field.
         (json!({"model": "no-such-model"}), StatusCode::NOT_FOUND),
         (
@@ -1484,5 +1490,48 @@ async fn an_exchange_reads_its_session_from_the_event_store_once_not_once_per_co
         .map(|m| m["content"].as_str().unwrap())
         .collect();
     assert_eq!(contents.len(), 3, "{stored:?}");
+    app.stop().await;
+}
+
+/// At most 1,000 buckets, counted as the series is (aligned on the bucket):
+/// exactly 1,000 answer, one more is a 422 naming `bucket`, however the
+/// window's start falls.
+#[tokio::test]
+async fn analytics_answers_up_to_a_thousand_buckets_and_refuses_one_more() {
+    let app = TestApp::spawn().await;
+    let analyst = app.register("buckets@example.com").await;
+    let analyst = app.grant_role(&analyst, "analyst").await;
+    let get = |from: &str, to: &str, bucket: &str| {
+        let path = format!("/v1/analytics?bucket={bucket}&from={from}&to={to}");
+        let (app, analyst) = (&app, &analyst);
+        async move { app.send(Method::GET, &path, analyst, None).await }
+    };
+    // 1,000 whole hours: 1,000 points.
+    let response = get("2026-01-01T00:00:00Z", "2026-02-11T16:00:00Z", "hour").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["series"].as_array().unwrap().len(), 1000);
+    for (from, to, bucket, why) in [
+        // One second into a 1,001st hour.
+        (
+            "2026-01-01T00:00:00Z",
+            "2026-02-11T16:00:01Z",
+            "hour",
+            "1,001 hours",
+        ),
+        // Under 1,000 weeks long, but from a Sunday: the series starts on
+        // the Monday before, so it holds 1,001 weeks.
+        (
+            "2026-01-04T00:00:00Z",
+            "2045-03-04T00:00:00Z",
+            "week",
+            "1,001 aligned weeks",
+        ),
+    ] {
+        let response = get(from, to, bucket).await;
+        assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY, "{why}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["details"][0]["field"], "bucket", "{why}");
+    }
     app.stop().await;
 }

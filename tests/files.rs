@@ -623,6 +623,17 @@ async fn the_openapi_description_covers_the_files_routes_and_the_environment_ann
     app.stop().await;
 }
 
+/// Older than the sweep's `ABANDONED_UPLOAD_AGE` (an hour).
+const TWO_HOURS: Duration = Duration::from_secs(2 * 3600);
+
+/// An app whose API never sweeps by itself, so that a test's own sweep is
+/// the only one.
+async fn app_without_its_own_sweeps() -> TestApp {
+    let mut settings = common::test_settings().await;
+    settings.files.sweep_interval = None;
+    TestApp::spawn_with(settings).await
+}
+
 /// Writes `bytes` at `path`, creating its directory, dated `age` ago.
 fn write_aged(path: &Path, bytes: &[u8], age: Duration) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -634,7 +645,7 @@ fn write_aged(path: &Path, bytes: &[u8], age: Duration) {
 
 #[tokio::test]
 async fn the_sweep_removes_orphaned_blobs_and_abandoned_uploads_and_keeps_everything_in_use() {
-    let app = TestApp::spawn().await;
+    let app = app_without_its_own_sweeps().await;
     let ada = app.register("ada@example.com").await;
     let bob = app.register("bob@example.com").await;
     let live_bytes = b"kept: a live file has these bytes";
@@ -648,28 +659,35 @@ async fn the_sweep_removes_orphaned_blobs_and_abandoned_uploads_and_keeps_everyt
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
     let ada_dir = workspace(&app, &ada);
     let undeleted = ada_dir.join(sha256_hex(deleted_bytes));
-    write_aged(&undeleted, deleted_bytes, Duration::ZERO);
+    write_aged(&undeleted, deleted_bytes, TWO_HOURS);
     // A blob stored by an upload that died before recording its file.
     let unrecorded = ada_dir.join(sha256_hex(b"never recorded"));
-    write_aged(&unrecorded, b"never recorded", Duration::ZERO);
+    write_aged(&unrecorded, b"never recorded", TWO_HOURS);
     // Ada's bytes in Bob's workspace: Bob has no file with them.
     let not_bobs = workspace(&app, &bob).join(sha256_hex(live_bytes));
-    write_aged(&not_bobs, live_bytes, Duration::ZERO);
+    write_aged(&not_bobs, live_bytes, TWO_HOURS);
+    // An unrecorded blob stored a minute ago: perhaps an upload still running.
+    let young = ada_dir.join(sha256_hex(b"young"));
+    write_aged(&young, b"young", Duration::from_secs(60));
     // Upload files: one cut off two hours ago, one that may still be running.
     let abandoned = ada_dir.join(".upload-abandoned");
-    write_aged(&abandoned, b"partial", Duration::from_secs(2 * 3600));
+    write_aged(&abandoned, b"partial", TWO_HOURS);
     let running = ada_dir.join(".upload-running");
     write_aged(&running, b"partial", Duration::from_secs(60));
     // Whatever the server did not name is not its to remove.
+    let files = app.settings.data_dir.join("files");
     let foreign = [
         ada_dir.join("notes.txt"),
-        app.settings
-            .data_dir
-            .join("files/not-a-user/")
+        files.join("not-a-user").join(sha256_hex(b"x")),
+        // A UUID, but not as the server spells one.
+        files
+            .join(ada.id.to_string().to_uppercase())
             .join(sha256_hex(b"x")),
+        // A file where a workspace would be.
+        files.join(uuid::Uuid::new_v4().to_string()),
     ];
     for path in &foreign {
-        write_aged(path, b"x", Duration::from_secs(2 * 3600));
+        write_aged(path, b"x", TWO_HOURS);
     }
 
     let swept = chronicle::file_blobs::sweep(
@@ -686,7 +704,7 @@ async fn the_sweep_removes_orphaned_blobs_and_abandoned_uploads_and_keeps_everyt
     );
     let mut left = files_under(&app.settings.data_dir.join("files"));
     left.sort();
-    let mut expected = vec![ada_dir.join(sha256_hex(live_bytes)), running];
+    let mut expected = vec![ada_dir.join(sha256_hex(live_bytes)), running, young];
     expected.extend(foreign);
     expected.sort();
     assert_eq!(left, expected);
@@ -718,12 +736,12 @@ async fn the_sweep_removes_orphaned_blobs_and_abandoned_uploads_and_keeps_everyt
 
 #[tokio::test]
 async fn a_blob_recorded_while_the_sweep_waits_for_its_lock_is_kept() {
-    let app = TestApp::spawn().await;
+    let app = app_without_its_own_sweeps().await;
     let ada = app.register("ada@example.com").await;
     let bytes = b"stored, then recorded while the sweep waited";
     let digest = sha256_hex(bytes);
     let blob = workspace(&app, &ada).join(&digest);
-    write_aged(&blob, bytes, Duration::ZERO);
+    write_aged(&blob, bytes, TWO_HOURS);
 
     // Stand in for an upload between storing the blob and recording it: it
     // holds the blob's lock. The sweep finds the blob unrecorded and waits.
@@ -792,7 +810,7 @@ async fn the_api_sweeps_on_its_own_every_interval() {
     let app = TestApp::spawn_with(settings).await;
     let ada = app.register("ada@example.com").await;
     let orphan = workspace(&app, &ada).join(sha256_hex(b"orphan"));
-    write_aged(&orphan, b"orphan", Duration::ZERO);
+    write_aged(&orphan, b"orphan", TWO_HOURS);
     common::eventually(Duration::from_secs(10), "the orphan swept", || async {
         (!orphan.exists()).then_some(())
     })

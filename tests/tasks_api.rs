@@ -1280,7 +1280,8 @@ async fn docs_serve_swagger_ui_from_this_server_alone_under_a_policy_that_lets_i
 
 /// A task's `project_id` must name one of the caller's live projects: a
 /// project that does not exist, is someone else's or was deleted answers 404
-/// naming the field, on create, PUT and PATCH, and changes nothing.
+/// naming the field, on create, PUT and PATCH, and changes nothing. Keeping
+/// the project a task already has is always allowed.
 #[tokio::test]
 async fn a_task_can_only_be_put_in_a_live_project_of_ones_own() {
     let app = TestApp::spawn().await;
@@ -1362,5 +1363,30 @@ async fn a_task_can_only_be_put_in_a_live_project_of_ones_own() {
         "1",
         "no task was created"
     );
+
+    // A task sent back as it was read keeps its project, deleted or not.
+    let response = app
+        .send(Method::DELETE, &format!("/v1/projects/{mine}"), &user, None)
+        .await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let kept: Value = app
+        .send_json(
+            Method::PUT,
+            &path,
+            &user,
+            Some(json!({"title": "renamed", "project_id": mine})),
+        )
+        .await;
+    assert_eq!(kept["title"], "renamed");
+    assert_eq!(kept["project_id"], mine.as_str());
+    let response = app
+        .send(
+            Method::PATCH,
+            &path,
+            &user,
+            Some(json!({"project_id": mine})),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
     app.stop().await;
 }

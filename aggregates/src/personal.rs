@@ -11,7 +11,10 @@
 //! type's `Serialize`/`Deserialize` impls (plus a new event version and an
 //! upcaster for the plaintext ones), not hunting through event enums. Today
 //! the serde form is transparent: a `PersonalText` is a JSON string, a
-//! [`PersonalJson`] is the JSON value itself.
+//! [`PersonalJson`] is the JSON value itself. One reader relies on that and
+//! must change with it: an exchange's history read (`load_history` in
+//! `src/http/chat_sessions/exchange.rs`) takes `MessageAdded.content` out of
+//! the stored JSON in SQL, to cut it to the token budget there.
 //!
 //! `Debug` never prints the content, so a `{:?}` of an event or a command
 //! outcome cannot leak it into a log.

@@ -616,9 +616,10 @@ pub async fn logout(
     State(state): State<AppState>,
     user: AuthUser,
     context: RequestContext,
+    headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<StatusCode> {
-    let request: LogoutRequest = crate::http::extract::optional_json(&body)?;
+    let request: LogoutRequest = crate::http::extract::optional_json(&headers, &body)?;
     let mut sessions = Vec::from_iter(user.auth_session_id);
     if let Some(token) = request.refresh_token {
         // Only a family of the caller's own can be named this way.

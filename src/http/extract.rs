@@ -78,11 +78,20 @@ fn is_json_content_type(headers: &axum::http::HeaderMap) -> bool {
 }
 
 /// A JSON body that may be left out: no body (or only whitespace) is
-/// `T::default()`; a body that is not JSON is a 400, one that is not an
-/// object or has the wrong fields a 422.
-pub fn optional_json<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
+/// `T::default()`; a body sent without a JSON `Content-Type` is a 415, one
+/// that is not JSON a 400, one that is not an object or has the wrong
+/// fields a 422.
+pub fn optional_json<T: DeserializeOwned + Default>(
+    headers: &axum::http::HeaderMap,
+    body: &[u8],
+) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
+    }
+    if !is_json_content_type(headers) {
+        return Err(ApiError::UnsupportedMediaType(
+            "expected Content-Type: application/json".into(),
+        ));
     }
     refuse_nul_escapes(body)?;
     let value: serde_json::Value = serde_json::from_slice(body)
@@ -421,6 +430,15 @@ pub(crate) mod fuzz {
         [400, 413, 415, 422].contains(&err.status().as_u16())
     }
 
+    fn json_headers() -> axum::http::HeaderMap {
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        );
+        headers
+    }
+
     fn extract(content_type: Option<&[u8]>, body: Vec<u8>) -> Result<Probe, ApiError> {
         let mut request = Request::builder().method("POST").uri("/");
         if let Some(value) = content_type.and_then(|v| axum::http::HeaderValue::from_bytes(v).ok())
@@ -514,7 +532,7 @@ pub(crate) mod fuzz {
         /// whitespace alone is the default.
         #[test]
         fn an_optional_body_is_read_or_refused_with_a_4xx(body in bodyish()) {
-            let read = optional_json::<Probe>(&body);
+            let read = optional_json::<Probe>(&json_headers(), &body);
             if body.iter().all(u8::is_ascii_whitespace) {
                 prop_assert!(read.is_ok());
             }
@@ -554,7 +572,7 @@ pub(crate) mod fuzz {
                 let past_the_limit = depth > 128;
                 for read in [
                     extract(Some(b"application/json"), body.clone().into_bytes()),
-                    optional_json::<Probe>(body.as_bytes()),
+                    optional_json::<Probe>(&json_headers(), body.as_bytes()),
                 ] {
                     match read {
                         Ok(_) => assert!(!past_the_limit, "depth {depth} was read"),

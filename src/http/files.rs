@@ -367,7 +367,11 @@ pub async fn upload_file(
     let (headers, executed) = match run(&state, &user, &context, id, command).await {
         Ok(done) => done,
         Err(err) => {
-            if !existed {
+            // Refused (4xx): nothing was recorded, so the new blob goes. A
+            // server-side failure may have recorded the file before it broke
+            // (a connection lost at commit): the blob stays, and the sweep
+            // removes it within the hour if nothing references it.
+            if !existed && err.status().is_client_error() {
                 let _ = tokio::fs::remove_file(&blob).await;
             }
             return Err(err);

@@ -144,7 +144,7 @@ fn may_revoke(method: &axum::http::Method, path: &str) -> bool {
 /// out by the traffic they share an address with (behind a proxy, every
 /// client has the proxy's address), and both answer from memory, so they
 /// cost nothing worth limiting.
-const UNLIMITED_PATHS: [&str; 2] = ["/health", "/metrics"];
+pub(crate) const UNLIMITED_PATHS: [&str; 2] = ["/health", "/metrics"];
 
 fn client_ip(request: &Request) -> String {
     request

@@ -36,7 +36,8 @@ pub struct ErrorDetail {
     pub request_id: String,
 }
 
-/// Routes anyone may call (API.md "Conventions").
+/// Routes anyone may call (API.md "Conventions", and `/v1/auth/verify-token`,
+/// public by its own row there).
 const PUBLIC: &[&str] = &[
     "/",
     "/health",
@@ -47,6 +48,7 @@ const PUBLIC: &[&str] = &[
     "/v1/auth/register",
     "/v1/auth/login",
     "/v1/auth/refresh",
+    "/v1/auth/verify-token",
 ];
 
 fn description(status: &str) -> &'static str {
@@ -55,7 +57,7 @@ fn description(status: &str) -> &'static str {
         "401" => "AUTH_REQUIRED or INVALID_TOKEN",
         "403" => "FORBIDDEN: no role that may do this",
         "404" => "NOT_FOUND: no such resource of yours",
-        "409" => "CONFLICT",
+        "409" => "CONFLICT: changed concurrently, or in a state that refuses this",
         "413" => "PAYLOAD_TOO_LARGE",
         "415" => "UNSUPPORTED_MEDIA_TYPE: Content-Type is not application/json",
         "422" => "VALIDATION_ERROR: a field, a parameter or the body's shape is invalid",
@@ -94,23 +96,24 @@ impl Modify for CommonErrors {
             .schemas
             .insert("ErrorDetail".into(), ErrorDetail::schema());
         for (path, item) in openapi.paths.paths.iter_mut() {
-            for operation in operations(item) {
-                complete(path, operation);
+            for (writes, operation) in operations(item) {
+                complete(path, writes, operation);
             }
         }
     }
 }
 
-fn operations(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
+/// Each operation of `item`, and whether it writes (any method but GET).
+fn operations(item: &mut PathItem) -> impl Iterator<Item = (bool, &mut Operation)> {
     [
-        item.get.as_mut(),
-        item.put.as_mut(),
-        item.post.as_mut(),
-        item.delete.as_mut(),
-        item.patch.as_mut(),
+        (false, item.get.as_mut()),
+        (true, item.put.as_mut()),
+        (true, item.post.as_mut()),
+        (true, item.delete.as_mut()),
+        (true, item.patch.as_mut()),
     ]
     .into_iter()
-    .flatten()
+    .filter_map(|(writes, operation)| Some((writes, operation?)))
 }
 
 /// An optional JSON body (declared `Option<T>`) is absent or a `T`, never
@@ -139,14 +142,20 @@ fn optional_body_is_never_null(operation: &mut Operation) {
     }
 }
 
-fn complete(path: &str, operation: &mut Operation) {
+fn complete(path: &str, writes: bool, operation: &mut Operation) {
     optional_body_is_never_null(operation);
     let mut shared = vec!["500", "503"];
-    if path.starts_with("/v1/") {
+    // The per-address limits count every path but these.
+    if !crate::http::identity::UNLIMITED_PATHS.contains(&path) {
         shared.push("429");
     }
     if !PUBLIC.contains(&path) {
         shared.push("401");
+        // A command that still meets a concurrent change of its aggregate
+        // after its retries (several servers writing one record at once).
+        if writes {
+            shared.push("409");
+        }
     }
     if operation.request_body.is_some() {
         shared.extend(["400", "413", "415", "422"]);

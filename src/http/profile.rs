@@ -274,9 +274,10 @@ pub async fn reset_api_key(
     State(state): State<AppState>,
     user: AuthUser,
     context: RequestContext,
+    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Result<axum::Json<ApiKeyResponse>> {
-    let request: ResetApiKeyRequest = crate::http::extract::optional_json(&body)?;
+    let request: ResetApiKeyRequest = crate::http::extract::optional_json(&headers, &body)?;
     if let Some(days) = request.expires_in_days {
         if !(1..=MAX_API_KEY_DAYS).contains(&days) {
             return Err(ApiError::invalid_field(

@@ -208,6 +208,29 @@ async fn run(
     write::execute(state, &state.tasks, user, context, id, command, task_error).await
 }
 
+/// A task may be moved only into a live project of the caller's; keeping the
+/// project it has is always allowed (a client that sends a task back as it
+/// read it must not fail because its project was deleted since).
+async fn check_project_change(
+    state: &AppState,
+    user: &AuthUser,
+    task_id: Uuid,
+    project_id: Option<Uuid>,
+) -> Result<()> {
+    if project_id.is_none() {
+        return Ok(());
+    }
+    let task = state
+        .tasks
+        .load(&task_id.to_string())
+        .await
+        .map_err(infrastructure_error)?;
+    if task.project_id == project_id {
+        return Ok(());
+    }
+    check_project(state, user, project_id).await
+}
+
 async fn wait_for_read_model(
     state: &AppState,
     user: &AuthUser,
@@ -381,7 +404,7 @@ pub async fn replace_task(
     IdPath(id): IdPath,
     Json(request): Json<ReplaceTaskRequest>,
 ) -> Result<(HeaderMap, axum::Json<TaskResponse>)> {
-    check_project(&state, &user, request.project_id).await?;
+    check_project_change(&state, &user, id, request.project_id).await?;
     let command = TaskCommand::Replace {
         actor_id: user.id,
         title: request.title,
@@ -416,7 +439,7 @@ pub async fn patch_task(
         None => None,
     };
     if let Some(project_id) = request.project_id {
-        check_project(&state, &user, project_id).await?;
+        check_project_change(&state, &user, id, project_id).await?;
     }
     let command = TaskCommand::Patch {
         actor_id: user.id,

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::Response;
 use axum::routing::get;
 use axum::{Extension, Router};
@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 use crate::http::error::{ApiError, Result};
 use crate::http::event_feed::{self, Start};
-use crate::http::extract::AuthUser;
+use crate::http::extract::{AuthUser, Query};
 use crate::http::identity::{identify, Identity};
 use crate::state::AppState;
 

@@ -97,7 +97,8 @@ pub enum UpstreamError {
     /// 503 `UPSTREAM_NOT_CONFIGURED`.
     #[error("{0}")]
     NotConfigured(String),
-    /// A model id that is not configured: 404 on `/v1/models/{id}`, 422 in a request.
+    /// A model id that is not configured: 404, on `/v1/models/{id}` and in a
+    /// request (naming the field `model`).
     #[error("unknown model `{0}`")]
     UnknownModel(String),
     /// The upstream answered an error, broke off or could not be reached: 502 `UPSTREAM_ERROR`.

@@ -356,7 +356,9 @@ fn estimated_tokens(text: &str) -> usize {
 /// session costs what its budget holds, not its whole history. Reading the
 /// newest 1,000 whole and cutting them here cost ~3–5 × more in Postgres
 /// alone for a session of 1,000 messages of ~1 KB, plus decoding 1.2 MB of
-/// JSON per exchange (docs/chat.md).
+/// JSON per exchange (docs/performance.md, "Session 11"). It reads the
+/// message text out of the stored JSON, past `PersonalText`'s serde: sealing
+/// personal content must change this query too (`aggregates/src/personal.rs`).
 async fn load_history(
     state: &AppState,
     session_id: Uuid,

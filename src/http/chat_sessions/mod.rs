@@ -268,7 +268,16 @@ pub(crate) async fn load_session(
 /// A model must be one the server offers; with none configured, sessions
 /// (which exist to chat) cannot be started.
 fn check_model(state: &AppState, model: &str) -> Result<()> {
+    // No upstream at all is a 503 whatever was asked; then the schema's
+    // bounds (422), as for every other field; then whether there is such a
+    // model (404).
     state.llm.ensure_configured().map_err(ApiError::from)?;
+    if !(1..=100).contains(&model.chars().count()) {
+        return Err(ApiError::invalid_field(
+            "model",
+            "must be 1 to 100 characters",
+        ));
+    }
     if state.llm.model(model).is_none() {
         return Err(ApiError::MissingReference {
             field: "model",
