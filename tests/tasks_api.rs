@@ -922,14 +922,22 @@ async fn service_routes_describe_and_expose_the_server() {
         "/v1/auth/register",
         "/v1/auth/login",
         "/v1/auth/refresh",
+        "/v1/auth/verify-token",
     ];
     for (path, item) in spec["paths"].as_object().unwrap() {
         for (method, operation) in item.as_object().unwrap() {
             let responses = operation["responses"].as_object().unwrap();
             let declares = |status: &str| responses.contains_key(status);
             let mut expected = vec!["500", "503"];
+            // Every path but these two counts against the per-address limits.
+            if !["/health", "/metrics"].contains(&path.as_str()) {
+                expected.push("429");
+            }
             if !public.contains(&path.as_str()) {
                 expected.push("401");
+                if method != "get" {
+                    expected.push("409");
+                }
             }
             if operation.get("requestBody").is_some() {
                 expected.extend(["400", "413", "415", "422"]);
@@ -955,6 +963,10 @@ async fn service_routes_describe_and_expose_the_server() {
             }
         }
     }
+    // It answers `valid: false` for any bad token: never a 401.
+    assert!(spec["paths"]["/v1/auth/verify-token"]["post"]["responses"]
+        .get("401")
+        .is_none());
     let user = app.register("metrics@example.com").await;
     app.create_task(&user, "counted").await;
     let metrics = app

@@ -349,7 +349,10 @@ pub struct PhotoUpload {
 /// Uploads a JPEG, PNG, WebP or GIF (≤ 5 MB, checked by content) as `photo` (or `file`);
 /// its metadata (EXIF with any GPS position, XMP, comments) is stripped.
 #[utoipa::path(post, path = "/v1/user/profile/photo", tag = "profile", security(("bearer" = [])), request_body(content = PhotoUpload, content_type = "multipart/form-data"), responses(
-    (status = 200, body = ProfileResponse), (status = 413), (status = 415), (status = 422),
+    (status = 200, body = ProfileResponse),
+    (status = 413, description = "PAYLOAD_TOO_LARGE: over 5 MB"),
+    (status = 415, description = "UNSUPPORTED_MEDIA_TYPE: not multipart/form-data, or the bytes are not a JPEG, PNG, WebP or GIF that can be read"),
+    (status = 422, description = "VALIDATION_ERROR: no `photo` (or `file`) part"),
 ))]
 pub async fn upload_photo(
     State(state): State<AppState>,
