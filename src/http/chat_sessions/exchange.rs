@@ -348,42 +348,30 @@ fn estimated_tokens(text: &str) -> usize {
 /// The session's newest messages whose estimated tokens fit `budget`
 /// together, oldest first; the first message that does not fit ends the
 /// history (older ones are dropped even if they are short), and at most the
-/// newest 1,000 are considered. Read from its `MessageAdded` events in the
-/// event store, which needs no wait for the read model.
+/// newest 1,000 are considered. Read from its `MessageAdded` events in one
+/// index walk of the event store, which needs no wait for the read model.
 ///
-/// The cut is made in Postgres by walking the messages newest first, one
-/// index probe each, and stopping at the first that does not fit: a long
-/// session costs what its budget holds, not its whole history. Reading the
-/// newest 1,000 whole and cutting them here cost ~3–5 × more in Postgres
-/// alone for a session of 1,000 messages of ~1 KB, plus decoding 1.2 MB of
-/// JSON per exchange (docs/performance.md, "Session 11"). It reads the
-/// message text out of the stored JSON, past `PersonalText`'s serde: sealing
-/// personal content must change this query too (`aggregates/src/personal.rs`).
+/// The cut is made in Postgres (a running sum of each message's estimate,
+/// newest first), so only the role and text of the messages kept leave it:
+/// a long session no longer sends the server every payload to decode and
+/// drop (docs/performance.md, "Session 11"). This reads the message text out
+/// of the stored JSON, past `PersonalText`'s serde: sealing personal content
+/// must change this query too (`aggregates/src/personal.rs`).
 async fn load_history(
     state: &AppState,
     session_id: Uuid,
     budget: usize,
 ) -> Result<Vec<ChatMessage>> {
     let rows: Vec<(String, String)> = sqlx::query_as(
-        "with recursive walk (sequence, role, content, tokens, depth) as ( \
-           (select sequence, payload->'MessageAdded'->>'role', \
-              payload->'MessageAdded'->>'content', \
-              (char_length(payload->'MessageAdded'->>'content') + 3) / 4, 1 \
-            from events \
-            where aggregate_type = $1 and aggregate_id = $2 and event_type = 'MessageAdded' \
-            order by sequence desc limit 1) \
-           union all \
-           select older.* from walk, lateral ( \
-             select e.sequence, e.payload->'MessageAdded'->>'role', \
-               e.payload->'MessageAdded'->>'content', \
-               walk.tokens + (char_length(e.payload->'MessageAdded'->>'content') + 3) / 4, \
-               walk.depth + 1 \
-             from events e \
-             where e.aggregate_type = $1 and e.aggregate_id = $2 \
-               and e.event_type = 'MessageAdded' and e.sequence < walk.sequence \
-             order by e.sequence desc limit 1) as older \
-           where walk.tokens <= $3 and walk.depth < 1000) \
-         select role, content from walk where tokens <= $3 order by sequence",
+        "select role, content from ( \
+           select sequence, message->>'role' as role, message->>'content' as content, \
+             sum((char_length(message->>'content') + 3) / 4) \
+               over (order by sequence desc) as newest_tokens \
+           from (select sequence, payload->'MessageAdded' as message from events \
+                 where aggregate_type = $1 and aggregate_id = $2 \
+                   and event_type = 'MessageAdded' \
+                 order by sequence desc limit 1000) as recent) as costed \
+         where newest_tokens <= $3 order by sequence",
     )
     .bind(ChatSession::TYPE)
     .bind(session_id.to_string())
