@@ -623,6 +623,13 @@ async fn the_openapi_description_covers_the_files_routes_and_the_environment_ann
     app.stop().await;
 }
 
+/// One sweep of the app's data dir, as the API runs it.
+async fn sweep_now(pool: &sqlx::PgPool, data_dir: &Path) -> chronicle::file_blobs::Swept {
+    chronicle::file_blobs::sweep(pool, data_dir, chronicle::file_blobs::ABANDONED_UPLOAD_AGE)
+        .await
+        .unwrap()
+}
+
 /// Older than the sweep's `ABANDONED_UPLOAD_AGE` (an hour).
 const TWO_HOURS: Duration = Duration::from_secs(2 * 3600);
 
@@ -690,13 +697,7 @@ async fn the_sweep_removes_orphaned_blobs_and_abandoned_uploads_and_keeps_everyt
         write_aged(path, b"x", TWO_HOURS);
     }
 
-    let swept = chronicle::file_blobs::sweep(
-        &app.pool,
-        &app.settings.data_dir,
-        chronicle::file_blobs::ABANDONED_UPLOAD_AGE,
-    )
-    .await
-    .unwrap();
+    let swept = sweep_now(&app.pool, &app.settings.data_dir).await;
     assert_eq!(
         (swept.blobs, swept.uploads),
         (3, 1),
@@ -719,13 +720,7 @@ async fn the_sweep_removes_orphaned_blobs_and_abandoned_uploads_and_keeps_everyt
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.bytes().await.unwrap().as_ref(), live_bytes);
 
-    let again = chronicle::file_blobs::sweep(
-        &app.pool,
-        &app.settings.data_dir,
-        chronicle::file_blobs::ABANDONED_UPLOAD_AGE,
-    )
-    .await
-    .unwrap();
+    let again = sweep_now(&app.pool, &app.settings.data_dir).await;
     assert_eq!(
         (again.blobs, again.uploads),
         (0, 0),
@@ -751,15 +746,7 @@ async fn a_blob_recorded_while_the_sweep_waits_for_its_lock_is_kept() {
     let sweep = tokio::spawn({
         let pool = app.pool.clone();
         let data_dir = app.settings.data_dir.clone();
-        async move {
-            chronicle::file_blobs::sweep(
-                &pool,
-                &data_dir,
-                chronicle::file_blobs::ABANDONED_UPLOAD_AGE,
-            )
-            .await
-            .unwrap()
-        }
+        async move { sweep_now(&pool, &data_dir).await }
     });
     common::eventually(
         Duration::from_secs(10),
