@@ -56,7 +56,7 @@ pub struct ExchangeResponse {
 #[utoipa::path(post, path = "/v1/sessions/{id}/messages", tag = "sessions", security(("bearer" = [])), params(("id" = Uuid, Path)), request_body = SendMessageRequest, responses(
     (status = 201, body = ExchangeResponse, description = "Without `stream`: both messages"),
     (status = 200, content_type = "text/event-stream", description = "With `stream: true`: OpenAI chunks, then `data: [DONE]`; a failure mid-stream is an `event: error`"),
-    (status = 400, description = "Body is not JSON"), (status = 401), (status = 404, description = "No such session of yours"),
+    (status = 400, description = "Body is not JSON"), (status = 401), (status = 404, description = "No such session of yours, or its model is no longer configured (field `model`)"),
     (status = 409, description = "Changed concurrently"), (status = 422, description = "Invalid content"),
     (status = 429, description = "Too many streams at once, or this minute's upstream tokens are spent"),
     (status = 502, description = "The model's upstream failed"), (status = 503, description = "No upstream configured for the session's model"),
