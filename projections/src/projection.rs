@@ -251,25 +251,11 @@ impl VersionGuard {
         projection: &'static str,
         events: impl IntoIterator<Item = &'e EventEnvelope>,
     ) -> Result<Self, ProjectionError> {
-        let mut guard = Self::empty(projection);
-        let (types, ids) = aggregate_keys(events);
-        if ids.is_empty() {
-            return Ok(guard);
-        }
-        let rows: Vec<(String, String, i64)> = sqlx::query_as(VERSIONS_OF)
-            .bind(projection)
-            .bind(&types)
-            .bind(&ids)
-            .persistent(false)
-            .fetch_all(conn)
-            .await?;
-        guard.applied.extend(
-            rows.into_iter()
-                .map(|(aggregate_type, aggregate_id, version)| {
-                    ((aggregate_type, aggregate_id), version)
-                }),
-        );
-        Ok(guard)
+        // The checkpoint comes with it: one primary-key probe more, on
+        // paths (a released event, a single apply) that are rare.
+        Ok(Self::load_with_checkpoint(conn, projection, events)
+            .await?
+            .0)
     }
 
     /// [`load`](Self::load), and in the same round trip the projection's

@@ -208,27 +208,41 @@ async fn run(
     write::execute(state, &state.tasks, user, context, id, command, task_error).await
 }
 
-/// A task may be moved only into a live project of the caller's; keeping the
-/// project it has is always allowed (a client that sends a task back as it
-/// read it must not fail because its project was deleted since).
-async fn check_project_change(
+/// [`run`] for a command that names `project_id` for the task. A task may
+/// be moved only into a live project of the caller's; keeping the project it
+/// has is always allowed (a client that sends a task back as it read it must
+/// not fail because its project was deleted since). The task is loaded once,
+/// for the check, and the command commits from that load.
+async fn run_naming_project(
     state: &AppState,
     user: &AuthUser,
-    task_id: Uuid,
+    context: &RequestContext,
+    id: Uuid,
     project_id: Option<Uuid>,
-) -> Result<()> {
+    command: TaskCommand,
+) -> Result<(HeaderMap, Executed<Task>)> {
     if project_id.is_none() {
-        return Ok(());
+        return run(state, user, context, id, command).await;
     }
-    let task = state
+    let at = state
         .tasks
-        .load(&task_id.to_string())
+        .load_at(&id.to_string())
         .await
         .map_err(infrastructure_error)?;
-    if task.project_id == project_id {
-        return Ok(());
+    if at.aggregate.project_id != project_id {
+        check_project(state, user, project_id).await?;
     }
-    check_project(state, user, project_id).await
+    write::execute_at(
+        state,
+        &state.tasks,
+        user,
+        context,
+        id,
+        command,
+        at,
+        task_error,
+    )
+    .await
 }
 
 async fn wait_for_read_model(
@@ -404,7 +418,7 @@ pub async fn replace_task(
     IdPath(id): IdPath,
     Json(request): Json<ReplaceTaskRequest>,
 ) -> Result<(HeaderMap, axum::Json<TaskResponse>)> {
-    check_project_change(&state, &user, id, request.project_id).await?;
+    let project_id = request.project_id;
     let command = TaskCommand::Replace {
         actor_id: user.id,
         title: request.title,
@@ -414,7 +428,8 @@ pub async fn replace_task(
         completed: request.completed,
         at: now(),
     };
-    let (headers, executed) = run(&state, &user, &context, id, command).await?;
+    let (headers, executed) =
+        run_naming_project(&state, &user, &context, id, project_id, command).await?;
     Ok((
         headers,
         axum::Json(TaskResponse::from_aggregate(id, &executed.aggregate)),
@@ -438,9 +453,8 @@ pub async fn patch_task(
         Some(Some(title)) => Some(title),
         None => None,
     };
-    if let Some(project_id) = request.project_id {
-        check_project_change(&state, &user, id, project_id).await?;
-    }
+    // Clearing the project (`null`) names none to check.
+    let project_id = request.project_id.flatten();
     let command = TaskCommand::Patch {
         actor_id: user.id,
         title,
@@ -450,7 +464,8 @@ pub async fn patch_task(
         completed: request.completed,
         at: now(),
     };
-    let (headers, executed) = run(&state, &user, &context, id, command).await?;
+    let (headers, executed) =
+        run_naming_project(&state, &user, &context, id, project_id, command).await?;
     Ok((
         headers,
         axum::Json(TaskResponse::from_aggregate(id, &executed.aggregate)),
